@@ -1,0 +1,171 @@
+"""Plain records that cross the wire between the coordinator and the agent.
+
+Everything here is standard library only: the agent runs on a Raspberry Pi with nothing but
+Python, numpy and a runtime, and the coordinator imports these same classes so both sides agree
+on one shape. Only JSON crosses the wire (``to_json``/``from_json``), never pickle.
+
+Flow: the coordinator writes a ``RunSpec`` (``jobs.json``) into a run directory on the device;
+the agent appends one JSON line per event to ``journal.jsonl`` in that directory:
+``{"type": "fingerprint", ...}`` once per agent start, ``{"type": "result", ...}`` once per job
+(a ``MeasureResult``) and ``{"type": "done"}`` when every job has a result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Job outcome. ``ok``: stable measurement. ``unstable``: measured, but the spread is too large
+#: to trust (pyperf's rule). ``failed``: could not load or run (includes a crashed runtime).
+#: ``timeout``: exceeded the per-model time limit and was killed.
+STATUSES = ("ok", "unstable", "failed", "timeout")
+
+
+@dataclass
+class TimingConfig:
+    """Timing protocol knobs; defaults are documented in docs/timing.md.
+
+    Warm-up runs until both ``warmup_min_runs`` and ``warmup_min_s`` are met (capped by
+    ``warmup_max_runs``). Timed runs continue until ``min_runs`` and ``min_time_s`` are met, then
+    stop as soon as the 95% CI of the median is within ``ci_rel_target`` of the median, or at
+    ``max_runs`` / ``max_time_s``.
+    """
+
+    warmup_min_runs: int = 10
+    warmup_min_s: float = 0.2
+    warmup_max_runs: int = 1000
+    min_runs: int = 30
+    min_time_s: float = 0.5
+    max_runs: int = 2000
+    max_time_s: float = 10.0
+    ci_rel_target: float = 0.01
+    unstable_cv: float = 0.10
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TimingConfig:
+        return _from_dict(cls, data)
+
+
+@dataclass
+class RuntimeConfig:
+    """How the runtime is set up on the device (from the device profile).
+
+    ``providers``/``provider_options`` are onnxruntime execution providers in priority order;
+    LiteRT uses ``threads`` only. ``threads`` is onnxruntime's intra-op count (0 = runtime default).
+    """
+
+    runtime: str = "onnxruntime"
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    provider_options: list[dict[str, Any]] = field(default_factory=list)
+    threads: int = 1
+    inter_op_threads: int = 1
+    graph_optimization_level: str = "all"
+    execution_mode: str = "sequential"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RuntimeConfig:
+        return _from_dict(cls, data)
+
+
+@dataclass
+class Job:
+    """One model to time. ``model_path`` is relative to the agent workdir or absolute."""
+
+    job_id: str
+    model_path: str
+    sha256: str
+    format: str = "onnx"
+    role: str = "candidate"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        return _from_dict(cls, data)
+
+
+@dataclass
+class RunSpec:
+    """Everything the agent needs for one run: written once as ``jobs.json``."""
+
+    run_id: str
+    runtime: RuntimeConfig
+    timing: TimingConfig
+    jobs: list[Job]
+    timeout_s: float = 300.0
+    env: dict[str, str] = field(default_factory=dict)
+    cpu_affinity: list[int] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSpec:
+        data = json.loads(text)
+        return cls(
+            run_id=data["run_id"],
+            runtime=RuntimeConfig.from_dict(data.get("runtime", {})),
+            timing=TimingConfig.from_dict(data.get("timing", {})),
+            jobs=[Job.from_dict(j) for j in data.get("jobs", [])],
+            timeout_s=float(data.get("timeout_s", 300.0)),
+            env=dict(data.get("env", {})),
+            cpu_affinity=list(data.get("cpu_affinity", [])),
+        )
+
+
+@dataclass
+class MeasureResult:
+    """One job's outcome: every timed run kept, the summary statistics, and the system state.
+
+    ``system_before``/``system_after`` are flat dicts from ``agents.system.snapshot`` (keys such
+    as ``load1``, ``mem_available_mb``, ``cpu_freq_mhz``, ``temp_c``, ``governor``, ``busy_pct``).
+    """
+
+    job_id: str
+    sha256: str
+    role: str
+    status: str
+    error: str = ""
+    error_type: str = ""
+    runtime: str = ""
+    runtime_version: str = ""
+    provider: str = ""
+    threads: int = 0
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    input_dtypes: dict[str, str] = field(default_factory=dict)
+    load_ms: float | None = None
+    first_ms: float | None = None
+    warmup_runs: int = 0
+    raw_ms: list[float] = field(default_factory=list)
+    n_runs: int = 0
+    median_ms: float | None = None
+    mean_ms: float | None = None
+    std_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    cv: float | None = None
+    ci95_low_ms: float | None = None
+    ci95_high_ms: float | None = None
+    n_outliers: int = 0
+    stop_reason: str = ""
+    started_at: str = ""
+    finished_at: str = ""
+    system_before: dict[str, Any] = field(default_factory=dict)
+    system_after: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"type": "result", **dataclasses.asdict(self)}, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MeasureResult:
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build a dataclass from a dict, ignoring unknown keys so old agents and new coordinators
+    (or the reverse) can still talk."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,42 @@
+"""Plain records passed between the coordinator's stages.
+
+search space -> ``ModelSpec`` -> exporter -> ``ModelArtifact`` -> transport/agent
+-> ``agents.records.MeasureResult`` -> ``harness.store`` (one Parquet row each).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A candidate network before export: which space, which arch, at which input size.
+
+    ``key`` identifies the export uniquely (space, arch, batch, resolution, format, opset and
+    exporter version all change the file), so the exporter can cache by it.
+    """
+
+    search_space: str
+    arch: str
+    batch: int = 1
+    resolution: int = 32
+    arch_index: int | None = None
+
+
+@dataclass
+class ModelArtifact:
+    """An exported model file, content-addressed by ``sha256``."""
+
+    search_space: str
+    arch: str
+    path: str
+    sha256: str
+    format: str
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    batch: int = 1
+    resolution: int = 32
+    flops: int | None = None
+    params: int | None = None
+    arch_index: int | None = None
+    opset: int | None = None

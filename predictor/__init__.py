@@ -1,0 +1,1 @@
+"""hwlat latency predictor: encodings, models, transfer to a new device, samplers."""
