@@ -1,0 +1,25 @@
+"""User-facing errors: the CLI prints ``hwlat: <message>`` on one line and exits with code 2.
+
+Raise ``UsageError`` (or a subclass) for anything the user can fix: bad arguments, unknown space
+or device, malformed arch strings or profiles, unreadable models, unwritable outputs.
+"""
+
+
+class UsageError(Exception):
+    """Bad input from the user; the message must be one line and say what to fix."""
+
+
+class UnknownSpaceError(UsageError):
+    """A search space name that no registered space answers to."""
+
+
+class ArchError(UsageError):
+    """A malformed or out-of-space architecture string."""
+
+
+class ProfileError(UsageError):
+    """A device profile that cannot be read or fails validation (names file and key)."""
+
+
+class TransportError(Exception):
+    """The device could not be reached or the agent could not be started (retryable)."""
