@@ -1,0 +1,117 @@
+"""Local transport: the agent runs as a child process on this machine (pyperf's runner/worker split).
+
+The agent is the same program as on a board; only starting it and reading its journal differ. Models are
+not copied: jobs point at the exporter's content-addressed cache. The agent is started with
+``--exit-with-parent`` so that a killed coordinator never leaves a stray agent timing in the background.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from agents.records import RunSpec
+from harness.errors import TransportError, UsageError
+from harness.records import ModelArtifact
+from harness.transport.base import Transport
+
+
+def split_journal(data: bytes) -> tuple[list[dict], int]:
+    """Complete JSON lines of ``data`` and how many bytes they span (a torn last line is left for later)."""
+    import json
+
+    end = data.rfind(b"\n") + 1
+    events = []
+    for line in data[:end].splitlines():
+        if line.strip():
+            events.append(json.loads(line))
+    return events, end
+
+
+class LocalTransport(Transport):
+    """Run the agent on this machine under ``<workdir>/runs/<run_id>``."""
+
+    def __init__(self, profile) -> None:  # noqa: ANN001 - DeviceProfile, typed in base
+        super().__init__(profile)
+        self.workdir = Path(os.path.expanduser(profile.workdir))
+        self._procs: dict[str, subprocess.Popen] = {}
+
+    def connect(self) -> None:
+        try:
+            (self.workdir / "runs").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"device {self.profile.name}: cannot create workdir {self.workdir}: {exc}") from None
+
+    def close(self) -> None:
+        for run_id in list(self._procs):
+            self.stop_run(run_id)
+
+    def _agent_cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "agents", *args]
+
+    def fingerprint(self) -> dict:
+        import json
+
+        proc = subprocess.run(self._agent_cmd("fingerprint"), capture_output=True, text=True,
+                              timeout=self.profile.command_timeout_s, check=False)
+        if proc.returncode != 0:
+            raise TransportError(f"agent fingerprint failed: {proc.stderr.strip()[-300:]}")
+        return json.loads(proc.stdout)
+
+    def push_models(self, artifacts: Iterable[ModelArtifact]) -> dict[str, str]:
+        return {a.sha256: str(Path(a.path).resolve()) for a in artifacts}
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.workdir / "runs" / run_id
+
+    def start_run(self, spec: RunSpec) -> None:
+        run_dir = self.run_dir(spec.run_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        jobs = run_dir / "jobs.json"
+        if not jobs.exists():
+            tmp = run_dir / ".jobs.json.tmp"
+            tmp.write_text(spec.to_json(), encoding="utf-8")
+            os.replace(tmp, jobs)
+        log = open(run_dir / "agent.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self._procs[spec.run_id] = subprocess.Popen(
+                self._agent_cmd("run", str(run_dir), "--exit-with-parent"),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            )
+        finally:
+            log.close()
+
+    def read_journal(self, run_id: str, offset: int) -> tuple[list[dict], int]:
+        path = self.run_dir(run_id) / "journal.jsonl"
+        if not path.exists():
+            return [], offset
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+        events, used = split_journal(data)
+        return events, offset + used
+
+    def agent_alive(self, run_id: str) -> bool:
+        proc = self._procs.get(run_id)
+        return proc is not None and proc.poll() is None
+
+    def agent_log_tail(self, run_id: str, limit: int = 400) -> str:
+        path = self.run_dir(run_id) / "agent.log"
+        try:
+            return path.read_text(encoding="utf-8", errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+    def stop_run(self, run_id: str) -> None:
+        proc = self._procs.pop(run_id, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
