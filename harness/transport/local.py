@@ -34,7 +34,7 @@ def split_journal(data: bytes) -> tuple[list[dict], int]:
 class LocalTransport(Transport):
     """Run the agent on this machine under ``<workdir>/runs/<run_id>``."""
 
-    def __init__(self, profile) -> None:  # noqa: ANN001 - DeviceProfile, typed in base
+    def __init__(self, profile) -> None:
         super().__init__(profile)
         self.workdir = Path(os.path.expanduser(profile.workdir))
         self._procs: dict[str, subprocess.Popen] = {}

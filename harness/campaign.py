@@ -1,0 +1,484 @@
+"""A measurement campaign: plan -> export -> push -> run -> collect, for one or many devices.
+
+* plan: pick the candidate archs (sampled, from a file, or the user's ONNX files) and drop what the dataset
+  already holds for each device and configuration (resume).
+* export: torch -> ONNX/TFLite through the content-addressed cache (never twice for the same arch).
+* push + run: each device gets a ``RunSpec`` (shuffled order, a reference model every K models) and its agent
+  runs detached, appending to a journal; the coordinator streams the journal. Devices run in parallel threads.
+* collect: every candidate result becomes one Parquet row at once (atomic), with the latest reference
+  measurement attached as drift fields.
+
+On a local device, exporting is finished before timing starts: on a 2-core machine, export work beside the
+timed loop would slow it down and bias the numbers. Remote devices receive uploads while they measure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agents.records import Job, MeasureResult, RunSpec
+from harness import __version__
+from harness.devices import DeviceProfile
+from harness.errors import TransportError, UsageError
+from harness.records import ModelArtifact, ModelSpec
+from harness.store import DONE_STATUSES, DatasetStore, MeasuredKey, dumps_compact
+from harness.transport import open_transport
+from harness.transport.base import Transport
+
+#: Back-off between reconnect attempts to a device that dropped (seconds).
+BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+@dataclass
+class CampaignRequest:
+    """Everything ``hwlat measure`` asks for, after argument parsing."""
+
+    devices: list[DeviceProfile]
+    out: Path
+    space: str = "nb201"
+    count: int | None = None
+    seed: int = 0
+    archs: list[str] | None = None
+    models_dir: Path | None = None
+    fmt: str | None = None
+    threads: int | None = None
+    batch: int = 1
+    resolution: int = 32
+    remeasure: bool = False
+    retry_failed: bool = False
+    reference_every: int = 10
+    cache_dir: Path | None = None
+    workers: int | None = None
+    max_reconnect_s: float = 300.0
+
+
+@dataclass
+class DeviceOutcome:
+    """How one device's part of the campaign ended."""
+
+    device: str
+    planned: int = 0
+    skipped: int = 0
+    rows: int = 0
+    status_counts: dict[str, int] = field(default_factory=dict)
+    error: str = ""
+    timed_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CampaignResult:
+    session_id: str
+    out: Path
+    outcomes: list[DeviceOutcome]
+    wall_s: float
+    export_s: float
+    measure_s: float
+
+
+def configure_device(profile: DeviceProfile, fmt: str | None, threads: int | None) -> DeviceProfile:
+    """Apply ``--format`` / ``--threads`` overrides: a new configuration of the same device."""
+    runtime = dataclasses.replace(profile.runtime)
+    new_fmt = profile.format
+    if fmt is not None and fmt != profile.format:
+        if fmt == "tflite":
+            runtime.runtime, runtime.providers, runtime.provider_options = "litert", [], []
+        elif fmt == "onnx":
+            runtime.runtime, runtime.providers = "onnxruntime", ["CPUExecutionProvider"]
+        else:
+            raise UsageError(f"unknown format {fmt!r} (known: onnx, tflite)")
+        new_fmt = fmt
+    if threads is not None:
+        if threads < 0:
+            raise UsageError("--threads must be >= 0 (0 = runtime default)")
+        runtime.threads = threads
+    return dataclasses.replace(profile, runtime=runtime, format=new_fmt)
+
+
+def read_arch_file(path: Path) -> list[str]:
+    """One arch string per line; blank lines and '#' comments are ignored."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read arch file {path}: {exc.strerror or exc}") from None
+    archs = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not archs:
+        raise UsageError(f"arch file {path} holds no arch strings")
+    return archs
+
+
+def plan_specs(req: CampaignRequest) -> tuple[list[ModelSpec], ModelSpec]:
+    """Candidate model specs and the session's reference model, all validated before anything runs."""
+    from harness.spaces import get_space
+
+    space = get_space(req.space)
+    if req.archs is not None:
+        archs = []
+        seen = set()
+        for arch in req.archs:
+            canonical = space.validate(arch)
+            if canonical not in seen:
+                seen.add(canonical)
+                archs.append(canonical)
+    else:
+        count = 10 if req.count is None else req.count
+        if count < 1:
+            raise UsageError("--count must be at least 1")
+        archs = space.sample(count, req.seed)
+    specs = [ModelSpec(space.name, a, req.batch, req.resolution, space.arch_index(a)) for a in archs]
+    ref_arch = space.sample(1, seed=2**31 - 1)[0]
+    reference = ModelSpec(space.name, ref_arch, req.batch, req.resolution, space.arch_index(ref_arch))
+    return specs, reference
+
+
+def build_jobs(candidates: list[ModelArtifact], reference: ModelArtifact | None, seed: int, every: int,
+               paths: dict[str, str]) -> tuple[list[Job], dict[str, ModelArtifact]]:
+    """Shuffle candidates (seeded) and insert the reference model first, every ``every`` models, and last."""
+    order = list(candidates)
+    random.Random(seed).shuffle(order)
+    jobs: list[Job] = []
+    by_id: dict[str, ModelArtifact] = {}
+    ref_count = 0
+
+    def add_reference() -> None:
+        nonlocal ref_count
+        if reference is None:
+            return
+        job = Job(f"r{ref_count:04d}-{reference.sha256[:12]}", paths[reference.sha256], reference.sha256,
+                  reference.format, "reference")
+        jobs.append(job)
+        by_id[job.job_id] = reference
+        ref_count += 1
+
+    add_reference()
+    for i, art in enumerate(order):
+        if every > 0 and i > 0 and i % every == 0:
+            add_reference()
+        job = Job(f"c{i:05d}-{art.sha256[:12]}", paths[art.sha256], art.sha256, art.format, "candidate")
+        jobs.append(job)
+        by_id[job.job_id] = art
+    if order:
+        add_reference()
+    return jobs, by_id
+
+
+def _num(state: dict[str, Any], key: str) -> float | None:
+    value = state.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def make_row(*, session_id: str, run_id: str, order_index: int, profile: DeviceProfile, fingerprint: dict,
+             art: ModelArtifact, result: MeasureResult, ref: dict[str, Any]) -> dict[str, Any]:
+    """One Parquet row (see harness.store.SCHEMA) from the records of every stage."""
+    before, after = result.system_before, result.system_after
+    shapes = result.input_shapes or art.input_shapes
+    first_shape = next(iter(shapes.values()), None)
+    return {
+        "schema_version": 1,
+        "row_id": uuid.uuid4().hex,
+        "session_id": session_id,
+        "run_id": run_id,
+        "job_id": result.job_id,
+        "order_index": order_index,
+        "config_id": profile.config_id(),
+        "device_host": profile.host,
+        "hostname": fingerprint.get("host"),
+        "cpu_model": fingerprint.get("cpu_model"),
+        "cores_logical": fingerprint.get("cores_logical"),
+        "cores_physical": fingerprint.get("cores_physical"),
+        "ram_mb": fingerprint.get("ram_mb"),
+        "os": fingerprint.get("os"),
+        "machine": fingerprint.get("machine"),
+        "board_model": fingerprint.get("board_model"),
+        "gpu": fingerprint.get("gpu") if isinstance(fingerprint.get("gpu"), str) else
+        (dumps_compact(fingerprint["gpu"]) if fingerprint.get("gpu") else None),
+        "python_version": fingerprint.get("python_version"),
+        "fingerprint_json": dumps_compact(fingerprint),
+        "arch": art.arch,
+        "arch_index": art.arch_index,
+        "model_sha256": art.sha256,
+        "format": art.format,
+        "input_shape": first_shape,
+        "input_shapes_json": dumps_compact(shapes),
+        "batch": art.batch,
+        "resolution": art.resolution,
+        "flops": art.flops,
+        "params": art.params,
+        "runtime": result.runtime or profile.runtime.runtime,
+        "runtime_version": result.runtime_version,
+        "provider": result.provider,
+        "providers": list(profile.runtime.providers),
+        "threads": result.threads or profile.runtime.threads,
+        "inter_op_threads": profile.runtime.inter_op_threads,
+        "graph_optimization_level": profile.runtime.graph_optimization_level,
+        "status": result.status,
+        "error_type": result.error_type or None,
+        "error": result.error or None,
+        "load_ms": result.load_ms,
+        "first_ms": result.first_ms,
+        "latency_ms": result.median_ms,
+        "mean_ms": result.mean_ms,
+        "std_ms": result.std_ms,
+        "min_ms": result.min_ms,
+        "max_ms": result.max_ms,
+        "p90_ms": result.p90_ms,
+        "p99_ms": result.p99_ms,
+        "cv": result.cv,
+        "ci95_low_ms": result.ci95_low_ms,
+        "ci95_high_ms": result.ci95_high_ms,
+        "n_outliers": result.n_outliers,
+        "n_runs": result.n_runs,
+        "warmup_runs": result.warmup_runs,
+        "stop_reason": result.stop_reason or None,
+        "raw_ms": list(result.raw_ms),
+        "timing_json": dumps_compact(dataclasses.asdict(profile.timing)),
+        "load1_before": _num(before, "load1"),
+        "load1_after": _num(after, "load1"),
+        "busy_pct_before": _num(before, "busy_pct"),
+        "busy_pct_after": _num(after, "busy_pct"),
+        "cpu_freq_mhz_before": _num(before, "cpu_freq_mhz"),
+        "cpu_freq_mhz_after": _num(after, "cpu_freq_mhz"),
+        "temp_c_before": _num(before, "temp_c"),
+        "temp_c_after": _num(after, "temp_c"),
+        "mem_available_mb_before": _num(before, "mem_available_mb"),
+        "mem_available_mb_after": _num(after, "mem_available_mb"),
+        "governor": before.get("governor") if isinstance(before.get("governor"), str) else None,
+        "system_before_json": dumps_compact(before),
+        "system_after_json": dumps_compact(after),
+        "ref_model_sha256": ref.get("sha256"),
+        "ref_latency_ms": ref.get("latency_ms"),
+        "ref_index": ref.get("index"),
+        "ref_drift_pct": ref.get("drift_pct"),
+        "started_at": result.started_at or None,
+        "finished_at": result.finished_at or datetime.now(UTC).isoformat(),
+        "hwlat_version": __version__,
+        "agent_version": fingerprint.get("agent_version"),
+    }
+
+
+class DeviceRunner:
+    """Drives one device through its run: start, stream the journal, reconnect, resume, store rows."""
+
+    def __init__(self, *, profile: DeviceProfile, transport: Transport, store: DatasetStore, session_id: str,
+                 space: str, max_reconnect_s: float, on_row: Callable[[str, str], None],
+                 store_lock: threading.Lock) -> None:
+        self.profile = profile
+        self.transport = transport
+        self.store = store
+        self.session_id = session_id
+        self.space = space
+        self.max_reconnect_s = max_reconnect_s
+        self.on_row = on_row
+        self.store_lock = store_lock
+        self.outcome = DeviceOutcome(profile.name)
+        self.stop = threading.Event()
+
+    def _reconnect(self, why: str) -> None:
+        """Reconnect with back-off; gives up (TransportError) after ``max_reconnect_s``."""
+        deadline = time.monotonic() + self.max_reconnect_s
+        attempt = 0
+        while not self.stop.is_set():
+            delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+            if time.monotonic() + delay > deadline:
+                raise TransportError(f"device {self.profile.name} unreachable for {self.max_reconnect_s:.0f} s "
+                                     f"(last error: {why})")
+            time.sleep(delay)
+            attempt += 1
+            try:
+                self.transport.close()
+                self.transport.connect()
+                return
+            except TransportError as exc:
+                why = str(exc)
+        raise TransportError("stopped")
+
+    def run(self, spec: RunSpec, by_id: dict[str, ModelArtifact]) -> None:
+        candidates = sum(1 for j in spec.jobs if j.role == "candidate")
+        self.outcome.planned = candidates
+        seen: set[str] = set()
+        ref_state: dict[str, Any] = {}
+        first_ref: float | None = None
+        fingerprint: dict = {}
+        order = {job.job_id: i for i, job in enumerate(spec.jobs)}
+        offset = 0
+        restarts = 0
+        self.transport.start_run(spec)
+        done = False
+        while not done and not self.stop.is_set():
+            try:
+                events, offset = self.transport.read_journal(spec.run_id, offset)
+                alive = True if events else self.transport.agent_alive(spec.run_id)
+            except TransportError as exc:
+                self._reconnect(str(exc))
+                if not self.transport.agent_alive(spec.run_id):
+                    self.transport.start_run(spec)
+                continue
+            for event in events:
+                kind = event.get("type")
+                if kind == "fingerprint":
+                    fingerprint = {k: v for k, v in event.items() if k != "type"}
+                    self.outcome.warnings = list(fingerprint.get("warnings", []))
+                elif kind == "result":
+                    result = MeasureResult.from_dict(event)
+                    if result.job_id in seen or result.job_id not in by_id:
+                        continue
+                    seen.add(result.job_id)
+                    if result.role == "reference":
+                        if result.median_ms:
+                            first_ref = first_ref or result.median_ms
+                            ref_state = {
+                                "sha256": result.sha256,
+                                "latency_ms": result.median_ms,
+                                "index": int(result.job_id[1:5]),
+                                "drift_pct": 100.0 * (result.median_ms / first_ref - 1.0),
+                            }
+                        continue
+                    self._store(spec, order[result.job_id], fingerprint, by_id[result.job_id], result, ref_state)
+                elif kind == "done":
+                    done = True
+            if done:
+                break
+            if not events:
+                if not alive:
+                    # The agent stopped without "done": killed or crashed. Resume it; it skips finished jobs.
+                    restarts += 1
+                    if restarts > 3:
+                        raise TransportError(f"agent on {self.profile.name} keeps dying; see its agent.log")
+                    self.transport.start_run(spec)
+                time.sleep(0.1)
+
+    def _store(self, spec: RunSpec, order_index: int, fingerprint: dict, art: ModelArtifact,
+               result: MeasureResult, ref_state: dict[str, Any]) -> None:
+        row = make_row(session_id=self.session_id, run_id=spec.run_id, order_index=order_index,
+                       profile=self.profile, fingerprint=fingerprint, art=art, result=result, ref=ref_state)
+        with self.store_lock:
+            self.store.append(self.profile.name, art.search_space, self.session_id, [row])
+        self.outcome.rows += 1
+        self.outcome.status_counts[result.status] = self.outcome.status_counts.get(result.status, 0) + 1
+        if result.status in ("ok", "unstable"):
+            self.outcome.timed_s += sum(result.raw_ms) / 1000.0
+        self.on_row(self.profile.name, result.status)
+
+
+def new_session_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _export(req: CampaignRequest, fmt: str, specs: list[ModelSpec], progress: Any) -> list[ModelArtifact]:
+    from harness.export import export_models
+
+    cache = req.cache_dir or req.out / ".hwlat-cache"
+    task = progress.add_task(f"export {fmt}", total=len(specs)) if progress else None
+
+    def advance(_art: ModelArtifact) -> None:
+        if progress is not None:
+            progress.advance(task)
+
+    return export_models(specs, fmt, Path(cache), workers=req.workers, progress=advance)
+
+
+def prepare_models(req: CampaignRequest, formats: set[str], progress: Any) -> tuple[
+        dict[str, list[ModelArtifact]], dict[str, ModelArtifact | None]]:
+    """Candidates and reference per format: exported from a space, or the user's ONNX files as they are."""
+    if req.models_dir is not None:
+        from harness.spaces.onnx_files import scan_models
+
+        if formats != {"onnx"}:
+            raise UsageError("--models DIR holds ONNX files: every device must run onnxruntime (format onnx)")
+        arts = scan_models(req.models_dir)
+        if not arts:
+            raise UsageError(f"no .onnx files in {req.models_dir}")
+        return {"onnx": arts}, {"onnx": arts[0]}
+    specs, ref_spec = plan_specs(req)
+    candidates: dict[str, list[ModelArtifact]] = {}
+    references: dict[str, ModelArtifact | None] = {}
+    for fmt in sorted(formats):
+        arts = _export(req, fmt, [*specs, ref_spec], progress)
+        candidates[fmt], references[fmt] = arts[:-1], arts[-1]
+    return candidates, references
+
+
+def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
+    """Measure the requested models on every device; returns per-device outcomes.
+
+    Bad input raises ``UsageError`` before anything is measured. A device that cannot be reached (or drops
+    for longer than ``max_reconnect_s``) is reported in its outcome while the other devices finish.
+    """
+    t0 = time.monotonic()
+    store = DatasetStore(req.out)
+    store.ensure_writable()
+    devices = [configure_device(p, req.fmt, req.threads) for p in req.devices]
+    formats = {d.format for d in devices}
+    candidates, references = prepare_models(req, formats, progress)
+    export_s = time.monotonic() - t0
+    session_id = new_session_id()
+    statuses = DONE_STATUSES if not req.retry_failed else ("ok", "unstable")
+    store_lock = threading.Lock()
+    bars: dict[str, Any] = {}
+
+    def on_row(device: str, _status: str) -> None:
+        if progress is not None:
+            progress.advance(bars[device])
+
+    runners: list[tuple[DeviceRunner, list[ModelArtifact], ModelArtifact | None]] = []
+    for dev in devices:
+        done = set() if req.remeasure else store.measured_keys(dev.name, statuses)
+        todo = [a for a in candidates[dev.format]
+                if MeasuredKey(dev.name, dev.config_id(), a.sha256) not in done]
+        runner = DeviceRunner(profile=dev, transport=open_transport(dev), store=store, session_id=session_id,
+                              space=todo[0].search_space if todo else req.space,
+                              max_reconnect_s=req.max_reconnect_s, on_row=on_row, store_lock=store_lock)
+        runner.outcome.skipped = len(candidates[dev.format]) - len(todo)
+        if progress is not None:
+            bars[dev.name] = progress.add_task(f"measure {dev.name}", total=len(todo))
+        runners.append((runner, todo, references[dev.format]))
+
+    def drive(runner: DeviceRunner, todo: list[ModelArtifact], reference: ModelArtifact | None) -> None:
+        if not todo:
+            return
+        try:
+            runner.transport.connect()
+            shipped = [*todo, reference] if reference is not None else todo
+            paths = runner.transport.push_models(shipped)
+            jobs, by_id = build_jobs(todo, reference, req.seed, req.reference_every, paths)
+            prof = runner.profile
+            spec = RunSpec(run_id=f"{session_id}-{prof.name}", runtime=prof.runtime, timing=prof.timing,
+                           jobs=jobs, timeout_s=prof.model_timeout_s, env=prof.env,
+                           cpu_affinity=prof.cpu_affinity)
+            runner.run(spec, by_id)
+        except (TransportError, UsageError) as exc:
+            runner.outcome.error = str(exc)
+        finally:
+            try:
+                runner.transport.close()
+            except TransportError:
+                pass
+
+    t1 = time.monotonic()
+    threads = [threading.Thread(target=drive, args=item, name=f"device-{item[0].profile.name}", daemon=True)
+               for item in runners]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.2)
+    except KeyboardInterrupt:
+        for runner, _, _ in runners:
+            runner.stop.set()
+            runner.transport.close()
+        raise
+    finally:
+        with store_lock:
+            store.compact_session(session_id)
+    return CampaignResult(session_id, req.out, [r.outcome for r, _, _ in runners],
+                          wall_s=time.monotonic() - t0, export_s=export_s, measure_s=time.monotonic() - t1)
