@@ -14,6 +14,7 @@ timed loop would slow it down and bias the numbers. Remote devices receive uploa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import threading
@@ -458,10 +459,8 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
         except (TransportError, UsageError) as exc:
             runner.outcome.error = str(exc)
         finally:
-            try:
+            with contextlib.suppress(TransportError):
                 runner.transport.close()
-            except TransportError:
-                pass
 
     t1 = time.monotonic()
     threads = [threading.Thread(target=drive, args=item, name=f"device-{item[0].profile.name}", daemon=True)

@@ -155,7 +155,7 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
             raise _fail(source, f"timing.{key}", f"unknown timing key (known: {', '.join(sorted(known_timing))})")
     defaults = TimingConfig()
     timing_values = {}
-    for key, value in timing_data.items():
+    for key, _value in timing_data.items():
         kind = type(getattr(defaults, key))
         timing_values[key] = _expect(source, timing_data, key, kind, getattr(defaults, key))
     timeouts = _expect(source, data, "timeouts", dict, {})
