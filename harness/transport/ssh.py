@@ -1,0 +1,553 @@
+"""SSH transport: the same agent and run directories as the local transport, reached over OpenSSH.
+
+Security and robustness choices (each one is a gap in the tools people use today):
+
+* **Authentication**: key only (``identity_file`` or the user's ssh-agent), and the device's host
+  key must already be in the profile's ``known_hosts``. Unknown keys are refused (paramiko
+  ``RejectPolicy``; never ``AutoAddPolicy``) with a pointer to ``hwlat devices trust NAME``; a
+  *changed* key is refused with a man-in-the-middle warning. TVM's RPC has no authentication at all.
+* **Only JSON crosses the wire**; every remote command is an argv list joined with ``shlex.quote``.
+* **Model cache by sha256**: ``<workdir>/models/<sha256>.<fmt>``; names are built here from
+  validated hex, never from user input, so nothing can escape the workdir. Cached files are hashed
+  *on the device* before they are trusted; a missing, partial or corrupt file is sent again
+  (uploads go to a temporary name and are renamed into place only when complete). nn-Meter re-pushes
+  every model on every run.
+* **Detached agent + journal**: the agent runs under the bundle's launcher, detached from the SSH
+  session, and appends results to ``journal.jsonl``. A dropped connection loses nothing: the
+  campaign reconnects (every network failure surfaces as ``TransportError``, retryable) and resumes
+  reading the journal from its byte offset. nn-Meter loses the whole run when a device drops.
+* **Per-device lock**: the launcher holds ``flock`` on ``<workdir>/device.lock`` for the agent's
+  lifetime; a second campaign on the same board gets ``DeviceBusyError`` (a ``UsageError``: it is
+  refused at once, it does not wait).
+
+One SSH connection per device, reused for every command and for two SFTP sessions (uploads, and
+journal polling, so a long upload never delays streaming results). Methods may be called from
+different threads of the campaign; connection (re)setup is serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import posixpath
+import re
+import shlex
+import socket
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from agents.records import RunSpec
+from harness.devices import DeviceProfile
+from harness.errors import ProfileError, TransportError, UsageError
+from harness.records import ModelArtifact
+from harness.transport.base import Transport
+from harness.transport.bundle import Bundle, current_bundle
+
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_FMT_RE = re.compile(r"^[a-z0-9]{1,16}$")
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Partial uploads older than this are removed (a live upload from this coordinator is younger).
+_STALE_PART_S = 3600.0
+_HASH_CHUNK = 200
+_NETWORK_ERRORS = (paramiko.SSHException, OSError, EOFError, socket.timeout)
+
+
+class HostKeyError(UsageError):
+    """The device's host key is unknown or changed; the user must verify and trust it."""
+
+
+class DeviceBusyError(UsageError):
+    """Another campaign's agent holds the device lock."""
+
+
+class MissingDependencyError(UsageError):
+    """The device lacks Python, numpy or the runtime; the message says what to install."""
+
+
+def default_known_hosts(profile: DeviceProfile) -> Path:
+    """The known_hosts file a profile uses: its own, else the user's ``~/.ssh/known_hosts``."""
+    return Path(profile.known_hosts or "~/.ssh/known_hosts").expanduser()
+
+
+def host_key_name(profile: DeviceProfile) -> str:
+    """The known_hosts entry name, as OpenSSH writes it (``[host]:port`` for a non-22 port)."""
+    return profile.host if profile.port == 22 else f"[{profile.host}]:{profile.port}"
+
+
+def key_fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH-style ``SHA256:...`` fingerprint, what ``ssh-keygen -lf`` prints."""
+    return f"{key.get_name()} {key.fingerprint}"
+
+
+def quote_argv(argv: list[str]) -> str:
+    """Join an argv list into one shell command line, every argument quoted."""
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def fetch_host_key(profile: DeviceProfile) -> paramiko.PKey:
+    """Connect just far enough to read the server's host key (no authentication)."""
+    try:
+        sock = socket.create_connection((profile.host, profile.port), timeout=profile.connect_timeout_s)
+    except OSError as exc:
+        raise TransportError(f"{profile.name}: cannot reach {profile.host}:{profile.port} ({exc})") from None
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=profile.connect_timeout_s)
+        return transport.get_remote_server_key()
+    except _NETWORK_ERRORS as exc:
+        raise TransportError(
+            f"{profile.name}: SSH handshake with {profile.host}:{profile.port} failed ({exc})"
+        ) from None
+    finally:
+        transport.close()
+
+
+def trust_host_key(profile: DeviceProfile, replace: bool = False) -> tuple[paramiko.PKey, str]:
+    """Record the device's current host key in its known_hosts file (written atomically).
+
+    Returns (key, what happened: ``added``, ``unchanged`` or ``replaced``). A key that differs from
+    the recorded one is only replaced with ``replace=True``: a changed key is what an attacker in
+    the middle looks like, so the user has to say they expected it (device re-installed).
+    """
+    key = fetch_host_key(profile)
+    path = default_known_hosts(profile)
+    keys = paramiko.HostKeys()
+    if path.exists():
+        try:
+            keys.load(str(path))
+        except (OSError, paramiko.SSHException) as exc:
+            raise ProfileError(f"{profile.source}: key 'known_hosts': cannot read {path} ({exc})") from None
+    name = host_key_name(profile)
+    known = keys.lookup(name) or {}
+    old = known.get(key.get_name())
+    if old is not None and old == key:
+        return key, "unchanged"
+    if known and not replace:
+        olds = ", ".join(key_fingerprint(k) for k in known.values())
+        raise HostKeyError(
+            f"{profile.name}: host key of {name} changed (known: {olds}; now: {key_fingerprint(key)}); "
+            "refusing. If the device was re-installed, run `hwlat devices trust "
+            f"{profile.name} --replace`"
+        )
+    action = "replaced" if known else "added"
+    if known:
+        # Drop every old entry for this host (any key type): the new key is now the only truth.
+        keys._entries = [e for e in keys._entries if name not in e.hostnames]
+    keys.add(name, key.get_name(), key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    keys.save(str(tmp))
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return key, action
+
+
+class SSHTransport(Transport):
+    """Drive an agent on a remote Linux board over SSH (see module docstring)."""
+
+    def __init__(self, profile: DeviceProfile) -> None:
+        super().__init__(profile)
+        for key in profile.env:
+            if not _ENV_KEY_RE.match(key):
+                raise ProfileError(f"{profile.source}: key 'env.{key}': not a valid environment variable name")
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._poll_sftp: paramiko.SFTPClient | None = None
+        self._conn_lock = threading.RLock()
+        self._push_lock = threading.Lock()
+        self._poll_lock = threading.Lock()
+        self._workdir: str | None = None
+        self._agent_path: str | None = None
+        self._preflight: dict[str, Any] | None = None
+        #: Upload accounting for the last ``push_models`` call (the overhead benchmark reads it).
+        self.last_push: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ connection
+    def connect(self) -> None:
+        with self._conn_lock:
+            if self._client is not None and self._alive():
+                return
+            self._drop()
+            self._client = self._open_client()
+            try:
+                self._sftp = self._client.open_sftp()
+                self._poll_sftp = self._client.open_sftp()
+                for sftp in (self._sftp, self._poll_sftp):
+                    sftp.get_channel().settimeout(self.profile.command_timeout_s)
+                if self._workdir is None:
+                    self._workdir = self._resolve_workdir()
+                self._ensure_agent()
+            except _NETWORK_ERRORS as exc:
+                self._drop()
+                raise TransportError(f"{self.profile.name}: connection set-up failed ({exc})") from None
+
+    def _open_client(self) -> paramiko.SSHClient:
+        p = self.profile
+        client = paramiko.SSHClient()
+        known = default_known_hosts(p)
+        if known.exists():
+            try:
+                client.load_host_keys(str(known))
+            except (OSError, paramiko.SSHException) as exc:
+                raise ProfileError(f"{p.source}: key 'known_hosts': cannot read {known} ({exc})") from None
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        identity = Path(p.identity_file).expanduser() if p.identity_file else None
+        if identity is not None and not identity.is_file():
+            raise ProfileError(f"{p.source}: key 'identity_file': {identity} does not exist")
+        try:
+            client.connect(
+                hostname=p.host,
+                port=p.port,
+                username=p.user,
+                key_filename=str(identity) if identity else None,
+                look_for_keys=identity is None,
+                allow_agent=True,
+                timeout=p.connect_timeout_s,
+                banner_timeout=p.connect_timeout_s,
+                auth_timeout=p.connect_timeout_s,
+            )
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyError(
+                f"{p.name}: host key for {host_key_name(p)} changed (expected "
+                f"{key_fingerprint(exc.expected_key)}, got {key_fingerprint(exc.key)}); refusing to connect "
+                f"(possible man-in-the-middle). If the device was re-installed, verify the key and run "
+                f"`hwlat devices trust {p.name} --replace`"
+            ) from None
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise UsageError(
+                f"{p.name}: SSH authentication as {p.user!r} failed ({exc}); check identity_file in "
+                f"{p.source} or load the key into ssh-agent"
+            ) from None
+        except paramiko.SSHException as exc:
+            client.close()
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyError(
+                    f"{p.name}: host key of {host_key_name(p)} is not in {known}; verify the device and "
+                    f"run `hwlat devices trust {p.name}`"
+                ) from None
+            raise TransportError(f"{p.name}: SSH connection to {p.host}:{p.port} failed ({exc})") from None
+        except (OSError, EOFError) as exc:
+            client.close()
+            raise TransportError(f"{p.name}: cannot reach {p.host}:{p.port} ({exc})") from None
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(5)
+        return client
+
+    def _alive(self) -> bool:
+        transport = self._client.get_transport() if self._client else None
+        return bool(transport and transport.is_active())
+
+    def _drop(self) -> None:
+        """Forget the connection; the next call reconnects. Never raises."""
+        for closable in (self._sftp, self._poll_sftp, self._client):
+            if closable is not None:
+                # Closing a dead connection can fail any way it likes.
+                with contextlib.suppress(Exception):
+                    closable.close()
+        self._client = self._sftp = self._poll_sftp = None
+
+    def close(self) -> None:
+        with self._conn_lock:
+            self._drop()
+
+    @contextmanager
+    def _wire(self, what: str) -> Iterator[None]:
+        """Turn any network failure into a retryable ``TransportError`` and drop the connection."""
+        try:
+            yield
+        except _NETWORK_ERRORS as exc:
+            if isinstance(exc, FileNotFoundError | PermissionError):
+                raise
+            with self._conn_lock:
+                self._drop()
+            raise TransportError(f"{self.profile.name}: {what} failed ({type(exc).__name__}: {exc})") from None
+
+    # ------------------------------------------------------------------ remote commands
+    def _exec(self, argv: list[str], timeout: float | None = None, cwd: str | None = None) -> tuple[int, str, str]:
+        """Run ``argv`` on the device (quoted), return (exit status, stdout, stderr)."""
+        self.connect()
+        command = quote_argv(argv)
+        if cwd:
+            command = f"cd {shlex.quote(cwd)} && {command}"
+        timeout = timeout or self.profile.command_timeout_s
+        with self._wire(f"command {argv[0]!r}"):
+            assert self._client is not None
+            transport = self._client.get_transport()
+            if transport is None:
+                raise EOFError("connection closed")
+            channel = transport.open_session(timeout=timeout)
+            try:
+                channel.settimeout(timeout)
+                channel.exec_command(command)
+                out, err = bytearray(), bytearray()
+                deadline = time.monotonic() + timeout
+                while True:
+                    progressed = False
+                    while channel.recv_ready():
+                        out += channel.recv(65536)
+                        progressed = True
+                    while channel.recv_stderr_ready():
+                        err += channel.recv_stderr(65536)
+                        progressed = True
+                    if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                        break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"no answer within {timeout:.0f} s")
+                    if not progressed:
+                        time.sleep(0.01)
+                status = channel.recv_exit_status()
+            finally:
+                channel.close()
+        return status, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def _agent_argv(self, *args: str) -> list[str]:
+        env = [f"{k}={v}" for k, v in sorted(self.profile.env.items())]
+        assert self._agent_path is not None
+        return ["env", *env, self.profile.python, self._agent_path, *args]
+
+    def _agent_json(self, *args: str, timeout: float | None = None) -> Any:
+        status, out, err = self._exec(self._agent_argv(*args), timeout=timeout, cwd=self._workdir)
+        if status != 0:
+            raise TransportError(
+                f"{self.profile.name}: agent {args[0]!r} exited with {status}: {_last_line(err) or _last_line(out)}"
+            )
+        try:
+            return json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise TransportError(f"{self.profile.name}: agent {args[0]!r} printed no JSON: {out[-300:]!r}") from None
+
+    # ------------------------------------------------------------------ set-up
+    def _resolve_workdir(self) -> str:
+        """Absolute workdir on the device (``~`` expanded against the SFTP home), created."""
+        assert self._sftp is not None
+        home = self._sftp.normalize(".")
+        raw = self.profile.workdir
+        if raw == "~" or raw.startswith("~/"):
+            raw = posixpath.join(home, raw[2:])
+        elif not raw.startswith("/"):
+            raw = posixpath.join(home, raw)
+        workdir = posixpath.normpath(raw)
+        for sub in ("", "models", "runs", "agent"):
+            self._sftp_mkdir(posixpath.join(workdir, sub) if sub else workdir)
+        return workdir
+
+    def _sftp_mkdir(self, path: str) -> None:
+        assert self._sftp is not None
+        parts = [p for p in path.split("/") if p]
+        current = ""
+        for part in parts:
+            current += "/" + part
+            try:
+                if not stat.S_ISDIR(self._sftp.stat(current).st_mode or 0):
+                    raise ProfileError(f"{self.profile.source}: key 'workdir': {current} exists and is not a folder")
+            except FileNotFoundError:
+                self._sftp.mkdir(current)
+
+    def _ensure_agent(self) -> None:
+        """Upload the agent bundle unless the device already has this exact one, then preflight."""
+        bundle = current_bundle()
+        assert self._workdir is not None and self._sftp is not None
+        path = posixpath.join(self._workdir, "agent", bundle.remote_name)
+        if self._agent_path == path and self._preflight is not None:
+            return
+        self._agent_path = path
+        try:
+            present = self._sftp.stat(path).st_size == len(bundle.data)
+        except FileNotFoundError:
+            present = False
+        if not present:
+            self._upload_bytes(bundle.data, path)
+        report = self._run_preflight()
+        if report.get("bundle_sha256") != bundle.sha256:
+            self._upload_bytes(bundle.data, path)
+            report = self._run_preflight()
+            if report.get("bundle_sha256") != bundle.sha256:
+                raise TransportError(f"{self.profile.name}: agent bundle hash mismatch after upload")
+        self._check_dependencies(report, bundle)
+        self._preflight = report
+
+    def _run_preflight(self) -> dict[str, Any]:
+        status, out, err = self._exec(
+            self._agent_argv("preflight", self.profile.runtime.runtime), cwd=self._workdir
+        )
+        if status == 127 or ("No such file or directory" in err and self.profile.python in err):
+            raise MissingDependencyError(
+                f"{self.profile.name}: python {self.profile.python!r} not found on the device; install "
+                f"Python 3.8+ (e.g. `sudo apt install python3`) or set `python` in {self.profile.source}"
+            )
+        try:
+            return json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return {"error": _last_line(err) or out[-300:], "status": status}
+
+    def _check_dependencies(self, report: dict[str, Any], bundle: Bundle) -> None:
+        p = self.profile
+        if "error" in report:
+            raise MissingDependencyError(f"{p.name}: the agent cannot start with {p.python!r}: {report['error']}")
+        if not report.get("python_ok", False):
+            raise MissingDependencyError(
+                f"{p.name}: {p.python} is Python {report.get('python')}; the agent needs 3.8+ "
+                f"(set `python` in {p.source})"
+            )
+        missing = report.get("missing") or []
+        if missing:
+            names = ", ".join(m["module"] for m in missing)
+            pips = " ".join(m["pip"].split(" ")[0] for m in missing)
+            raise MissingDependencyError(
+                f"{p.name}: missing on the device for {p.python}: {names}; install with "
+                f"`{p.python} -m pip install {pips}` (see docs/add-a-board.md)"
+            )
+
+    def _upload_bytes(self, data: bytes, path: str) -> None:
+        assert self._sftp is not None
+        tmp = f"{path}.part-{uuid.uuid4().hex[:12]}"
+        with self._wire("upload"):
+            with self._sftp.open(tmp, "wb") as fh:
+                fh.set_pipelined(True)
+                fh.write(data)
+            self._sftp.posix_rename(tmp, path)
+
+    # ------------------------------------------------------------------ Transport API
+    @property
+    def workdir(self) -> str:
+        """Absolute workdir on the device (connects if needed)."""
+        self.connect()
+        assert self._workdir is not None
+        return self._workdir
+
+    def preflight(self) -> dict[str, Any]:
+        """Python/numpy/runtime versions found by the launcher (connects if needed)."""
+        self.connect()
+        assert self._preflight is not None
+        return dict(self._preflight)
+
+    def fingerprint(self) -> dict:
+        return self._agent_json("fingerprint")
+
+    def push_models(self, artifacts: Iterable[ModelArtifact]) -> dict[str, str]:
+        names: dict[str, tuple[str, ModelArtifact]] = {}
+        for art in artifacts:
+            if not _SHA_RE.match(art.sha256) or not _FMT_RE.match(art.format):
+                raise UsageError(f"model {art.path}: invalid sha256 {art.sha256!r} or format {art.format!r}")
+            names[art.sha256] = (f"{art.sha256}.{art.format}", art)
+        if not names:
+            return {}
+        self.connect()
+        with self._push_lock:
+            started = time.perf_counter()
+            models = posixpath.join(self.workdir, "models")
+            assert self._sftp is not None
+            with self._wire("listing the model cache"):
+                listing = self._sftp.listdir_attr(models)
+            present = {a.filename for a in listing}
+            self._remove_stale_parts(models, listing)
+            cached = [sha for sha, (name, _) in names.items() if name in present]
+            good = self._verified(models, {sha: names[sha][0] for sha in cached})
+            to_send = [sha for sha in names if sha not in good]
+            sent_bytes = 0
+            for sha in to_send:
+                name, art = names[sha]
+                data = Path(art.path).read_bytes()
+                self._upload_bytes(data, posixpath.join(models, name))
+                sent_bytes += len(data)
+            if to_send:
+                verified = self._verified(models, {sha: names[sha][0] for sha in to_send})
+                bad = [names[sha][0] for sha in to_send if sha not in verified]
+                if bad:
+                    raise TransportError(f"{self.profile.name}: uploaded model(s) failed the hash check: {bad}")
+            self.last_push = {
+                "models": len(names),
+                "cached": len(names) - len(to_send),
+                "sent": len(to_send),
+                "sent_bytes": sent_bytes,
+                "seconds": time.perf_counter() - started,
+            }
+            return {sha: f"models/{name}" for sha, (name, _) in names.items()}
+
+    def _verified(self, models: str, expected: dict[str, str]) -> set[str]:
+        """Hash the given cached files on the device; return the shas whose content matches."""
+        good: set[str] = set()
+        items = list(expected.items())
+        for i in range(0, len(items), _HASH_CHUNK):
+            chunk = items[i:i + _HASH_CHUNK]
+            paths = {posixpath.join(models, name): sha for sha, name in chunk}
+            result = self._agent_json("hash", *paths)
+            for path, sha in paths.items():
+                if result.get(path) == sha:
+                    good.add(sha)
+        return good
+
+    def _remove_stale_parts(self, models: str, listing: list[paramiko.SFTPAttributes]) -> None:
+        """Partial uploads left by a dropped connection are garbage once old enough."""
+        assert self._sftp is not None
+        now = time.time()
+        for attr in listing:
+            if ".part-" in attr.filename and now - (attr.st_mtime or now) > _STALE_PART_S:
+                with self._wire("cleaning partial uploads"):
+                    self._sftp.remove(posixpath.join(models, attr.filename))
+
+    def _run_dir(self, run_id: str) -> str:
+        if not _RUN_ID_RE.match(run_id):
+            raise UsageError(f"invalid run id {run_id!r}")
+        return posixpath.join(self.workdir, "runs", run_id)
+
+    def start_run(self, spec: RunSpec) -> None:
+        run_dir = self._run_dir(spec.run_id)
+        self._sftp_mkdir(run_dir)
+        self._upload_bytes(spec.to_json().encode(), posixpath.join(run_dir, "jobs.json"))
+        reply = self._agent_json("launch", self.workdir, spec.run_id)
+        if reply.get("status") == "busy":
+            holder = reply.get("holder") or {}
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
+            raise DeviceBusyError(
+                f"{self.profile.name}: device is busy: run {holder.get('run_id', '?')} (agent pid "
+                f"{holder.get('pid', '?')}, since {since}) holds {self.workdir}/device.lock; wait for that "
+                "campaign to finish"
+            )
+        if reply.get("status") not in ("started", "running"):
+            raise TransportError(f"{self.profile.name}: agent did not start: {reply.get('error', reply)}")
+
+    def read_journal(self, run_id: str, offset: int) -> tuple[list[dict], int]:
+        path = posixpath.join(self._run_dir(run_id), "journal.jsonl")
+        with self._poll_lock, self._wire("reading the journal"):
+            sftp = self._poll_sftp
+            if sftp is None:
+                raise EOFError("connection closed by another thread")
+            try:
+                with sftp.open(path, "rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read()
+            except FileNotFoundError:
+                return [], offset
+        end = data.rfind(b"\n") + 1
+        events = []
+        for line in data[:end].splitlines():
+            if line.strip():
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    events.append({"type": "corrupt", "line": line.decode(errors="replace")[:500]})
+        return events, offset + end
+
+    def agent_alive(self, run_id: str) -> bool:
+        return bool(self._agent_json("status", self.workdir, run_id).get("alive"))
+
+    def stop_run(self, run_id: str) -> None:
+        self._agent_json("stop", self.workdir, run_id, timeout=30.0)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
