@@ -72,6 +72,7 @@ class DeviceOutcome:
     rows: int = 0
     status_counts: dict[str, int] = field(default_factory=dict)
     error: str = ""
+    #: seconds the agent spent inside timed loops (candidates and drift references)
     timed_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
@@ -334,6 +335,7 @@ class DeviceRunner:
                         continue
                     seen.add(result.job_id)
                     if result.role == "reference":
+                        self.outcome.timed_s += sum(result.raw_ms) / 1000.0
                         if result.median_ms:
                             first_ref = first_ref or result.median_ms
                             ref_state = {
@@ -365,8 +367,7 @@ class DeviceRunner:
             self.store.append(self.profile.name, art.search_space, self.session_id, [row])
         self.outcome.rows += 1
         self.outcome.status_counts[result.status] = self.outcome.status_counts.get(result.status, 0) + 1
-        if result.status in ("ok", "unstable"):
-            self.outcome.timed_s += sum(result.raw_ms) / 1000.0
+        self.outcome.timed_s += sum(result.raw_ms) / 1000.0
         self.on_row(self.profile.name, result.status)
 
 
