@@ -20,13 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from harness.campaign import CampaignRequest, plan_specs, run_campaign  # noqa: E402
-from harness.devices import resolve_device  # noqa: E402
-from harness.export import export_models  # noqa: E402
-from harness.store import read_dataset  # noqa: E402
-from harness.transport import open_transport  # noqa: E402
+from harness.campaign import CampaignRequest, plan_specs, run_campaign
+from harness.devices import resolve_device
+from harness.export import export_models
+from harness.store import read_dataset
+from harness.transport import open_transport
 
 
 def main() -> int:
