@@ -58,6 +58,8 @@ _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Partial uploads older than this are removed (a live upload from this coordinator is younger).
 _STALE_PART_S = 3600.0
 _HASH_CHUNK = 200
+#: Minimum interval between two journal polls that found nothing new (seconds).
+POLL_S = 0.5
 _NETWORK_ERRORS = (paramiko.SSHException, OSError, EOFError, socket.timeout)
 
 
@@ -168,6 +170,7 @@ class SSHTransport(Transport):
         self._workdir: str | None = None
         self._agent_path: str | None = None
         self._preflight: dict[str, Any] | None = None
+        self._last_empty_poll = 0.0
         #: Upload accounting for the last ``push_models`` call (the overhead benchmark reads it).
         self.last_push: dict[str, float] = {}
 
@@ -521,16 +524,15 @@ class SSHTransport(Transport):
 
     def read_journal(self, run_id: str, offset: int) -> tuple[list[dict], int]:
         path = posixpath.join(self._run_dir(run_id), "journal.jsonl")
-        with self._poll_lock, self._wire("reading the journal"):
-            sftp = self._poll_sftp
-            if sftp is None:
-                raise EOFError("connection closed by another thread")
-            try:
-                with sftp.open(path, "rb") as fh:
-                    fh.seek(offset)
-                    data = fh.read()
-            except FileNotFoundError:
-                return [], offset
+        # Poll no faster than POLL_S when nothing is new: each poll is served by sshd on the board,
+        # and the board is in the middle of timing a model.
+        wait = self._last_empty_poll + POLL_S - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        with self._poll_lock:
+            data = self._sftp_read(path, offset)
+        if data is None:
+            data = b""
         end = data.rfind(b"\n") + 1
         events = []
         for line in data[:end].splitlines():
@@ -539,10 +541,53 @@ class SSHTransport(Transport):
                     events.append(json.loads(line))
                 except ValueError:
                     events.append({"type": "corrupt", "line": line.decode(errors="replace")[:500]})
+        self._last_empty_poll = 0.0 if events else time.monotonic()
         return events, offset + end
 
+    def _sftp_read(self, path: str, offset: int = 0) -> bytes | None:
+        """Bytes of a remote file from ``offset`` (None if it does not exist), on the polling session."""
+        with self._wire(f"reading {posixpath.basename(path)}"):
+            sftp = self._poll_sftp
+            if sftp is None:
+                raise EOFError("connection closed by another thread")
+            try:
+                with sftp.open(path, "rb") as fh:
+                    fh.seek(offset)
+                    return fh.read()
+            except FileNotFoundError:
+                return None
+
     def agent_alive(self, run_id: str) -> bool:
-        return bool(self._agent_json("status", self.workdir, run_id).get("alive"))
+        """Whether the lock holder is this run's agent, read over SFTP from ``device.lock`` and ``/proc``.
+
+        Deliberately not a remote command: the campaign asks this every poll, and starting a Python
+        process on a board that is timing a model would disturb the measurement.
+        """
+        run_dir = self._run_dir(run_id)
+        with self._poll_lock:
+            raw = self._sftp_read(posixpath.join(self.workdir, "device.lock"))
+            try:
+                holder = json.loads(raw or b"{}")
+            except ValueError:
+                return False
+            pid = holder.get("pid")
+            if holder.get("run_id") != run_id or not isinstance(pid, int):
+                return False
+            stat_line = self._sftp_read(f"/proc/{pid}/stat")
+            if not stat_line or stat_line.rsplit(b")", 1)[-1].split()[:1] == [b"Z"]:
+                return False
+            cmdline = self._sftp_read(f"/proc/{pid}/cmdline") or b""
+        return run_dir.encode() in cmdline.split(b"\0")
+
+    def device_lock_holder(self) -> dict[str, Any]:
+        """Who holds the device lock (``run_id``, ``pid``, ``started``), or {} if the device is free."""
+        raw = self._sftp_read(posixpath.join(self.workdir, "device.lock"))
+        try:
+            holder = json.loads(raw or b"{}")
+        except ValueError:
+            return {}
+        run_id = str(holder.get("run_id", ""))
+        return holder if _RUN_ID_RE.match(run_id) and self.agent_alive(run_id) else {}
 
     def stop_run(self, run_id: str) -> None:
         self._agent_json("stop", self.workdir, run_id, timeout=30.0)

@@ -1,0 +1,195 @@
+"""``hwlat devices list|check|trust``: see the shelf of boards, probe one, record its host key.
+
+``check`` connects and prints the agent's fingerprint plus the warnings that matter for timing, without
+measuring anything, so a lab engineer can fix a board (governor, throttling, a busy CPU, a missing runtime)
+before a campaign wastes hours on it. ``trust`` is the only way a host key enters known_hosts: hwlat never
+accepts an unknown key on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from harness.devices import DeviceProfile, available_profiles, load_profile_file, resolve_devices
+from harness.errors import ProfileError, TransportError, UsageError
+
+#: Fingerprint keys in the order ``check`` prints them; anything else follows alphabetically.
+_FINGERPRINT_ORDER = (
+    "host", "board_model", "cpu_model", "machine", "cores_logical", "cores_physical", "ram_mb", "os",
+    "python_version", "numpy_version", "runtimes", "providers", "gpu", "governor", "agent_version",
+)
+#: Governors that keep the clock fixed or at maximum while timing.
+_GOOD_GOVERNORS = ("performance",)
+_BUSY_PCT = 10.0
+
+
+def timing_warnings(fp: dict[str, Any]) -> list[str]:
+    """Warnings that make latency numbers unreliable, from a fingerprint.
+
+    The agent reports its own ``warnings``; these are recomputed from the raw fields as well so that an
+    older agent (or one that could not read a field) still gets the checks. Duplicates are dropped.
+    """
+    found: list[str] = list(fp.get("warnings") or [])
+    governor = fp.get("governor")
+    governors = set(governor.values()) if isinstance(governor, dict) else {governor} if governor else set()
+    bad = sorted(g for g in governors if isinstance(g, str) and g not in _GOOD_GOVERNORS)
+    if bad and not any("governor" in w for w in found):
+        found.append(f"CPU frequency governor is {'/'.join(bad)}, not performance: latencies will drift "
+                     "(sudo cpupower frequency-set -g performance)")
+    throttled = fp.get("throttled")
+    if throttled and not any("thrott" in w for w in found):
+        found.append(f"thermal throttling reported ({throttled}): cool the board or add a fan")
+    busy = fp.get("busy_pct")
+    if isinstance(busy, int | float) and busy > _BUSY_PCT and not any("busy" in w for w in found):
+        found.append(f"CPU is {busy:.0f}% busy with other work: stop it before measuring")
+    return found
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = []
+    for name, path in sorted(available_profiles().items()):
+        try:
+            p = load_profile_file(path)
+        except ProfileError as exc:
+            rows.append({"name": name, "error": str(exc), "source": str(path)})
+            continue
+        rows.append({
+            "name": p.name, "host": "local" if p.is_local else f"{p.user}@{p.host}:{p.port}",
+            "runtime": p.runtime.runtime, "providers": ",".join(p.runtime.providers),
+            "threads": p.runtime.threads, "affinity": ",".join(map(str, p.cpu_affinity)) or "-",
+            "tags": ",".join(p.tags), "source": str(path),
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="device profiles")
+    for col in ("name", "host", "runtime", "providers", "threads", "affinity", "tags", "source"):
+        table.add_column(col)
+    for row in rows:
+        if "error" in row:
+            table.add_row(row["name"], f"[red]invalid: {row['error']}[/]", "", "", "", "", "", row["source"])
+        else:
+            table.add_row(*(str(row[c]) for c in ("name", "host", "runtime", "providers", "threads", "affinity",
+                                                   "tags", "source")))
+    Console().print(table)
+    return 0
+
+
+def check_device(profile: DeviceProfile) -> dict[str, Any]:
+    """Connect, fingerprint and collect timing warnings; raises TransportError/UsageError."""
+    from harness.transport import open_transport
+
+    transport = open_transport(profile)
+    try:
+        transport.connect()
+        report: dict[str, Any] = {"device": profile.name, "source": profile.source}
+        fp = transport.fingerprint()
+        extra: list[str] = []
+        if not profile.is_local:
+            from harness.transport.ssh import SSHTransport
+
+            assert isinstance(transport, SSHTransport)
+            report["workdir"] = transport.workdir
+            report["preflight"] = transport.preflight()
+            holder = transport.device_lock_holder()
+            if holder:
+                extra.append(f"busy: campaign run {holder.get('run_id')} (pid {holder.get('pid')}) is measuring now")
+        report["fingerprint"] = fp
+        report["warnings"] = timing_warnings(fp) + extra
+        return report
+    finally:
+        transport.close()
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    fp = report["fingerprint"]
+    print(f"{report['device']}  ({report['source']})")
+    if "workdir" in report:
+        pre = report["preflight"]
+        versions = ", ".join(f"{k} {v}" for k, v in sorted(pre.get("versions", {}).items()))
+        print(f"  {'workdir':<16} {report['workdir']}")
+        print(f"  {'interpreter':<16} {pre.get('executable')} (Python {pre.get('python')}; {versions})")
+    keys = [k for k in _FINGERPRINT_ORDER if k in fp] + sorted(
+        k for k in fp if k not in _FINGERPRINT_ORDER and k not in ("type", "warnings"))
+    for key in keys:
+        if fp[key] not in (None, "", [], {}):
+            print(f"  {key:<16} {_fmt(fp[key])}")
+    if report["warnings"]:
+        for warning in report["warnings"]:
+            print(f"  warning: {warning}")
+    else:
+        print("  no timing warnings")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    profiles = resolve_devices(args.devices)
+    failed = 0
+    reports = []
+    for profile in profiles:
+        try:
+            report = check_device(profile)
+        except TransportError as exc:
+            print(f"hwlat: {profile.name}: unreachable: {str(exc).splitlines()[0]}", file=sys.stderr)
+            failed += 1
+            continue
+        reports.append(report)
+        if not args.json:
+            _print_report(report)
+    if args.json:
+        print(json.dumps(reports, indent=2, sort_keys=True, default=str))
+    return 1 if failed else 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from harness.transport.ssh import default_known_hosts, host_key_name, key_fingerprint, trust_host_key
+
+    profiles = resolve_devices(args.devices)
+    for profile in profiles:
+        if profile.is_local:
+            raise UsageError(f"{profile.name} is the local machine: there is no host key to trust")
+    failed = 0
+    for profile in profiles:
+        try:
+            key, action = trust_host_key(profile, replace=args.replace)
+        except TransportError as exc:
+            print(f"hwlat: {profile.name}: unreachable: {str(exc).splitlines()[0]}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{profile.name}: {action} host key {key_fingerprint(key)} for {host_key_name(profile)} "
+              f"in {default_known_hosts(profile)}")
+    return 1 if failed else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``devices list|check|trust`` to the hwlat command line (called by harness.cli)."""
+    d = subparsers.add_parser("devices", help="list device profiles, check a board, trust its SSH host key",
+                              description="Device profiles live in device_profiles/*.toml (and $HWLAT_PROFILES).")
+    dsub = d.add_subparsers(dest="devices_command", metavar="COMMAND", parser_class=type(d))
+    dsub.required = True
+
+    ls = dsub.add_parser("list", help="the known device profiles (no connection)")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=cmd_list)
+
+    check = dsub.add_parser("check", help="connect and print the fingerprint and timing warnings (measures nothing)")
+    check.add_argument("devices", nargs="+", metavar="DEV", help="profile name, .toml path or tag:TAG")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.set_defaults(func=cmd_check)
+
+    trust = dsub.add_parser("trust", help="record the device's SSH host key in its known_hosts file")
+    trust.add_argument("devices", nargs="+", metavar="DEV", help="profile name, .toml path or tag:TAG")
+    trust.add_argument("--replace", action="store_true",
+                       help="replace a host key that changed (only after verifying the board was re-installed)")
+    trust.set_defaults(func=cmd_trust)
