@@ -64,6 +64,9 @@ class RuntimeConfig:
     inter_op_threads: int = 1
     graph_optimization_level: str = "all"
     execution_mode: str = "sequential"
+    #: onnxruntime custom-op shared libraries (``SessionOptions.register_custom_ops_library``),
+    #: registered in every session of the run; relative paths are relative to the agent workdir.
+    custom_op_libraries: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RuntimeConfig:
