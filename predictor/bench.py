@@ -1,0 +1,127 @@
+"""Transfer benchmark in the NASFLAT/HELP protocol (``hwlat predictor bench``).
+
+Per task and seed: pretrain on at most 512 (nb201) / 800 (other spaces) archs per train device, drawn
+with the seed; on each test device pick ``samples`` archs with a sampler (seeded), transfer, and score
+on every other arch of that device in the data. The benchmark's own figures are what docs/predictor.md
+reports, so it keeps wall time per task and all per-seed numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import kendalltau, spearmanr
+
+from harness.errors import UsageError
+
+from .data import LatencyTable
+from .encode import canonical_space
+from .samplers import sample
+from .train import SpaceModel, TrainConfig, pretrain
+from .transfer import TransferConfig, transfer
+
+METRICS = ("spearman", "kendall", "mape", "within_10pct")
+
+
+def pretrain_cap(space: str) -> int:
+    """Archs per train device the protocol allows: 512 for NB201 (as NASFLAT/HELP), 800 elsewhere."""
+    return 512 if space == "nb201" else 800
+
+
+@dataclass
+class Task:
+    name: str
+    space: str
+    train_devices: list[str]
+    test_devices: list[str]
+
+
+def load_tasks(path: str | Path, names: list[str] | None = None) -> list[Task]:
+    """Read a NASFLAT-style task file; ``names`` selects tasks by ``paper_name``."""
+    try:
+        raw = json.loads(Path(path).read_text())
+        tasks = [Task(t.get("paper_name") or f"task{t.get('task_index', i)}", canonical_space(t["search_space"]),
+                      list(t["train_devices"]), list(t["test_devices"])) for i, t in enumerate(raw["tasks"])]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"cannot read tasks file {path}: {exc}") from exc
+    if names:
+        known = {t.name for t in tasks}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise UsageError(f"unknown task(s) {', '.join(unknown)}; the file has {', '.join(sorted(known))}")
+        tasks = [t for t in tasks if t.name in names]
+    return tasks
+
+
+def score(pred_ms: np.ndarray, true_ms: np.ndarray) -> dict[str, float]:
+    """Spearman, Kendall tau, MAPE (%) and the share of predictions within +-10% of the measurement."""
+    rel = np.abs(pred_ms - true_ms) / true_ms
+    return {"spearman": float(spearmanr(pred_ms, true_ms)[0]), "kendall": float(kendalltau(pred_ms, true_ms)[0]),
+            "mape": float(100.0 * rel.mean()), "within_10pct": float((rel <= 0.10).mean())}
+
+
+def run_task_seed(table: LatencyTable, task: Task, seed: int, samples: int, sampler: str,
+                  train_cfg: TrainConfig | None = None, transfer_cfg: TransferConfig | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, float]]:
+    """One task, one seed: pretrain, transfer to each test device, score; returns {device: metrics}."""
+    space = task.space
+    have = set(table.devices(space))
+    missing = [d for d in (*task.train_devices, *task.test_devices) if d not in have]
+    if missing:
+        raise UsageError(f"task {task.name}: device(s) not in the data for {space}: {', '.join(missing)}")
+    rng = np.random.default_rng(seed)
+    cap = pretrain_cap(space)
+    archs: list[str] = []
+    lat: list[np.ndarray] = []
+    dev_of_row: list[np.ndarray] = []
+    for d, name in enumerate(task.train_devices):
+        s = table.device_series(space, name)
+        pick = rng.choice(len(s), size=min(cap, len(s)), replace=False)
+        archs += list(s.index[pick])
+        lat.append(s.to_numpy()[pick])
+        dev_of_row.append(np.full(len(pick), d))
+    cfg = TrainConfig(**{**(train_cfg.__dict__ if train_cfg else {}), "seed": seed})
+    model: SpaceModel = pretrain(space, archs, list(task.train_devices), np.concatenate(lat),
+                                 np.concatenate(dev_of_row), cfg, progress=progress)
+    out = {}
+    for name in task.test_devices:
+        s = table.device_series(space, name)
+        picks = sample(sampler, space, list(s.index), samples, seed=seed, model=model)
+        target = f"{name}@target"
+        transfer(model, target, picks, s.loc[picks].to_numpy(), transfer_cfg, seed=seed)
+        rest = s.drop(index=picks)
+        pred = np.exp(model.log_ms(list(rest.index), target).mean(0))
+        out[name] = score(pred, rest.to_numpy())
+    return out
+
+
+def run_bench(table: LatencyTable, tasks: list[Task], samples: int, seeds: int, sampler: str,
+              train_cfg: TrainConfig | None = None, transfer_cfg: TransferConfig | None = None,
+              on_step: Callable[[str, int, dict], None] | None = None,
+              progress: Callable[[int, int], None] | None = None) -> dict:
+    """Run every task for seeds 0..seeds-1; returns the JSON report (means, per-device per-seed lists)."""
+    report: dict = {"samples": samples, "seeds": seeds, "sampler": sampler, "tasks": {}}
+    for task in tasks:
+        t0 = time.perf_counter()
+        per_dev: dict[str, dict[str, list[float]]] = {d: {m: [] for m in METRICS} for d in task.test_devices}
+        seed_seconds = []
+        for seed in range(seeds):
+            ts = time.perf_counter()
+            res = run_task_seed(table, task, seed, samples, sampler, train_cfg, transfer_cfg, progress)
+            seed_seconds.append(time.perf_counter() - ts)
+            for d, m in res.items():
+                for k, v in m.items():
+                    per_dev[d][k].append(v)
+            if on_step is not None:
+                on_step(task.name, seed, res)
+        entry = {m: float(np.mean([np.mean(per_dev[d][m]) for d in task.test_devices])) for m in METRICS}
+        entry["seconds"] = time.perf_counter() - t0
+        entry["seconds_per_seed"] = seed_seconds
+        entry["devices"] = per_dev
+        report["tasks"][task.name] = entry
+    return report

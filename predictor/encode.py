@@ -1,0 +1,329 @@
+"""Architecture encodings, computed from the same arch strings the harness measures.
+
+Each search space has one ``SpaceEncoder``: it validates arch strings and turns a batch of them into
+three views that the models consume:
+
+* ``flat``   -- a fixed-length vector (op one-hots, op counts, connectivity, analytic FLOPs/params);
+  the MLP reads it and the diversity sampler clusters it.
+* ``nodes``/``adj`` -- a small dense graph (the NB201 cell DAG with ops as nodes, or the FBNet layer
+  chain); the graph network reads it. Dense adjacency is fine: 8 nodes for NB201, 24 for FBNet.
+
+FLOPs and params are analytic (closed-form per op), so the predictor never builds a torch model;
+they only need to rank consistently with the exporter's counts, not match them to the last MAC.
+New spaces register with ``register_space`` and become available to train/predict/bench at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.errors import ArchError, UnknownSpaceError
+
+
+@dataclass
+class Encoded:
+    """A batch of encoded archs: ``flat`` [B, F], ``nodes`` [B, N, D], ``adj`` [B, N, N] (float32)."""
+
+    flat: np.ndarray
+    nodes: np.ndarray
+    adj: np.ndarray
+
+
+class SpaceEncoder:
+    """Base class: parse + validate one arch string, emit (flat, nodes, adj) for it."""
+
+    name: str = ""
+    aliases: tuple[str, ...] = ()
+    #: columns of ``flat`` that form a per-position op one-hot: the features of the linear correction
+    #: fitted at transfer (a per-op cost model); the rest (counts, flags, FLOPs) would let one odd sample
+    #: (e.g. a disconnected cell) dominate a 5-20 point fit.
+    linear_features: slice = slice(None)
+
+    def encode_one(self, arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return (flat, nodes, adj) for one arch; raise ``ArchError`` if it is not in the space."""
+        raise NotImplementedError
+
+    def enumerate(self) -> list[str] | None:
+        """Every arch of the space in canonical order, or None when the space is too large to list."""
+        return None
+
+    def encode(self, archs: Sequence[str]) -> Encoded:
+        """Encode a batch; archs are cached because benchmarks encode the same space many times."""
+        rows = [self._cached(a) for a in archs]
+        if not rows:
+            f, n, a = self.encode_one(self.example())
+            return Encoded(np.zeros((0, *f.shape), np.float32), np.zeros((0, *n.shape), np.float32),
+                           np.zeros((0, *a.shape), np.float32))
+        return Encoded(np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]),
+                       np.stack([r[2] for r in rows]))
+
+    def example(self) -> str:
+        """A valid arch, used to size empty batches."""
+        raise NotImplementedError
+
+    def _cached(self, arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cache = self.__dict__.setdefault("_cache", {})
+        hit = cache.get(arch)
+        if hit is None:
+            hit = tuple(x.astype(np.float32) for x in self.encode_one(arch))
+            cache[arch] = hit
+        return hit
+
+
+# ----------------------------------------------------------------------------------------- NB201
+
+NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+#: the six cell edges (target node i, source node j) in arch-string order
+NB201_EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
+#: NB201's CIFAR network: 3 stages x 5 cells, channels 16/32/64 at 32/16/8 px; every stage has the
+#: same C*C*H*W, so one cell conv costs the same MACs in each stage.
+_NB201_STAGES = ((16, 32), (32, 16), (64, 8))
+
+
+def _nb201_parse(arch: str) -> list[str]:
+    """Return the six edge ops in ``NB201_EDGES`` order; raise ``ArchError`` on anything else."""
+    if not isinstance(arch, str) or not arch.startswith("|") or not arch.endswith("|"):
+        raise ArchError(f"not an NB201 arch string: {arch!r}")
+    nodes = arch[1:-1].split("|+|")
+    if len(nodes) != 3:
+        raise ArchError(f"NB201 arch must have 3 nodes separated by '+': {arch!r}")
+    ops: list[str] = []
+    for i, node in enumerate(nodes, start=1):
+        toks = node.split("|")
+        if len(toks) != i:
+            raise ArchError(f"NB201 node {i} must have {i} edges: {arch!r}")
+        for j, tok in enumerate(toks):
+            op, _, src = tok.partition("~")
+            if op not in NB201_OPS or src != str(j):
+                raise ArchError(f"bad NB201 edge {tok!r} in {arch!r}")
+            ops.append(op)
+    return ops
+
+
+def _nb201_active(ops: list[str]) -> tuple[list[bool], bool]:
+    """Which edges lie on an input->output path (others are dead compute), and is the output reached."""
+    live = [op != "none" for op in ops]
+    from_in = {0}
+    for (i, j), ok in zip(NB201_EDGES, live, strict=True):
+        if ok and j in from_in:
+            from_in.add(i)
+    to_out = {3}
+    for (i, j), ok in reversed(list(zip(NB201_EDGES, live, strict=True))):
+        if ok and i in to_out:
+            to_out.add(j)
+    active = [ok and j in from_in and i in to_out for (i, j), ok in zip(NB201_EDGES, live, strict=True)]
+    return active, 3 in from_in
+
+
+def _nb201_flops_params(ops: list[str]) -> tuple[float, float]:
+    """Analytic MACs and params of the full CIFAR network (cells + fixed stem/reductions/head)."""
+    macs = 3 * 16 * 9 * 32 * 32.0  # stem conv
+    params = 3 * 16 * 9.0
+    for c, hw in _NB201_STAGES:
+        per_conv = c * c * hw * hw
+        n1 = ops.count("nor_conv_1x1")
+        n3 = ops.count("nor_conv_3x3")
+        macs += 5 * (n1 + 9 * n3) * per_conv
+        params += 5 * (n1 + 9 * n3) * c * c + 5 * 2 * c * (n1 + n3)
+    # two residual reduction blocks (3x3 s2 + 3x3 + 1x1 shortcut) and the classifier
+    for cin, cout, hw in ((16, 32, 16), (32, 64, 8)):
+        macs += (9 * cin * cout + 9 * cout * cout + cin * cout) * hw * hw
+        params += 9 * cin * cout + 9 * cout * cout + cin * cout
+    macs += 64 * 10
+    params += 64 * 10 + 10
+    return macs, params
+
+
+class NB201Encoder(SpaceEncoder):
+    """NAS-Bench-201 cells: 6 edges x 5 ops.
+
+    Flat: op one-hot per edge (30), the same masked to *active* edges (30; dead edges cost nothing on
+    runtimes that prune them, e.g. pixel3/raspi4 report ~0 ms for disconnected cells), op counts (5),
+    active op counts (5), output-connected flag, log MACs and log params.
+    Graph: 8 nodes (input, six op nodes, output); an arc u->v exists when data flows u->v, and none-ops
+    carry no arcs (they block flow).
+    """
+
+    name = "nb201"
+    aliases = ("nasbench201", "nb201", "nas-bench-201", "nasbench-201")
+    linear_features = slice(0, 6 * len(NB201_OPS))
+
+    def example(self) -> str:
+        return "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|"
+
+    def encode_one(self, arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ops = _nb201_parse(arch)
+        active, connected = _nb201_active(ops)
+        k = len(NB201_OPS)
+        onehot = np.zeros((6, k))
+        for e, op in enumerate(ops):
+            onehot[e, NB201_OPS.index(op)] = 1.0
+        act = onehot * np.array(active, float)[:, None]
+        macs, params = _nb201_flops_params(ops)
+        flat = np.concatenate([onehot.ravel(), act.ravel(), onehot.sum(0), act.sum(0),
+                               [float(connected), np.log(macs) - 17.0, np.log(params) - 11.0]])
+        nodes = np.zeros((8, k + 3))
+        nodes[0, k] = 1.0
+        nodes[7, k + 1] = 1.0
+        nodes[1:7, :k] = onehot
+        nodes[1:7, k + 2] = active
+        adj = np.zeros((8, 8))
+        for e, (i, j) in enumerate(NB201_EDGES):
+            if ops[e] == "none":
+                continue
+            if j == 0:
+                adj[0, 1 + e] = 1.0
+            for f, (i2, _j2) in enumerate(NB201_EDGES):
+                if i2 == j and ops[f] != "none":
+                    adj[1 + f, 1 + e] = 1.0
+            if i == 3:
+                adj[1 + e, 7] = 1.0
+        return flat, nodes, adj
+
+    def enumerate(self) -> list[str]:
+        return nb201_all_archs()
+
+
+def nb201_all_archs() -> list[str]:
+    """All 15625 NB201 cells in the canonical NAS-Bench-201 ``arch_index`` order.
+
+    The benchmark's order is its generator's: the nested product over edges node by node (edge 0
+    outermost), ops in ``NB201_OPS`` order, then ``random.seed(88); random.shuffle``. A local
+    ``random.Random`` gives the same sequence as the global seed without touching global state.
+    """
+    archs = []
+    for o in itertools.product(NB201_OPS, repeat=6):
+        archs.append(f"|{o[0]}~0|+|{o[1]}~0|{o[2]}~1|+|{o[3]}~0|{o[4]}~1|{o[5]}~2|")
+    random.Random(88).shuffle(archs)
+    return archs
+
+
+# ----------------------------------------------------------------------------------------- FBNet
+
+FBNET_OPS = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
+#: (kernel, expansion, groups) per op; skip has none of them
+_FBNET_ATTR = {op: (int(op[1]), int(op.split("_")[1][1:]), 2 if op.endswith("g2") else 1)
+               for op in FBNET_OPS if op != "skip"}
+#: HW-NAS-Bench's FBNet macro net (CIFAR input): 22 searchable layers in 7 stages
+_FBNET_STAGES = ((1, 16, 1), (4, 24, 2), (4, 32, 2), (4, 64, 2), (4, 112, 1), (4, 184, 2), (1, 352, 1))
+FBNET_LAYERS = sum(n for n, _c, _s in _FBNET_STAGES)
+
+
+def _fbnet_layer_shapes(resolution: int = 32) -> list[tuple[int, int, int, int]]:
+    """(c_in, c_out, stride, output px) of each searchable layer."""
+    shapes = []
+    cin, hw = 16, resolution  # stem conv 3x3 s1 -> 16 channels
+    for n, cout, stride in _FBNET_STAGES:
+        for b in range(n):
+            s = stride if b == 0 else 1
+            hw = max(1, hw // s)
+            shapes.append((cin, cout, s, hw))
+            cin = cout
+    return shapes
+
+
+_FBNET_SHAPES = _fbnet_layer_shapes()
+
+
+def _fbnet_layer_cost(op: str, cin: int, cout: int, stride: int, hw: int) -> tuple[float, float]:
+    """MACs and params of one inverted-residual block (1x1 expand, kxk depthwise, 1x1 project)."""
+    if op == "skip":
+        # a skip with a shape change is a 1x1 conv in FBNet; otherwise identity
+        if cin != cout or stride != 1:
+            return float(cin * cout * hw * hw), float(cin * cout)
+        return 0.0, 0.0
+    k, e, g = _FBNET_ATTR[op]
+    mid = cin * e
+    hw_in = hw * stride
+    macs = (cin * mid / g) * hw_in * hw_in + mid * k * k * hw * hw + (mid * cout / g) * hw * hw
+    params = cin * mid / g + mid * k * k + mid * cout / g
+    return macs, params
+
+
+class FBNetEncoder(SpaceEncoder):
+    """FBNet: 22 layers, each one of 9 ops (kernel 3/5, expansion 1/3/6, groups 1/2, or skip).
+
+    Flat: op one-hot per layer (198), per-layer log MACs (22), op counts (9), log total MACs/params.
+    Graph: a chain input -> 22 layers -> output; node features are the op one-hot plus its kernel,
+    expansion, group, stage position and the layer's log MACs, so the graph net sees where each op sits.
+    """
+
+    name = "fbnet"
+    aliases = ("fbnet", "fbnet_space")
+    linear_features = slice(0, FBNET_LAYERS * len(FBNET_OPS))
+
+    def example(self) -> str:
+        return "|".join(["k3_e1"] * FBNET_LAYERS)
+
+    def encode_one(self, arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not isinstance(arch, str):
+            raise ArchError(f"not an FBNet arch string: {arch!r}")
+        toks = arch.strip("|").split("|")
+        if len(toks) != FBNET_LAYERS or any(t not in FBNET_OPS for t in toks):
+            raise ArchError(f"FBNet arch must be {FBNET_LAYERS} ops from {', '.join(FBNET_OPS)}: {arch!r}")
+        k = len(FBNET_OPS)
+        onehot = np.zeros((FBNET_LAYERS, k))
+        layer_macs = np.zeros(FBNET_LAYERS)
+        total_macs, total_params = 3 * 16 * 9 * 32 * 32.0 + 352 * 1504 * 16.0, 3 * 16 * 9 + 352 * 1504 + 1504 * 100.0
+        for i, (op, shape) in enumerate(zip(toks, _FBNET_SHAPES, strict=True)):
+            onehot[i, FBNET_OPS.index(op)] = 1.0
+            macs, params = _fbnet_layer_cost(op, *shape)
+            layer_macs[i] = np.log1p(macs) / 16.0
+            total_macs += macs
+            total_params += params
+        flat = np.concatenate([onehot.ravel(), layer_macs, onehot.sum(0) / 4.0,
+                               [np.log(total_macs) - 18.0, np.log(total_params) - 14.0]])
+        n = FBNET_LAYERS + 2
+        nodes = np.zeros((n, k + 7))
+        nodes[0, k] = 1.0
+        nodes[-1, k + 1] = 1.0
+        for i, op in enumerate(toks):
+            kk, e, g = _FBNET_ATTR.get(op, (0, 0, 0))
+            nodes[1 + i, :k] = onehot[i]
+            nodes[1 + i, k + 2:k + 7] = (kk / 5.0, e / 6.0, g / 2.0, i / FBNET_LAYERS, layer_macs[i])
+        adj = np.zeros((n, n))
+        adj[np.arange(n - 1), np.arange(1, n)] = 1.0
+        return flat, nodes, adj
+
+
+# ------------------------------------------------------------------------------------- registry
+
+_SPACES: dict[str, Callable[[], SpaceEncoder]] = {}
+_INSTANCES: dict[str, SpaceEncoder] = {}
+
+
+def register_space(factory: Callable[[], SpaceEncoder]) -> None:
+    """Make a space available under its name and aliases (the encoding layer's extension point)."""
+    enc = factory()
+    for alias in (enc.name, *enc.aliases):
+        _SPACES[alias.lower()] = factory
+
+
+register_space(NB201Encoder)
+register_space(FBNetEncoder)
+
+
+def canonical_space(name: str) -> str:
+    """Map a space name or alias (``nasbench201``) to its canonical name (``nb201``)."""
+    factory = _SPACES.get(str(name).strip().lower())
+    if factory is None:
+        raise UnknownSpaceError(f"unknown search space {name!r}; known: {', '.join(known_spaces())}")
+    return factory().name
+
+
+def known_spaces() -> list[str]:
+    """Canonical names of the registered spaces."""
+    return sorted({f().name for f in _SPACES.values()})
+
+
+def get_encoder(name: str) -> SpaceEncoder:
+    """The (shared, cache-holding) encoder of a space."""
+    canon = canonical_space(name)
+    if canon not in _INSTANCES:
+        _INSTANCES[canon] = _SPACES[canon]()
+    return _INSTANCES[canon]

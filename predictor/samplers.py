@@ -1,0 +1,86 @@
+"""Samplers: which architectures should we measure next on this device?
+
+* ``random``      -- uniform over the unmeasured candidates.
+* ``diversity``   -- k-means over the flat encodings (standardised), then the unmeasured arch nearest to
+  each centroid: the picks cover the space the way the space is populated, so the transfer fit sees
+  every region once instead of five archs from the densest one.
+* ``uncertainty`` -- the archs the model is least sure about on that device: ensemble spread for a
+  device the model knows; for a device it has never seen, how much the source devices disagree about the
+  arch (after per-device standardisation) plus the ensemble spread -- the archs that best tell devices apart.
+* ``default``     -- the one that measured best in ``hwlat predictor bench`` (see docs/predictor.md).
+
+Every sampler excludes the archs already measured on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+from harness.errors import UsageError
+
+from .encode import get_encoder
+from .train import SpaceModel
+
+SAMPLERS = ("random", "diversity", "uncertainty")
+DEFAULT_SAMPLER = "diversity"
+
+
+def _pool(candidates: Iterable[str], measured: Iterable[str]) -> list[str]:
+    seen = set(measured)
+    pool = list(dict.fromkeys(a for a in candidates if a not in seen))
+    return pool
+
+
+def _diversity(space: str, pool: list[str], n: int, rng: np.random.Generator) -> list[str]:
+    x = get_encoder(space).encode(pool).flat.astype(np.float64)
+    x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
+    km = KMeans(n_clusters=n, n_init=1, max_iter=50, random_state=int(rng.integers(2**31 - 1))).fit(x)
+    dist = ((x[:, None, :] - km.cluster_centers_[None, :, :]) ** 2).sum(-1) if len(pool) * n < 2_000_000 \
+        else None
+    chosen: list[int] = []
+    taken = np.zeros(len(pool), bool)
+    for c in range(n):
+        d = dist[:, c].copy() if dist is not None else ((x - km.cluster_centers_[c]) ** 2).sum(-1)
+        d[taken] = np.inf
+        i = int(np.argmin(d))
+        taken[i] = True
+        chosen.append(i)
+    return [pool[i] for i in chosen]
+
+
+def _uncertainty(model: SpaceModel, device: str | None, pool: list[str]) -> np.ndarray:
+    if device is not None and device in model.devices:
+        return model.log_ms(pool, device).std(0)
+    per_dev = []
+    for d, name in enumerate(model.devices):
+        if model.source[d]:
+            z = model.raw(pool, d)
+            per_dev.append(z)
+    z = np.stack(per_dev)  # [devices, members, archs], already standardised per device
+    return z.mean(1).std(0) + z.std(1).mean(0)
+
+
+def sample(sampler: str, space: str, candidates: Iterable[str], n: int, seed: int = 0,
+           measured: Iterable[str] = (), model: SpaceModel | None = None, device: str | None = None) -> list[str]:
+    """Pick ``n`` archs to measure next from ``candidates``, never one in ``measured``."""
+    if sampler == "default":
+        sampler = DEFAULT_SAMPLER
+    if sampler not in SAMPLERS:
+        raise UsageError(f"unknown sampler {sampler!r}; choose from {', '.join((*SAMPLERS, 'default'))}")
+    pool = _pool(candidates, measured)
+    if n > len(pool):
+        raise UsageError(f"asked for {n} archs but only {len(pool)} unmeasured candidates remain")
+    if n <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    if sampler == "random":
+        return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
+    if sampler == "diversity":
+        return _diversity(space, pool, n, rng)
+    if model is None:
+        raise UsageError("the uncertainty sampler needs a trained model")
+    score = _uncertainty(model, device, pool) + 1e-9 * rng.random(len(pool))
+    return [pool[i] for i in np.argsort(-score)[:n]]

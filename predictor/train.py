@@ -1,0 +1,166 @@
+"""Multi-device pretraining of one search space's model, and the model object itself.
+
+Targets are log latencies standardised per device: latencies from 0.003 ms (a pruned cell on a phone) to
+1000+ ms (a big net on a microcontroller) then all live on the same unit scale, and a device that is
+uniformly 10x slower is the same learning problem as a fast one. The loss is a Huber regression on that
+scale (robust to the handful of near-zero outliers) plus a pairwise logistic ranking loss between archs
+of the same device, because NAS consumes the ranking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .encode import Encoded, get_encoder
+from .models import LatencyNet, build_net
+
+
+@dataclass
+class TrainConfig:
+    """Pretraining hyper-parameters; stored in saved models so a model can be rebuilt and audited."""
+
+    nets: list[tuple[str, int, int]] = field(default_factory=lambda: [("gnn", 2, 48), ("mlp", 3, 128)])
+    steps: int = 1200
+    batch: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    rank_weight: float = 0.5
+    seed: int = 0
+
+
+def to_tensors(enc: Encoded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(enc.flat), torch.from_numpy(enc.nodes), torch.from_numpy(enc.adj)
+
+
+def pairwise_rank_loss(pred: torch.Tensor, target: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Logistic loss on every ordered pair of the same group (device) with distinct targets.
+
+    pred/target/group: [K, B]. Pairs whose targets differ by < 1e-6 (integer-ms ties) carry no order.
+    """
+    dp = pred.unsqueeze(-1) - pred.unsqueeze(-2)
+    dt = target.unsqueeze(-1) - target.unsqueeze(-2)
+    mask = (group.unsqueeze(-1) == group.unsqueeze(-2)) & (dt > 1e-6)
+    if not bool(mask.any()):
+        return pred.sum() * 0.0
+    return F.softplus(-dp[mask]).mean()
+
+
+class SpaceModel:
+    """One space's ensemble: nets, device table and per-member log-latency scaling per device.
+
+    ``log_ms = mu[m, d] + sigma[m, d] * net_m(arch, emb[m, d]) + resid[d] . flat(arch)``. Pretrained
+    devices have the data's own mean/std and no residual; transferred devices get per-member mu/sigma
+    fitted on their few samples and an optional ridge residual (see ``transfer``).
+    """
+
+    def __init__(self, space: str, devices: list[str], nets: list[LatencyNet], cfg: TrainConfig,
+                 mu: np.ndarray, sigma: np.ndarray, d_flat: int) -> None:
+        self.space = space
+        self.devices = list(devices)
+        self.nets = nets
+        self.cfg = cfg
+        n_members = sum(n.k for n in nets)
+        self.mu = np.broadcast_to(np.asarray(mu, np.float64), (n_members, len(devices))).copy()
+        self.sigma = np.broadcast_to(np.asarray(sigma, np.float64), (n_members, len(devices))).copy()
+        self.resid = np.zeros((len(devices), d_flat))
+        self.source = [True] * len(devices)
+
+    def add_device(self, device: str, emb: list[torch.Tensor], mu: np.ndarray, sigma: np.ndarray) -> None:
+        """Append a (transferred) device: one embedding per net ([K, E]) and per-member mu/sigma."""
+        for net, e in zip(self.nets, emb, strict=True):
+            net.emb = torch.nn.Parameter(torch.cat([net.emb.detach(), e.unsqueeze(1)], dim=1))
+        self.devices.append(device)
+        self.source.append(False)
+        self.mu = np.concatenate([self.mu, mu[:, None]], axis=1)
+        self.sigma = np.concatenate([self.sigma, sigma[:, None]], axis=1)
+        self.resid = np.concatenate([self.resid, np.zeros((1, self.resid.shape[1]))], axis=0)
+
+    @property
+    def n_members(self) -> int:
+        return self.mu.shape[0]
+
+    def device_index(self, device: str) -> int:
+        return self.devices.index(device)
+
+    @torch.no_grad()
+    def raw(self, archs: list[str], dev: int | None = None, emb: list[torch.Tensor] | None = None,
+            chunk: int = 4096) -> np.ndarray:
+        """Standardised net outputs [members, len(archs)] for a device id, or explicit embeddings."""
+        enc = get_encoder(self.space).encode(archs)
+        flat, nodes, adj = to_tensors(enc)
+        outs = []
+        for s in range(0, len(archs), chunk):
+            parts = []
+            for i, net in enumerate(self.nets):
+                k = net.k
+                f, n, a = (t[s:s + chunk].unsqueeze(0).expand(k, *t[s:s + chunk].shape)
+                           for t in (flat, nodes, adj))
+                dev_ids = torch.full((k, f.shape[1]), dev if dev is not None else 0, dtype=torch.long)
+                parts.append(net(f, n, a, dev_ids, None if emb is None else emb[i]))
+            outs.append(torch.cat(parts, 0))
+        return torch.cat(outs, 1).double().numpy()
+
+    def log_ms(self, archs: list[str], device: str) -> np.ndarray:
+        """Per-member predicted log latency [members, len(archs)]."""
+        d = self.device_index(device)
+        z = self.raw(archs, d)
+        out = self.mu[:, d:d + 1] + self.sigma[:, d:d + 1] * z
+        if np.any(self.resid[d]):
+            out = out + (get_encoder(self.space).encode(archs).flat @ self.resid[d])[None, :]
+        return out
+
+    def config(self) -> dict:
+        return {"space": self.space, "devices": self.devices, "train": asdict(self.cfg)}
+
+
+def pretrain(space: str, archs: list[str], devices: list[str], lat_ms: np.ndarray, dev_of_row: np.ndarray,
+             cfg: TrainConfig, progress: object | None = None) -> SpaceModel:
+    """Train a ``SpaceModel`` on rows (archs[i], devices[dev_of_row[i]], lat_ms[i]).
+
+    ``progress`` is an optional callable(step, total) so the CLI can show a bar.
+    """
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    uniq, arch_idx = np.unique(np.asarray(archs), return_inverse=True)
+    enc = get_encoder(space).encode(list(uniq))
+    flat, nodes, adj = to_tensors(enc)
+    logl = np.log(lat_ms)
+    n_dev = len(devices)
+    mu = np.zeros(n_dev)
+    sigma = np.ones(n_dev)
+    for d in range(n_dev):
+        sel = logl[dev_of_row == d]
+        mu[d] = sel.mean()
+        sigma[d] = max(float(sel.std()), 1e-3)
+    y = torch.from_numpy((logl - mu[dev_of_row]) / sigma[dev_of_row]).float()
+    a_idx = torch.from_numpy(arch_idx.astype(np.int64))
+    d_idx = torch.from_numpy(dev_of_row.astype(np.int64))
+    nets = [build_net(kind, k, n_dev, flat.shape[1], nodes.shape[2], hidden) for kind, k, hidden in cfg.nets]
+    params = [p for net in nets for p in net.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    n_rows = len(y)
+    batch = min(cfg.batch, n_rows)
+    for step in range(cfg.steps):
+        loss = torch.zeros(())
+        for net in nets:
+            rows = torch.from_numpy(rng.integers(0, n_rows, size=(net.k, batch)))
+            ai = a_idx[rows]
+            pred = net(flat[ai], nodes[ai], adj[ai], d_idx[rows])
+            target = y[rows]
+            loss = loss + F.smooth_l1_loss(pred, target) * net.k
+            if cfg.rank_weight:
+                loss = loss + cfg.rank_weight * pairwise_rank_loss(pred, target, d_idx[rows]) * net.k
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None:
+            progress(step + 1, cfg.steps)
+    for net in nets:
+        net.eval()
+    return SpaceModel(space, devices, nets, cfg, mu[None, :], sigma[None, :], flat.shape[1])
