@@ -1,9 +1,10 @@
 """``hwlat devices list|check|trust``: see the shelf of boards, probe one, record its host key.
 
-``check`` connects and prints the agent's fingerprint plus the warnings that matter for timing, without
-measuring anything, so a lab engineer can fix a board (governor, throttling, a busy CPU, a missing runtime)
-before a campaign wastes hours on it. ``trust`` is the only way a host key enters known_hosts: hwlat never
-accepts an unknown key on its own.
+``check`` connects, runs the agent's ``fingerprint`` command (CPU, cores, RAM, OS, Python, runtimes and
+their execution providers, GPUs from nvidia-smi, board model from /proc/device-tree/model) and prints it with
+the warnings that matter for timing, without measuring anything, so a lab engineer can fix a board
+(governor, throttling, a busy CPU, a missing runtime) before a campaign wastes hours on it. ``trust`` is the
+only way a host key enters known_hosts: hwlat never accepts an unknown key on its own.
 """
 
 from __future__ import annotations
@@ -18,34 +19,9 @@ from harness.errors import ProfileError, TransportError, UsageError
 
 #: Fingerprint keys in the order ``check`` prints them; anything else follows alphabetically.
 _FINGERPRINT_ORDER = (
-    "host", "board_model", "cpu_model", "machine", "cores_logical", "cores_physical", "ram_mb", "os",
-    "python_version", "numpy_version", "runtimes", "providers", "gpu", "governor", "agent_version",
+    "host", "board", "cpu_model", "machine", "cores_logical", "cores_physical", "ram_mb", "os", "os_release",
+    "python_version", "numpy_version", "runtimes", "gpus", "governors", "cpu_affinity", "agent_version",
 )
-#: Governors that keep the clock fixed or at maximum while timing.
-_GOOD_GOVERNORS = ("performance",)
-_BUSY_PCT = 10.0
-
-
-def timing_warnings(fp: dict[str, Any]) -> list[str]:
-    """Warnings that make latency numbers unreliable, from a fingerprint.
-
-    The agent reports its own ``warnings``; these are recomputed from the raw fields as well so that an
-    older agent (or one that could not read a field) still gets the checks. Duplicates are dropped.
-    """
-    found: list[str] = list(fp.get("warnings") or [])
-    governor = fp.get("governor")
-    governors = set(governor.values()) if isinstance(governor, dict) else {governor} if governor else set()
-    bad = sorted(g for g in governors if isinstance(g, str) and g not in _GOOD_GOVERNORS)
-    if bad and not any("governor" in w for w in found):
-        found.append(f"CPU frequency governor is {'/'.join(bad)}, not performance: latencies will drift "
-                     "(sudo cpupower frequency-set -g performance)")
-    throttled = fp.get("throttled")
-    if throttled and not any("thrott" in w for w in found):
-        found.append(f"thermal throttling reported ({throttled}): cool the board or add a fan")
-    busy = fp.get("busy_pct")
-    if isinstance(busy, int | float) and busy > _BUSY_PCT and not any("busy" in w for w in found):
-        found.append(f"CPU is {busy:.0f}% busy with other work: stop it before measuring")
-    return found
 
 
 def _fmt(value: Any) -> str:
@@ -107,7 +83,9 @@ def check_device(profile: DeviceProfile) -> dict[str, Any]:
             if holder:
                 extra.append(f"busy: campaign run {holder.get('run_id')} (pid {holder.get('pid')}) is measuring now")
         report["fingerprint"] = fp
-        report["warnings"] = timing_warnings(fp) + extra
+        # The agent computes the timing warnings (governor, throttling, temperature, load, memory) from
+        # what it reads on the board; the transport adds what only the coordinator knows.
+        report["warnings"] = list(fp.get("warnings") or []) + extra
         return report
     finally:
         transport.close()
