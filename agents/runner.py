@@ -57,6 +57,9 @@ EXIT_PARENT_GONE = 4
 STDERR_TAIL_CHARS = 2000
 #: How often the supervisor wakes while waiting on the worker (parent and signal checks).
 POLL_S = 0.5
+#: How long a new worker may take to import numpy and the runtime and say "ready" (a Pi Zero
+#: importing TensorFlow can take a minute); never less than the run's ``timeout_s``.
+WORKER_START_TIMEOUT_S = 120.0
 
 
 class AgentUsageError(Exception):
@@ -81,6 +84,10 @@ class WorkerDied(Exception):
 
 class WorkerTimeout(Exception):
     """The worker did not answer before the deadline."""
+
+
+class WorkerStartError(Exception):
+    """A new worker died or stalled before saying "ready"."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,7 +308,13 @@ def worker_main(runtime: str, parent_pid: int, cpu_affinity: list[int]) -> int:
     cls = backend_class(runtime)
     with contextlib.suppress(MissingRuntimeError):  # then every job reports it with the install hint
         cls.import_runtime()
-    ready = {"type": "ready", "pid": os.getpid(), "runtime": cls.describe()}
+    ready = {
+        "type": "ready",
+        "pid": os.getpid(),
+        "agent_path": os.path.dirname(os.path.abspath(agents.__file__)),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "runtime": cls.describe(),
+    }
     proto.write(json.dumps(ready) + "\n")
     proto.flush()
     for line in sys.stdin:
@@ -412,7 +425,8 @@ class Supervisor:
         self.journal = journal
         self.log_path = run_dir / WORKER_LOG
         self.worker: WorkerProcess | None = None
-        self.worker_runtime: dict[str, Any] | None = None
+        #: The last worker's "ready" message (pid, agent_path, cpu_affinity, runtime description).
+        self.worker_info: dict[str, Any] = {}
         self._parent = os.getppid() if exit_with_parent else None
         self._runtime = dataclasses.replace(
             spec.runtime, custom_op_libraries=[self.resolve(p) for p in spec.runtime.custom_op_libraries]
@@ -427,13 +441,21 @@ class Supervisor:
             raise ParentGone()
 
     def start_worker(self) -> WorkerProcess:
-        """A ready worker (started now if needed); raises WorkerDied/WorkerTimeout on failure."""
+        """A ready worker (started now if needed); raises WorkerStartError on failure."""
         if self.worker is not None and self.worker.proc.poll() is None:
             return self.worker
         env = worker_env(self.spec.env)
         self.worker = WorkerProcess(self.spec.runtime.runtime, env, self.spec.cpu_affinity, self.log_path)
-        ready = self.worker.read_event(time.monotonic() + self.spec.timeout_s, self.check_parent)
-        self.worker_runtime = ready.get("runtime")
+        limit = max(WORKER_START_TIMEOUT_S, self.spec.timeout_s)
+        try:
+            ready = self.worker.read_event(time.monotonic() + limit, self.check_parent)
+        except WorkerTimeout:
+            self.stop_worker()
+            raise WorkerStartError(f"worker did not start within {limit:g} s") from None
+        except WorkerDied as exc:
+            self.stop_worker()
+            raise WorkerStartError(f"worker failed to start: {_describe_exit(exc.returncode)}") from None
+        self.worker_info = {k: v for k, v in ready.items() if k != "type"}
         return self.worker
 
     def stop_worker(self) -> None:
@@ -462,9 +484,9 @@ class Supervisor:
             error = f"no result within timeout_s={self.spec.timeout_s:g}; worker killed (SIGKILL)"
             result = self._failure(job, "timeout", "timeout", error)
             result.started_at = started
-        except WorkerDied as exc:
-            self.worker = None
-            message = _describe_exit(exc.returncode)
+        except (WorkerDied, WorkerStartError) as exc:
+            self.stop_worker()
+            message = _describe_exit(exc.returncode) if isinstance(exc, WorkerDied) else str(exc)
             tail = _log_tail(self.log_path, log_offset)
             error = f"{message}; worker stderr tail:\n{tail}" if tail else message
             result = self._failure(job, "failed", "crash", error)
@@ -560,16 +582,18 @@ def run_agent(run_dir: str | os.PathLike[str], exit_with_parent: bool = False) -
         already_done = any(e.get("type") == "done" for e in events)
         pending = [job for job in spec.jobs if job.job_id not in measured]
         supervisor = Supervisor(path, spec, journal, exit_with_parent)
-        runtimes = None
+        worker: dict[str, Any] = {}
         if pending:
             try:
                 supervisor.start_worker()
-                runtimes = {spec.runtime.runtime: supervisor.worker_runtime}
-            except (WorkerDied, WorkerTimeout):
-                supervisor.stop_worker()  # the first job will record why
-                runtimes = {spec.runtime.runtime: {"available": False, "error": "worker did not start"}}
-        info = fingerprint(runtimes=runtimes or {})
-        journal.append(json.dumps({"type": "fingerprint", "run_id": spec.run_id, "pid": os.getpid(), **info}))
+                worker = supervisor.worker_info
+            except WorkerStartError as exc:  # the first job records the details
+                worker = {"error": str(exc)}
+        # The worker describes the runtime it imported; the supervisor never imports one itself.
+        runtimes = {spec.runtime.runtime: worker["runtime"]} if "runtime" in worker else {}
+        info = fingerprint(runtimes=runtimes)
+        event = {"type": "fingerprint", "run_id": spec.run_id, "pid": os.getpid(), **info, "worker": worker}
+        journal.append(json.dumps(event))
         for job in pending:
             supervisor.check_parent()
             journal.append(supervisor.run_job(job).to_json())

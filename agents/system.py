@@ -334,6 +334,7 @@ def fingerprint(runtimes: dict[str, Any] | None = None) -> dict[str, Any]:
     mem = meminfo_mb()
     info: dict[str, Any] = {
         "agent_version": agents.__version__,
+        "agent_path": os.path.dirname(os.path.abspath(agents.__file__)),
         "host": uname.node,
         "cpu_model": _cpu_model(),
         "cores_logical": os.cpu_count(),
