@@ -118,6 +118,11 @@ class OnnxRuntimeBackend(Backend):
                 "(the provider failed to initialise; see the worker log)"
             )
 
+    @property
+    def session(self) -> Any:
+        """The underlying ``InferenceSession`` (None before ``load``), for inspection."""
+        return self._session
+
     def input_specs(self) -> dict[str, tuple[list[int], str]]:
         specs = {}
         for arg in self._session.get_inputs():
