@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 import zipimport
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,21 +157,30 @@ def _one_line(exc: BaseException, limit: int = 500) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def iter_journal(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Every complete, parseable event of a journal, streamed line by line.
+
+    A line without its newline (torn by a crash) or that is not a JSON object is skipped.
+    Streaming keeps memory flat: a long run's journal (every raw sample of every job) can be
+    hundreds of MB, more than a small board has to spare.
+    """
+    if not os.path.exists(path):
+        return
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                yield event
+
+
 def read_journal(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every complete, parseable event in a journal (a torn or garbled line is skipped)."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return []
-    events = []
-    for raw in data.split(b"\n")[:-1]:  # the part after the last newline is incomplete
-        try:
-            event = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
+    """All complete events of a journal (see ``iter_journal``)."""
+    return list(iter_journal(path))
 
 
 class Journal:
@@ -188,17 +197,30 @@ class Journal:
     def _drop_torn_tail(self) -> None:
         """Cut an incomplete last line (the agent died mid-write) so the next append starts clean.
 
-        Without this, the next line would be glued to the fragment and both would be lost.
+        Without this, the next line would be glued to the fragment and both would be lost. Reads
+        backwards from the end in small blocks, never the whole file.
         """
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
+        if not self.path.exists():
             return
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            with open(self.path, "r+b") as f:
-                f.truncate(keep)
-                os.fsync(f.fileno())
+        with open(self.path, "r+b") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end == 0:
+                return
+            f.seek(end - 1)
+            if f.read(1) == b"\n":
+                return
+            pos = end
+            keep = 0
+            while pos > 0:
+                start = max(0, pos - 65536)
+                f.seek(start)
+                newline = f.read(pos - start).rfind(b"\n")
+                if newline >= 0:
+                    keep = start + newline + 1
+                    break
+                pos = start
+            f.truncate(keep)
+            os.fsync(f.fileno())
 
     def append(self, line: str) -> None:
         data = (line.rstrip("\n") + "\n").encode("utf-8")
@@ -418,11 +440,10 @@ def _describe_exit(returncode: int | None) -> str:
 class Supervisor:
     """Runs every pending job of a run through a worker, journaling one result per job."""
 
-    def __init__(self, run_dir: Path, spec: RunSpec, journal: Journal, exit_with_parent: bool) -> None:
+    def __init__(self, run_dir: Path, spec: RunSpec, exit_with_parent: bool) -> None:
         self.run_dir = run_dir
         self.workdir = run_dir.parent.parent
         self.spec = spec
-        self.journal = journal
         self.log_path = run_dir / WORKER_LOG
         self.worker: WorkerProcess | None = None
         #: The last worker's "ready" message (pid, agent_path, cpu_affinity, runtime description).
@@ -577,11 +598,14 @@ def run_agent(run_dir: str | os.PathLike[str], exit_with_parent: bool = False) -
     try:
         _write_pid(path)
         journal = Journal(path / JOURNAL_FILE)
-        events = read_journal(journal.path)
-        measured = {e.get("job_id") for e in events if e.get("type") == "result"}
-        already_done = any(e.get("type") == "done" for e in events)
+        measured: set[str] = set()
+        already_done = False
+        for event in iter_journal(journal.path):
+            if event.get("type") == "result":
+                measured.add(str(event.get("job_id")))
+            already_done = already_done or event.get("type") == "done"
         pending = [job for job in spec.jobs if job.job_id not in measured]
-        supervisor = Supervisor(path, spec, journal, exit_with_parent)
+        supervisor = Supervisor(path, spec, exit_with_parent)
         worker: dict[str, Any] = {}
         if pending:
             try:
