@@ -1,0 +1,390 @@
+"""Exporter: ``ModelSpec`` -> model file (ONNX or TFLite) -> ``ModelArtifact``, cached by content.
+
+Cache layout under ``cache_dir``::
+
+    models/<sha256>.<fmt>    the exported file, named by the hash of its bytes
+    index/<key>.json         ModelArtifact JSON; key = hash of everything that changes the file:
+                             space identity and version, canonical arch, batch, resolution,
+                             format, opset and exporter versions (see ``cache_key``)
+
+A second call finds the index entry and exports nothing; an entry whose file is missing or whose
+bytes no longer match the hash is exported again. Every write goes to a temporary file first and
+lands with ``os.replace``, so a crash never leaves a half-written model or entry behind.
+
+Exports run in parallel in spawned worker processes (torch with one thread each); ONNX uses the
+TorchScript exporter (``dynamo=False``, opset 17), about 10x faster than the dynamo exporter here
+and byte-for-byte reproducible (docs/spaces.md has the measurements).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UsageError
+from harness.records import ModelArtifact, ModelSpec
+from harness.spaces import SearchSpace, get_space, one_line
+
+FORMATS = ("onnx", "tflite")
+OPSET = 17
+#: Bump when this module changes what it writes for the same inputs.
+EXPORTER_VERSION = 1
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One export to do, as sent to a worker (plain, picklable)."""
+
+    key: str
+    search_space: str
+    arch: str
+    batch: int
+    resolution: int
+    fmt: str
+    arch_index: int | None
+
+
+def export_models(
+    specs: Sequence[ModelSpec],
+    fmt: str,
+    cache_dir: str | Path,
+    workers: int | None = None,
+    progress: Callable[[ModelArtifact], None] | None = None,
+) -> list[ModelArtifact]:
+    """Export every spec (or find it in the cache); artifacts come back in the order of ``specs``.
+
+    ``workers``: processes for the exports still to do (default: one per available core, at most
+    one per export; 1 exports in this process). ``progress`` is called once per distinct model,
+    cache hits included, in the order they become ready. Raises ``UsageError`` for an unknown
+    format, space or arch, an unwritable cache directory, or a failed export.
+    """
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown export format '{fmt}' (known: {', '.join(FORMATS)})")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise UsageError(f"workers must be a positive integer, got {workers!r}")
+    cache = ExportCache(cache_dir)
+    keys: list[str] = []
+    ready: dict[str, ModelArtifact] = {}
+    todo: dict[str, _Job] = {}
+    for spec in specs:
+        job = _make_job(spec, fmt)
+        keys.append(job.key)
+        if job.key in ready or job.key in todo:
+            continue
+        hit = cache.lookup(job.key)
+        if hit is None:
+            todo[job.key] = job
+        else:
+            ready[job.key] = hit
+            if progress:
+                progress(hit)
+    for artifact_key, artifact in _run_jobs(list(todo.values()), cache, workers):
+        ready[artifact_key] = artifact
+        if progress:
+            progress(artifact)
+    return [ready[k] for k in keys]
+
+
+def export_throughput(n: int, workers: int, cache_dir: str | Path, fmt: str = "onnx", seed: int = 0) -> float:
+    """Models per second for exporting ``n`` sampled NB201 archs into a fresh cache.
+
+    The fresh cache is a new temporary directory inside ``cache_dir`` (removed afterwards); the
+    time includes starting the worker processes, as a real campaign pays it.
+    """
+    import shutil
+
+    archs = get_space("nb201").sample(n, seed)
+    specs = [ModelSpec("nb201", arch) for arch in archs]
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    fresh = tempfile.mkdtemp(prefix="throughput-", dir=cache_dir)
+    try:
+        start = time.perf_counter()
+        export_models(specs, fmt, fresh, workers=workers)
+        return n / (time.perf_counter() - start)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+
+
+# -- cache ---------------------------------------------------------------------------------------
+
+
+def exporter_version(fmt: str) -> str:
+    """Versions of everything that writes the file; part of the cache key."""
+    parts = [f"hwlat-export{EXPORTER_VERSION}", f"torch{metadata.version('torch')}"]
+    if fmt == "onnx":
+        parts.append("torchscript-onnx")
+    else:
+        parts.append(f"litert-torch{_dist_version('litert-torch')}")
+    return "/".join(parts)
+
+
+def cache_key(space: SearchSpace, arch: str, batch: int, resolution: int, fmt: str) -> str:
+    """Hash of everything that changes the exported file (``arch`` must be canonical)."""
+    fields = {
+        "space": space.cache_identity(),
+        "arch": arch,
+        "batch": batch,
+        "resolution": resolution,
+        "format": fmt,
+        "opset": OPSET if fmt == "onnx" else None,
+        "exporter": exporter_version(fmt),
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+class ExportCache:
+    """The on-disk cache: ``models/<sha256>.<fmt>`` plus ``index/<key>.json``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.models = self.root / "models"
+        self.index = self.root / "index"
+        try:
+            self.models.mkdir(parents=True, exist_ok=True)
+            self.index.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.models, prefix=".probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise UsageError(f"cannot write the export cache {self.root}: {exc.strerror or exc}") from None
+
+    def model_path(self, sha256: str, fmt: str) -> Path:
+        return self.models / f"{sha256}.{fmt}"
+
+    def lookup(self, key: str) -> ModelArtifact | None:
+        """The cached artifact, or None when absent, unreadable, or its file is missing/changed.
+
+        A file whose size and mtime match the entry is trusted; otherwise its bytes are hashed.
+        """
+        entry = self.index / f"{key}.json"
+        try:
+            data = json.loads(entry.read_text())
+            stamp = data.pop("_stat")
+            artifact = ModelArtifact(**data)
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        path = self.model_path(artifact.sha256, artifact.format)
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        if [st.st_size, st.st_mtime_ns] != stamp and file_sha256(path) != artifact.sha256:
+            return None
+        artifact.path = str(path)
+        return artifact
+
+    def store(self, key: str, tmp_file: Path, artifact: ModelArtifact) -> ModelArtifact:
+        """Move an exported temp file into place and record it under ``key``."""
+        path = self.model_path(artifact.sha256, artifact.format)
+        os.replace(tmp_file, path)
+        st = path.stat()
+        artifact.path = str(path)
+        entry = {**dataclasses.asdict(artifact), "_stat": [st.st_size, st.st_mtime_ns]}
+        atomic_write(self.index / f"{key}.json", json.dumps(entry, indent=1, sort_keys=True).encode())
+        return artifact
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- running the exports -------------------------------------------------------------------------
+
+
+def _make_job(spec: ModelSpec, fmt: str) -> _Job:
+    space = get_space(spec.search_space)
+    arch = space.validate(spec.arch)
+    space.check_input(spec.batch, spec.resolution)
+    index = spec.arch_index if spec.arch_index is not None else space.arch_index(arch)
+    key = cache_key(space, arch, spec.batch, spec.resolution, fmt)
+    return _Job(key, spec.search_space, arch, spec.batch, spec.resolution, fmt, index)
+
+
+def _run_jobs(jobs: list[_Job], cache: ExportCache, workers: int | None):
+    """Yield (key, artifact) as exports finish; in this process or in a spawned pool."""
+    if not jobs:
+        return
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(workers, len(jobs))
+    if workers == 1:
+        for job in jobs:
+            yield job.key, _export_one(job, str(cache.root))
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
+        futures = {pool.submit(_export_one, job, str(cache.root)): job for job in jobs}
+        try:
+            for fut in cf.as_completed(futures):
+                try:
+                    artifact = fut.result()
+                except BrokenProcessPool:
+                    job = futures[fut]
+                    raise UsageError(
+                        f"an export worker died while exporting {job.search_space} arch '{job.arch}': out "
+                        "of memory (retry with fewer workers), or the calling script lacks the "
+                        "`if __name__ == '__main__':` guard that spawned workers need"
+                    ) from None
+                yield futures[fut].key, artifact
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _export_one(job: _Job, cache_root: str) -> ModelArtifact:
+    """Build, export, check and store one model (runs in a worker process)."""
+    cache = ExportCache(cache_root)
+    fd, tmp_name = tempfile.mkstemp(dir=cache.models, prefix=".export-", suffix=f".{job.fmt}")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        space = get_space(job.search_space)
+        model = space.build(job.arch, job.batch, job.resolution)
+        sample = space.sample_input(job.batch, job.resolution)
+        flops, params = torch_flops_params(model, sample)
+        if job.fmt == "onnx":
+            _export_onnx(model, sample, tmp)
+        else:
+            _export_tflite(model, sample, tmp)
+        artifact = ModelArtifact(
+            search_space=job.search_space,
+            arch=job.arch,
+            path="",
+            sha256=file_sha256(tmp),
+            format=job.fmt,
+            input_shapes={INPUT_NAME: list(sample.shape)},
+            batch=job.batch,
+            resolution=job.resolution,
+            flops=flops,
+            params=params,
+            arch_index=job.arch_index,
+            opset=OPSET if job.fmt == "onnx" else None,
+        )
+        return cache.store(job.key, tmp, artifact)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(
+            f"exporting {job.search_space} arch '{job.arch}' to {job.fmt} failed: {one_line(exc)}"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _export_onnx(model: Any, sample: Any, path: Path) -> None:
+    import onnx
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        torch.onnx.export(
+            model,
+            (sample,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _export_tflite(model: Any, sample: Any, path: Path) -> None:
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    try:
+        import litert_torch
+    except ImportError:
+        raise UsageError("TFLite export needs litert-torch: pip install 'hwlat[tflite]'") from None
+    import torch
+
+    class NamedInput(torch.nn.Module):
+        """Gives the TFLite signature an input called ``input`` like the ONNX graph."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            return self.inner(input)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        litert_torch.convert(NamedInput(model).eval(), sample_kwargs={INPUT_NAME: sample}).export(str(path))
+
+
+def torch_flops_params(model: Any, sample: Any) -> tuple[int, int]:
+    """(FLOPs, parameters) of one forward pass on ``sample``.
+
+    FLOPs = 2 x multiply-accumulates of every Conv2d and Linear for the whole input (so they
+    scale with the batch); BN, activations, pooling and additions are not counted. Parameters =
+    all trainable tensors of the module (BatchNorm affine included, running statistics not).
+    """
+    import torch
+
+    macs = 0
+
+    def conv_hook(mod: torch.nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal macs
+        kh, kw = mod.kernel_size
+        macs += out.numel() * (mod.in_channels // mod.groups) * kh * kw
+
+    def linear_hook(mod: torch.nn.Linear, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal macs
+        macs += out.numel() * mod.in_features
+
+    handles = []
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Conv2d):
+            handles.append(mod.register_forward_hook(conv_hook))
+        elif isinstance(mod, torch.nn.Linear):
+            handles.append(mod.register_forward_hook(linear_hook))
+    try:
+        with torch.no_grad():
+            model(sample)
+    finally:
+        for h in handles:
+            h.remove()
+    return 2 * macs, sum(p.numel() for p in model.parameters())
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "missing"

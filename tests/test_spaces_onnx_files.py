@@ -1,0 +1,73 @@
+"""Models the user brings: scanning a directory of ONNX files."""
+
+import hashlib
+import logging
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from harness.errors import UsageError
+from harness.spaces.onnx_files import onnx_flops, scan_models
+
+
+def _tiny_model(batch_dim="N") -> onnx.ModelProto:
+    """Conv(3->8, 3x3, pad 1) on 3x16x16 -> GlobalAveragePool -> Flatten -> Gemm(8->5)."""
+    w = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w")
+    fc = numpy_helper.from_array(np.zeros((5, 8), np.float32), "fc")
+    fc_b = numpy_helper.from_array(np.zeros((5,), np.float32), "fc_b")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc", "fc_b"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch_dim, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch_dim, 5])],
+        initializer=[w, fc, fc_b],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_scan_reads_shapes_hash_flops_params(tmp_path, caplog):
+    onnx.save(_tiny_model("N"), tmp_path / "b_dynamic.onnx")
+    onnx.save(_tiny_model(2), tmp_path / "a_static.onnx")
+    (tmp_path / "notes.txt").write_text("ignored")
+    with caplog.at_level(logging.WARNING, logger="hwlat"):
+        arts = scan_models(tmp_path)
+    assert [a.arch for a in arts] == ["a_static", "b_dynamic"]
+    static, dynamic = arts
+    assert static.search_space == "onnx" and static.format == "onnx"
+    assert static.sha256 == hashlib.sha256((tmp_path / "a_static.onnx").read_bytes()).hexdigest()
+    assert static.input_shapes == {"x": [2, 3, 16, 16]}
+    assert (static.batch, static.resolution, static.opset) == (2, 16, 17)
+    assert static.params == 8 * 3 * 9 + 5 * 8 + 5
+    assert static.flops == 2 * (2 * 8 * 16 * 16 * 27 + 2 * 5 * 8)
+    assert dynamic.input_shapes == {"x": [1, 3, 16, 16]}
+    assert dynamic.flops == static.flops // 2
+    assert "b_dynamic.onnx" in caplog.text and "'N'" in caplog.text
+    assert "a_static" not in caplog.text
+
+
+def test_flops_none_when_shapes_unknown():
+    model = _tiny_model(2)
+    model.graph.initializer.pop(0)  # conv weight no longer known
+    assert onnx_flops(model) is None
+
+
+def test_unreadable_file_names_the_file(tmp_path):
+    onnx.save(_tiny_model(1), tmp_path / "good.onnx")
+    (tmp_path / "broken.onnx").write_bytes(b"\x00\x01 definitely not protobuf \xff" * 10)
+    with pytest.raises(UsageError, match=r"broken\.onnx"):
+        scan_models(tmp_path)
+
+
+def test_empty_or_missing_directory(tmp_path):
+    with pytest.raises(UsageError, match=r"no \*\.onnx"):
+        scan_models(tmp_path)
+    with pytest.raises(UsageError, match="not a directory"):
+        scan_models(tmp_path / "missing")
