@@ -209,7 +209,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def _free_subnet() -> int:
-    used = _ip("-o", "addr").stdout
+    used = _ip("-o", "addr").stdout + _ip("route").stdout
     for k in range(10, 250):
         if f"10.250.{k}." not in used:
             return k
@@ -226,11 +226,15 @@ class NetnsBoard:
         peer = f"hwt{token}{index}n"
         self.subnet = _free_subnet()
         self.address = f"10.250.{self.subnet}.2"
+        self.net = f"10.250.{self.subnet}.0/30"
         self.server: SSHServer | None = None
         _ip("netns", "add", self.ns)
         try:
             _ip("link", "add", self.veth, "type", "veth", "peer", "name", peer)
             _ip("link", "set", peer, "netns", self.ns)
+            # With the link down the connected route goes away; this route keeps the board's traffic
+            # local then (an immediate "network unreachable") instead of following the default route.
+            _ip("route", "add", "unreachable", self.net, "metric", "4000")
             _ip("addr", "add", f"10.250.{self.subnet}.1/30", "dev", self.veth)
             _ip("link", "set", self.veth, "up")
             _ip("netns", "exec", self.ns, "ip", "addr", "add", f"{self.address}/30", "dev", peer)
@@ -255,4 +259,5 @@ class NetnsBoard:
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
         _ip("link", "del", self.veth, check=False)
+        _ip("route", "del", "unreachable", self.net, "metric", "4000", check=False)
         _ip("netns", "del", self.ns, check=False)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import posixpath
 import re
 import shlex
@@ -61,6 +62,10 @@ _HASH_CHUNK = 200
 #: Minimum interval between two journal polls that found nothing new (seconds).
 POLL_S = 0.5
 _NETWORK_ERRORS = (paramiko.SSHException, OSError, EOFError, socket.timeout)
+
+# paramiko's transport thread logs every failed handshake with a traceback; without a handler Python
+# prints it on stderr. Each failure already reaches the user as one TransportError/HostKeyError line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class HostKeyError(UsageError):
