@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import random
 import threading
 import time
@@ -375,37 +376,58 @@ def new_session_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def _export(req: CampaignRequest, fmt: str, specs: list[ModelSpec], progress: Any) -> list[ModelArtifact]:
-    from harness.export import export_models
-
-    cache = req.cache_dir or req.out / ".hwlat-cache"
-    task = progress.add_task(f"export {fmt}", total=len(specs)) if progress else None
-
-    def advance(_art: ModelArtifact) -> None:
-        if progress is not None:
-            progress.advance(task)
-
-    return export_models(specs, fmt, Path(cache), workers=req.workers, progress=advance)
+def default_cache_dir() -> Path:
+    """Export cache shared by every dataset folder of this user ($HWLAT_CACHE overrides)."""
+    return Path(os.environ.get("HWLAT_CACHE", "~/.cache/hwlat/exports")).expanduser()
 
 
-def prepare_models(req: CampaignRequest, formats: set[str], progress: Any) -> tuple[
-        dict[str, list[ModelArtifact]], dict[str, ModelArtifact | None]]:
-    """Candidates and reference per format: exported from a space, or the user's ONNX files as they are."""
+@dataclass
+class ModelPlan:
+    """What a campaign will measure, validated before anything is written or measured."""
+
+    specs: list[ModelSpec]
+    reference: ModelSpec | None
+    user_models: list[ModelArtifact] | None = None
+
+
+def plan_models(req: CampaignRequest) -> ModelPlan:
+    """Validate the request's models: arch strings, space name, or the user's ONNX files."""
     if req.models_dir is not None:
         from harness.spaces.onnx_files import scan_models
 
-        if formats != {"onnx"}:
-            raise UsageError("--models DIR holds ONNX files: every device must run onnxruntime (format onnx)")
         arts = scan_models(req.models_dir)
         if not arts:
             raise UsageError(f"no .onnx files in {req.models_dir}")
-        return {"onnx": arts}, {"onnx": arts[0]}
-    specs, ref_spec = plan_specs(req)
+        return ModelPlan([], None, arts)
+    specs, reference = plan_specs(req)
+    return ModelPlan(specs, reference)
+
+
+def export_plan(req: CampaignRequest, plan: ModelPlan, formats: set[str], progress: Any) -> tuple[
+        dict[str, list[ModelArtifact]], dict[str, ModelArtifact | None]]:
+    """Candidates and reference per format: exported from a space, or the user's ONNX files as they are."""
+    if plan.user_models is not None:
+        if formats != {"onnx"}:
+            raise UsageError("--models DIR holds ONNX files: every device must run onnxruntime (format onnx)")
+        return {"onnx": plan.user_models}, {"onnx": plan.user_models[0]}
+    from harness.export import export_models
+
     candidates: dict[str, list[ModelArtifact]] = {}
     references: dict[str, ModelArtifact | None] = {}
+    specs = [*plan.specs, plan.reference] if plan.reference is not None else plan.specs
     for fmt in sorted(formats):
-        arts = _export(req, fmt, [*specs, ref_spec], progress)
-        candidates[fmt], references[fmt] = arts[:-1], arts[-1]
+        task = progress.add_task(f"export {fmt}", total=len(specs)) if progress is not None else None
+
+        def advance(_art: ModelArtifact, task: Any = task) -> None:
+            if progress is not None:
+                progress.advance(task)
+
+        arts = export_models(specs, fmt, req.cache_dir or default_cache_dir(), workers=req.workers,
+                             progress=advance)
+        if plan.reference is not None:
+            candidates[fmt], references[fmt] = arts[:-1], arts[-1]
+        else:
+            candidates[fmt], references[fmt] = arts, None
     return candidates, references
 
 
@@ -416,11 +438,12 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
     for longer than ``max_reconnect_s``) is reported in its outcome while the other devices finish.
     """
     t0 = time.monotonic()
-    store = DatasetStore(req.out)
-    store.ensure_writable()
     devices = [configure_device(p, req.fmt, req.threads) for p in req.devices]
     formats = {d.format for d in devices}
-    candidates, references = prepare_models(req, formats, progress)
+    plan = plan_models(req)
+    store = DatasetStore(req.out)
+    store.ensure_writable()
+    candidates, references = export_plan(req, plan, formats, progress)
     export_s = time.monotonic() - t0
     session_id = new_session_id()
     statuses = DONE_STATUSES if not req.retry_failed else ("ok", "unstable")

@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--retry-failed", action="store_true", help="measure again models whose rows failed")
     m.add_argument("--reference-every", type=int, default=10, metavar="K",
                    help="re-measure the drift reference model every K models (default 10; 0 = start/end only)")
-    m.add_argument("--cache", metavar="DIR", help="export cache (default OUT/.hwlat-cache)")
+    m.add_argument("--cache", metavar="DIR", help="export cache (default $HWLAT_CACHE or ~/.cache/hwlat/exports)")
     m.add_argument("--workers", type=int, help="parallel export processes (default: cores)")
     m.add_argument("--max-reconnect", type=float, default=300.0, metavar="S",
                    help="give a dropped device this many seconds to come back (default 300)")

@@ -31,7 +31,7 @@ _FORBIDDEN = ("password", "passphrase")
 _TOP_KEYS = {
     "name", "host", "port", "user", "identity_file", "known_hosts", "python", "workdir", "runtime",
     "providers", "provider_options", "threads", "inter_op_threads", "graph_optimization_level",
-    "cpu_affinity", "env", "tags", "timing", "timeouts", "description", "format",
+    "cpu_affinity", "env", "tags", "timing", "timeouts", "description", "format", "custom_op_libraries",
 }
 _TIMEOUT_KEYS = {"connect_s", "model_s", "command_s"}
 
@@ -84,6 +84,7 @@ class DeviceProfile:
             "execution_mode": rt.execution_mode,
             "format": self.format,
             "cpu_affinity": self.cpu_affinity,
+            "custom_op_libraries": rt.custom_op_libraries,
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -140,8 +141,12 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
     level = _expect(source, data, "graph_optimization_level", str, "all")
     if level not in ("disable", "basic", "extended", "all"):
         raise _fail(source, "graph_optimization_level", "must be disable, basic, extended or all")
+    custom_ops = _expect(source, data, "custom_op_libraries", list, [])
+    if not all(isinstance(p, str) for p in custom_ops):
+        raise _fail(source, "custom_op_libraries", "must be a list of shared-library paths")
     runtime = RuntimeConfig(
         runtime=runtime_name,
+        custom_op_libraries=custom_ops,
         providers=providers,
         provider_options=provider_options,
         threads=threads,
