@@ -1,0 +1,70 @@
+"""Encodings: arch parsing, the canonical NB201 enumeration, FBNet layers, the space registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.errors import ArchError, UnknownSpaceError
+from predictor.encode import canonical_space, get_encoder, nb201_all_archs
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ARCH0 = "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|"
+
+
+def test_nb201_enumeration_is_canonical_order() -> None:
+    archs = nb201_all_archs()
+    assert len(archs) == 15625 == len(set(archs))
+    assert archs[0] == ARCH0
+
+
+def test_nb201_enumeration_matches_shared_arch_index() -> None:
+    path = SHARED / "data" / "nb201" / "arch_index.csv"
+    if not path.exists():
+        pytest.skip(f"shared data not present at {path}")
+    import pandas as pd
+
+    ref = pd.read_csv(path)
+    assert ref["arch_str"].tolist() == nb201_all_archs()
+    flat = get_encoder("nb201").encode(ref["arch_str"].tolist()).flat
+    connected = flat[:, 70] == 1.0  # the output-connected flag
+    assert np.array_equal(~connected, ref["output_disconnected"].to_numpy())
+
+
+def test_nb201_graph_blocks_flow_through_none() -> None:
+    enc = get_encoder("nasbench201")
+    arch = "|none~0|+|skip_connect~0|none~1|+|none~0|none~1|nor_conv_3x3~2|"
+    flat, nodes, adj = enc.encode_one(arch)
+    # input -> edge(2<-0) -> edge(3<-2) -> output is the only path
+    assert adj[0, 2] == 1 and adj[2, 6] == 1 and adj[6, 7] == 1
+    assert adj[0, 1] == 0 and adj[1].sum() == 0
+    assert nodes.shape == (8, 8) and flat[70] == 1.0
+
+
+@pytest.mark.parametrize("bad", ["", "|foo~0|+|none~0|none~1|+|none~0|none~1|none~2|",
+                                 "|none~0|+|none~0|none~1|", "|none~1|+|none~0|none~1|+|none~0|none~1|none~2|"])
+def test_nb201_rejects_malformed(bad: str) -> None:
+    with pytest.raises(ArchError):
+        get_encoder("nb201").encode_one(bad)
+
+
+def test_fbnet_encoding_and_flops_order() -> None:
+    enc = get_encoder("fbnet")
+    small = "|".join(["k3_e1"] * 22)
+    big = "|".join(["k5_e6"] * 22)
+    e = enc.encode([small, big])
+    assert e.flat.shape[0] == 2 and e.nodes.shape == (2, 24, 16)
+    assert e.flat[1, -2] > e.flat[0, -2]  # log MACs grow with kernel and expansion
+    with pytest.raises(ArchError):
+        enc.encode_one("|".join(["k7_e6"] * 22))
+    with pytest.raises(ArchError):
+        enc.encode_one("|".join(["k3_e1"] * 21))
+
+
+def test_space_aliases_and_unknown() -> None:
+    assert canonical_space("NASBench201") == "nb201"
+    assert canonical_space("fbnet") == "fbnet"
+    with pytest.raises(UnknownSpaceError):
+        canonical_space("darts")
