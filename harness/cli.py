@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from harness import __version__
+import predictor.cli as predictor_cli
+from harness import __version__, devices_cli, profile_cli
 from harness.errors import UsageError
 
 EXIT_USAGE = 2
@@ -26,7 +27,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"hwlat: {message} (see `{self.prog} --help`)\n")
 
 
-def _progress():
+def progress_bar():  # rich types stay local to the CLI
+    """The one progress-bar style of every long hwlat command: bar, count, elapsed time and ETA."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -63,7 +65,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         workers=args.workers, max_reconnect_s=args.max_reconnect,
     )
     console = Console(stderr=True)
-    with _progress() as progress:
+    with progress_bar() as progress:
         result = run_campaign(req, progress=progress)
     table = Table(title=f"session {result.session_id} -> {result.out}")
     for col in ("device", "measured", "already there", "ok", "unstable", "failed", "timeout", "error"):
@@ -165,12 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("path", help="dataset folder or Parquet file")
     show.set_defaults(func=cmd_datasets_show)
 
-    for module in ("harness.devices_cli", "predictor.cli", "harness.profile_cli"):
-        try:
-            register = __import__(module, fromlist=["register"]).register
-        except ModuleNotFoundError:
-            continue
-        register(sub)
+    devices_cli.register(sub)
+    predictor_cli.register(sub)
+    profile_cli.register(sub)
     return parser
 
 
