@@ -40,26 +40,21 @@ def cmd_list(args: argparse.Namespace) -> int:
             continue
         rows.append({
             "name": p.name, "host": "local" if p.is_local else f"{p.user}@{p.host}:{p.port}",
-            "runtime": p.runtime.runtime, "providers": ",".join(p.runtime.providers),
+            "runtime": p.runtime.runtime,
+            "providers": ",".join(p.runtime.providers) if p.runtime.runtime == "onnxruntime" else "-",
             "threads": p.runtime.threads, "affinity": ",".join(map(str, p.cpu_affinity)) or "-",
             "tags": ",".join(p.tags), "source": str(path),
         })
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="device profiles")
-    for col in ("name", "host", "runtime", "providers", "threads", "affinity", "tags", "source"):
-        table.add_column(col)
-    for row in rows:
-        if "error" in row:
-            table.add_row(row["name"], f"[red]invalid: {row['error']}[/]", "", "", "", "", "", row["source"])
-        else:
-            table.add_row(*(str(row[c]) for c in ("name", "host", "runtime", "providers", "threads", "affinity",
-                                                   "tags", "source")))
-    Console().print(table)
+    # Plain columns, never truncated (a rich table clips at 80 columns when piped).
+    cols = ("name", "host", "runtime", "providers", "threads", "affinity", "tags", "source")
+    cells = [[str(row.get(c, "")) for c in cols] if "error" not in row
+             else [row["name"], f"INVALID: {row['error']}", "", "", "", "", "", row["source"]] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(cols)]
+    for line in [list(cols), *cells]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
     return 0
 
 

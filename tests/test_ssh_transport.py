@@ -163,3 +163,20 @@ def test_bad_run_id_and_model_names_cannot_escape(server: SSHServer, tmp_path: P
             transport.push_models([art])
     finally:
         transport.close()
+
+
+def test_devices_list_shows_shipped_and_user_profiles(tmp_path: Path) -> None:
+    import json
+    import os
+
+    (tmp_path / "mine.toml").write_text('name = "mine"\nhost = "10.9.9.9"\nuser = "pi"\ntags = ["edge"]\n')
+    (tmp_path / "broken.toml").write_text('name = "broken"\nport = 0\n')
+    env = {**os.environ, "HWLAT_PROFILES": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "devices", "list", "--json"], capture_output=True,
+                          text=True, timeout=120, check=False, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert {"local", "rpi4", "jetson-orin", "x86-gpu", "mine", "broken"} <= set(rows)
+    assert rows["mine"]["host"] == "pi@10.9.9.9:22" and rows["mine"]["tags"] == "edge"
+    assert rows["rpi4"]["runtime"] == "litert" and "TensorrtExecutionProvider" in rows["jetson-orin"]["providers"]
+    assert "key 'port'" in rows["broken"]["error"], "one bad profile must not hide the others"
