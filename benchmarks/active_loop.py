@@ -1,0 +1,131 @@
+"""Simulate `hwlat profile` on data that already exists: how many measurements reach a given Spearman?
+
+    python benchmarks/active_loop.py --data ../shared/data/nb201/latency_long.parquet --space nb201 \
+        --target titan_rtx_256 --target gold_6226 --target pixel2 --target raspi4 --target fpga --target eyeriss \
+        --seeds 2 --json docs/active_loop.json
+
+The target device's measured latencies are the oracle and the target is excluded from pretraining, together
+with every device of the same hardware (``device_summary.csv`` beside the data, when present: titan_rtx_1 and
+titan_rtx_32 would otherwise give titan_rtx_256 away). Each round measures ``--batch`` archs chosen by the
+loop's samplers (diversity for the first batch, then the default sampler — exactly what `hwlat profile` does)
+or uniformly at random, transfers, and scores Spearman on every other arch of the space. Reported: the
+number of measurements needed to reach Spearman 0.90 and 0.95 (mean over seeds; a run that never gets there
+counts as ``--max``+``--batch``), default vs random.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from predictor.bench import pretrain_cap
+from predictor.data import load_table
+from predictor.samplers import sample
+from predictor.train import TrainConfig, pretrain
+from predictor.transfer import transfer
+
+THRESHOLDS = (0.90, 0.95)
+
+
+def hardware_of(data: Path) -> dict[str, str]:
+    """device -> hardware name, from device_summary.csv beside the data (empty when absent)."""
+    summary = data.parent / "device_summary.csv"
+    if not summary.exists():
+        return {}
+    df = pd.read_csv(summary)
+    return dict(zip(df["device"], df["hardware"].astype(str), strict=True))
+
+
+def loop(model, space: str, series: pd.Series, sampler: str, batch: int, most: int,
+         seed: int) -> list[tuple[int, float]]:
+    """One simulated profile: returns (measured, Spearman on the rest) after every round."""
+    pool = list(series.index)
+    measured: list[str] = []
+    curve = []
+    current = None
+    r = 0
+    while len(measured) < most:
+        if sampler == "random":
+            picks = sample("random", space, pool, batch, seed=seed * 1000 + r, measured=measured)
+        elif not measured:
+            picks = sample("diversity", space, pool, batch, seed=seed * 1000 + r, measured=measured)
+        else:
+            picks = sample("default", space, pool, batch, seed=seed * 1000 + r, measured=measured, model=current,
+                           device="target")
+        measured += picks
+        current = copy.deepcopy(model)
+        transfer(current, "target", measured, series.loc[measured].to_numpy(), seed=seed)
+        rest = series.drop(index=measured)
+        pred = current.log_ms(list(rest.index), "target").mean(0)
+        curve.append((len(measured), float(spearmanr(pred, rest.to_numpy()).statistic)))
+        r += 1
+    return curve
+
+
+def needed(curve: list[tuple[int, float]], threshold: float, cap: int) -> int:
+    return next((n for n, rho in curve if rho >= threshold), cap)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--space", default="nb201")
+    parser.add_argument("--target", action="append", required=True)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=5)
+    parser.add_argument("--max", type=int, default=60)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(2)
+    table = load_table([args.data])
+    hardware = hardware_of(args.data)
+    devices = table.devices(args.space)
+    report: dict = {"batch": args.batch, "max": args.max, "seeds": args.seeds, "targets": {}}
+    for target in args.target:
+        t0 = time.perf_counter()
+        family = hardware.get(target)
+        train = [d for d in devices if d != target and (family is None or hardware.get(d) != family)]
+        series = table.device_series(args.space, target)
+        entry: dict = {"train_devices": len(train), "default": {}, "random": {}}
+        for seed in range(args.seeds):
+            rng = np.random.default_rng(seed)
+            archs, lat, dev_rows = [], [], []
+            for d, name in enumerate(train):
+                s = table.device_series(args.space, name)
+                pick = rng.choice(len(s), size=min(pretrain_cap(args.space), len(s)), replace=False)
+                archs += list(s.index[pick])
+                lat.append(s.to_numpy()[pick])
+                dev_rows.append(np.full(len(pick), d))
+            model = pretrain(args.space, archs, train, np.concatenate(lat), np.concatenate(dev_rows),
+                             TrainConfig(seed=seed))
+            for sampler in ("default", "random"):
+                curve = loop(model, args.space, series, sampler, args.batch, args.max, seed)
+                entry[sampler].setdefault("curves", []).append(curve)
+        cap = args.max + args.batch
+        for sampler in ("default", "random"):
+            for th in THRESHOLDS:
+                counts = [needed(c, th, cap) for c in entry[sampler]["curves"]]
+                entry[sampler][f"n_to_{th:.2f}"] = float(np.mean(counts))
+        entry["seconds"] = time.perf_counter() - t0
+        report["targets"][target] = entry
+        d, r = entry["default"], entry["random"]
+        print(f"{target:16s} to 0.90: default {d['n_to_0.90']:5.1f} random {r['n_to_0.90']:5.1f} | "
+              f"to 0.95: default {d['n_to_0.95']:5.1f} random {r['n_to_0.95']:5.1f} | {entry['seconds']:.0f} s",
+              flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
