@@ -228,6 +228,8 @@ def _fbnet_layer_shapes(resolution: int = 32) -> list[tuple[int, int, int, int]]
 
 
 _FBNET_SHAPES = _fbnet_layer_shapes()
+#: MACs outside the searchable layers: stem conv and the 1x1 head
+_FBNET_FIXED_MACS = 3 * 16 * 9 * 32 * 32.0 + 352 * 1504 * 16.0
 
 
 def _fbnet_layer_cost(op: str, cin: int, cout: int, stride: int, hw: int) -> tuple[float, float]:
@@ -269,7 +271,7 @@ class FBNetEncoder(SpaceEncoder):
         k = len(FBNET_OPS)
         onehot = np.zeros((FBNET_LAYERS, k))
         layer_macs = np.zeros(FBNET_LAYERS)
-        total_macs, total_params = 3 * 16 * 9 * 32 * 32.0 + 352 * 1504 * 16.0, 3 * 16 * 9 + 352 * 1504 + 1504 * 100.0
+        total_macs, total_params = _FBNET_FIXED_MACS, 3 * 16 * 9 + 352 * 1504 + 1504 * 100.0
         for i, (op, shape) in enumerate(zip(toks, _FBNET_SHAPES, strict=True)):
             onehot[i, FBNET_OPS.index(op)] = 1.0
             macs, params = _fbnet_layer_cost(op, *shape)
@@ -327,3 +329,19 @@ def get_encoder(name: str) -> SpaceEncoder:
     if canon not in _INSTANCES:
         _INSTANCES[canon] = _SPACES[canon]()
     return _INSTANCES[canon]
+
+
+def analytic_flops(space: str, archs: Sequence[str]) -> np.ndarray:
+    """Multiply-accumulates of each arch from the encoders' cost model, without building a torch model.
+
+    Cheap enough for a whole space (15625 NB201 cells in well under a second), which is what reports that
+    plot FLOPs against predicted latency need; exact per-model counts come from the exporter.
+    """
+    canon = canonical_space(space)
+    if canon == "nb201":
+        return np.array([_nb201_flops_params(_nb201_parse(a))[0] for a in archs])
+    if canon == "fbnet":
+        return np.array([_FBNET_FIXED_MACS + sum(_fbnet_layer_cost(op, *shape)[0]
+                                     for op, shape in zip(a.strip("|").split("|"), _FBNET_SHAPES, strict=True))
+                         for a in archs])
+    raise UnknownSpaceError(f"no analytic FLOPs for search space {space!r}")
