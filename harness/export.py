@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -41,6 +42,8 @@ FORMATS = ("onnx", "tflite")
 OPSET = 17
 #: Bump when this module changes what it writes for the same inputs.
 EXPORTER_VERSION = 1
+#: Default parallelism: one worker per this many ONNX exports (see ``default_workers``).
+ONNX_JOBS_PER_WORKER = 32
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 
@@ -67,8 +70,10 @@ def export_models(
 ) -> list[ModelArtifact]:
     """Export every spec (or find it in the cache); artifacts come back in the order of ``specs``.
 
-    ``workers``: processes for the exports still to do (default: one per available core, at most
-    one per export; 1 exports in this process). ``progress`` is called once per distinct model,
+    ``workers``: processes for the exports still to do (default ``default_workers``: one per
+    core, fewer for small ONNX batches; 1 exports in this process with one torch thread). More
+    than one spawns worker processes, so a calling script needs the ``if __name__ == "__main__":``
+    guard. ``progress`` is called once per distinct model,
     cache hits included, in the order they become ready. Raises ``UsageError`` for an unknown
     format, space or arch, an unwritable cache directory, or a failed export.
     """
@@ -122,6 +127,7 @@ def export_throughput(n: int, workers: int, cache_dir: str | Path, fmt: str = "o
 # -- cache ---------------------------------------------------------------------------------------
 
 
+@functools.cache
 def exporter_version(fmt: str) -> str:
     """Versions of everything that writes the file; part of the cache key."""
     parts = [f"hwlat-export{EXPORTER_VERSION}", f"torch{metadata.version('torch')}"]
@@ -234,11 +240,20 @@ def _run_jobs(jobs: list[_Job], cache: ExportCache, workers: int | None):
     if not jobs:
         return
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = default_workers(len(jobs), jobs[0].fmt)
     workers = min(workers, len(jobs))
     if workers == 1:
-        for job in jobs:
-            yield job.key, _export_one(job, str(cache.root))
+        import torch
+
+        # One thread, as in the workers: tracing gains nothing from more, and oversubscribed
+        # intra-op threads made in-process exports 10x slower on a busy 2-core machine.
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for job in jobs:
+                yield job.key, _export_one(job, str(cache.root))
+        finally:
+            torch.set_num_threads(previous)
         return
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
@@ -258,6 +273,15 @@ def _run_jobs(jobs: list[_Job], cache: ExportCache, workers: int | None):
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def default_workers(n_jobs: int, fmt: str) -> int:
+    """Processes worth starting for ``n_jobs`` exports: one per core, but for ONNX only one per
+    ``ONNX_JOBS_PER_WORKER`` exports, since a spawned worker costs ~3 s to start (importing torch)
+    and an ONNX export ~0.15 s; a TFLite export (~15 s) always pays for its own worker."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    wanted = n_jobs // ONNX_JOBS_PER_WORKER if fmt == "onnx" else n_jobs
+    return max(1, min(cores, wanted))
 
 
 def _init_worker() -> None:

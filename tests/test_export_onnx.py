@@ -159,3 +159,12 @@ def test_export_throughput(tmp_path):
     rate = export_throughput(2, workers=1, cache_dir=tmp_path)
     assert rate > 0
     assert list(tmp_path.iterdir()) == []  # the fresh cache is removed
+
+
+def test_default_workers_only_spawn_when_worth_it():
+    from harness.export import ONNX_JOBS_PER_WORKER, default_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert default_workers(ONNX_JOBS_PER_WORKER - 1, "onnx") == 1
+    assert default_workers(100 * ONNX_JOBS_PER_WORKER, "onnx") == cores
+    assert default_workers(2, "tflite") == min(cores, 2)
