@@ -8,7 +8,7 @@ import torch
 
 from harness.errors import ArchError, UsageError
 from harness.spaces import get_space
-from harness.spaces.fbnet import NUM_LAYERS, OPS, IRFBlock, layer_plan
+from harness.spaces.fbnet import MACROS, NUM_LAYERS, OPS, FBNetSpace, IRFBlock, layer_plan
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fbnet_archs_sample.csv"
 SHARED_ARCHS = Path(__file__).resolve().parents[2] / "shared" / "data" / "fbnet" / "fbnet_archs.csv"
@@ -75,17 +75,32 @@ def test_not_enumerable():
         space.all_archs()
 
 
-def test_macro_architecture():
-    plan = layer_plan()
+def test_macro_architecture_cifar100_is_hw_nas_bench():
+    plan = layer_plan(MACROS["cifar100"])
     assert len(plan) == NUM_LAYERS == 22
     assert [c for _, c, _ in plan] == [16] + [24] * 4 + [32] * 4 + [64] * 4 + [112] * 4 + [184] * 4 + [352]
-    assert [i for i, (_, _, s) in enumerate(plan) if s == 2] == [1, 5, 9, 17]
+    # HW-NAS-Bench's CIFAR-100 strides 1,1,2,2,1,2,1: stride 2 at the first layer of stages 3, 4, 6
+    assert [i for i, (_, _, s) in enumerate(plan) if s == 2] == [5, 9, 17]
     model = space.build("|".join(["k5_e6"] * 22))
+    assert model.stem[0].stride == (1, 1)
     blocks = list(model.blocks)
     # residual exactly where stride 1 and channels unchanged
     assert [b.residual for b in blocks] == [ci == co and s == 1 for ci, co, s in plan]
-    assert model.head[0].out_channels == 1984
+    assert model.head[0].out_channels == 1504
     assert model.classifier.out_features == 100
+
+
+def test_macro_architecture_imagenet_is_fbnet_table1():
+    imagenet = FBNetSpace("imagenet")
+    plan = layer_plan(imagenet.macro)
+    assert [i for i, (_, _, s) in enumerate(plan) if s == 2] == [1, 5, 9, 17]
+    model = imagenet.build("|".join(["skip"] * 22), resolution=64)
+    assert model.stem[0].stride == (2, 2)
+    assert model.head[0].out_channels == 1984
+    assert model(imagenet.sample_input(1, 64)).shape == (1, 1000)
+    assert imagenet.cache_identity() != space.cache_identity()
+    with pytest.raises(UsageError, match="unknown FBNet macro-architecture 'tiny'"):
+        FBNetSpace("tiny")
 
 
 def test_block_structure():
@@ -97,8 +112,8 @@ def test_block_structure():
     assert dw[0].groups == 16 and dw[0].kernel_size == (3, 3)
     assert project[0].groups == 2
     second = model.blocks[1]
-    assert second.body[0][0].out_channels == 48 and second.body[1][0].stride == (2, 2)
-    assert second.body[1][0].kernel_size == (5, 5)
+    assert second.body[0][0].out_channels == 48 and second.body[1][0].kernel_size == (5, 5)
+    assert model.blocks[5].body[1][0].stride == (2, 2)
     # skip with a channel change (184 -> 352) is a 1x1 ConvBNReLU, not an identity
     last = model.blocks[21]
     assert isinstance(last[0], torch.nn.Conv2d) and last[0].kernel_size == (1, 1)
@@ -106,8 +121,6 @@ def test_block_structure():
 
 
 def test_forward_shapes_and_num_classes_option():
-    from harness.spaces.fbnet import FBNetSpace
-
     arch = space.sample(1, seed=1)[0]
     y = space.build(arch, batch=2)(space.sample_input(2))
     assert y.shape == (2, 100)

@@ -1,9 +1,17 @@
 """FBNet (Wu et al., CVPR 2019): 22 searchable layers, 9 candidate blocks each (9^22 architectures).
 
 Arch strings are the 22 block names joined by ``|`` (``k5_e6|skip|k3_e1_g2|...``), the format of
-HW-NAS-Bench's FBNet table; ``OPS`` gives the op ids used in its ``op_idx_list`` column. The
-macro-architecture is FBNet's Table 1 (stem, 7 stages, 1x1 head to 1984, classifier); the input
-defaults to CIFAR size (1x3x32x32) and 100 classes, as in HW-NAS-Bench. See docs/spaces.md.
+HW-NAS-Bench's FBNet table; ``OPS`` gives the op ids used in its ``op_idx_list`` column.
+
+Two macro-architectures share the 7 stages of FBNet's Table 1 (layers 1,4,4,4,4,4,1; channels
+16..352) and differ in strides and head width, as HW-NAS-Bench defines them:
+
+- ``cifar100`` (default): HW-NAS-Bench's CIFAR-100 network, 32x32 input, stem stride 1, stage
+  strides 1,1,2,2,1,2,1, 1x1 head to 1504 channels, 100 classes;
+- ``imagenet``: FBNet's Table 1 as published, 224x224 input, stem stride 2, stage strides
+  1,2,2,2,1,2,1, head to 1984 channels, 1000 classes.
+
+See docs/spaces.md.
 """
 
 from __future__ import annotations
@@ -11,35 +19,46 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from harness.errors import ArchError
+from harness.errors import ArchError, UsageError
 from harness.spaces import SearchSpace, check_count, quote
 
 #: Candidate blocks; a block's index here is its op id.
 OPS: tuple[str, ...] = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
-#: Searchable stages after the stem: (layers, output channels, stride of the first layer).
-STAGES: tuple[tuple[int, int, int], ...] = (
-    (1, 16, 1),
-    (4, 24, 2),
-    (4, 32, 2),
-    (4, 64, 2),
-    (4, 112, 1),
-    (4, 184, 2),
-    (1, 352, 1),
-)
-NUM_LAYERS = sum(n for n, _, _ in STAGES)  # 22
+#: Searchable layers and output channels of the 7 stages after the stem (FBNet Table 1).
+STAGE_LAYERS: tuple[int, ...] = (1, 4, 4, 4, 4, 4, 1)
+STAGE_CHANNELS: tuple[int, ...] = (16, 24, 32, 64, 112, 184, 352)
+NUM_LAYERS = sum(STAGE_LAYERS)  # 22
 STEM_CHANNELS = 16
-HEAD_CHANNELS = 1984
 _BLOCK_RE = re.compile(r"^k(?P<k>[35])_e(?P<e>[136])(?:_g(?P<g>2))?$")
 
 
-def layer_plan() -> list[tuple[int, int, int]]:
+@dataclass(frozen=True)
+class Macro:
+    """What differs between FBNet's dataset settings (HW-NAS-Bench's ``fbnet_get_metrics``)."""
+
+    name: str
+    stem_stride: int
+    stage_strides: tuple[int, ...]  # stride of each stage's first layer
+    head_channels: int
+    num_classes: int
+    resolution: int  # the input size the setting was designed for
+
+
+MACROS: dict[str, Macro] = {
+    "cifar100": Macro("cifar100", 1, (1, 1, 2, 2, 1, 2, 1), 1504, 100, 32),
+    "imagenet": Macro("imagenet", 2, (1, 2, 2, 2, 1, 2, 1), 1984, 1000, 224),
+}
+
+
+def layer_plan(macro: Macro) -> list[tuple[int, int, int]]:
     """(in channels, out channels, stride) of each of the 22 searchable layers."""
     plan, c_in = [], STEM_CHANNELS
-    for layers, c_out, stride in STAGES:
+    for layers, c_out, stride in zip(STAGE_LAYERS, STAGE_CHANNELS, macro.stage_strides, strict=True):
         for i in range(layers):
             plan.append((c_in, c_out, stride if i == 0 else 1))
             c_in = c_out
@@ -62,16 +81,19 @@ def parse(arch: str) -> tuple[str, ...]:
 
 
 class FBNetSpace(SearchSpace):
-    """FBNet's space on CIFAR-size inputs (HW-NAS-Bench's setting); ``num_classes`` defaults to 100."""
+    """FBNet's space; ``macro`` picks the dataset setting (``MACROS``), ``num_classes`` overrides its classes."""
 
     name = "fbnet"
-    version = 1
+    version = 2
 
-    def __init__(self, num_classes: int = 100) -> None:
-        self.num_classes = num_classes
+    def __init__(self, macro: str = "cifar100", num_classes: int | None = None) -> None:
+        if macro not in MACROS:
+            raise UsageError(f"unknown FBNet macro-architecture '{macro}' (known: {', '.join(MACROS)})")
+        self.macro = MACROS[macro]
+        self.num_classes = self.macro.num_classes if num_classes is None else num_classes
 
     def cache_identity(self) -> str:
-        return f"{super().cache_identity()}-cls{self.num_classes}"
+        return f"{super().cache_identity()}-{self.macro.name}-cls{self.num_classes}"
 
     def size(self) -> int:
         return len(OPS) ** NUM_LAYERS
@@ -103,7 +125,7 @@ class FBNetSpace(SearchSpace):
         return [batch, 3, resolution, resolution]
 
     def _build(self, arch: str, resolution: int) -> nn.Module:
-        return FBNet(parse(arch), self.num_classes)
+        return FBNet(parse(arch), self.macro, self.num_classes)
 
 
 # -- torch modules ----------------------------------------------------------------------------------
@@ -165,15 +187,17 @@ def make_block(name: str, c_in: int, c_out: int, stride: int) -> nn.Module:
 
 
 class FBNet(nn.Module):
-    def __init__(self, blocks: tuple[str, ...], num_classes: int) -> None:
+    """Stem conv 3x3 (16) + BN + ReLU, 22 searchable layers, 1x1 head + BN + ReLU, global pool, FC."""
+
+    def __init__(self, blocks: tuple[str, ...], macro: Macro, num_classes: int) -> None:
         super().__init__()
-        self.stem = ConvBNReLU(3, STEM_CHANNELS, 3, stride=2)
+        self.stem = ConvBNReLU(3, STEM_CHANNELS, 3, stride=macro.stem_stride)
         self.blocks = nn.Sequential(
-            *(make_block(b, ci, co, s) for b, (ci, co, s) in zip(blocks, layer_plan(), strict=True))
+            *(make_block(b, ci, co, s) for b, (ci, co, s) in zip(blocks, layer_plan(macro), strict=True))
         )
-        self.head = ConvBNReLU(STAGES[-1][1], HEAD_CHANNELS, 1)
+        self.head = ConvBNReLU(STAGE_CHANNELS[-1], macro.head_channels, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(HEAD_CHANNELS, num_classes)
+        self.classifier = nn.Linear(macro.head_channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.stem(x)))
