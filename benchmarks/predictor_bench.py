@@ -1,0 +1,38 @@
+"""Reproduce the predictor figures in docs/predictor.md (ND at 20 and 10 samples, NX1-NX3 at 20).
+
+Thin wrapper over ``hwlat predictor bench``; needs ``../shared/data/nb201``. Writes one JSON per run
+into ``--out`` (default ``out/predictor_bench``). Takes ~15 minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from predictor.cli import main as cli
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nb201"
+RUNS = (("nd20", ["--task", "ND", "--samples", "20"]), ("nd10", ["--task", "ND", "--samples", "10"]),
+        ("nx20", ["--task", "NX1", "--task", "NX2", "--task", "NX3", "--samples", "20"]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="out/predictor_bench")
+    ap.add_argument("--seeds", default="3")
+    args = ap.parse_args()
+    if not SHARED.exists():
+        print(f"needs the shared NB201 data at {SHARED}", file=sys.stderr)
+        return 2
+    for name, extra in RUNS:
+        rc = cli(["predictor", "bench", "--data", str(SHARED / "latency_long.parquet"),
+                  "--tasks", str(SHARED / "nasflat_tasks.json"), "--seeds", args.seeds, *extra,
+                  "--json", str(Path(args.out) / f"{name}.json")])
+        if rc:
+            return rc
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
