@@ -179,6 +179,14 @@ def _num(state: dict[str, Any], key: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _gpu_names(gpus: Any) -> str | None:
+    """The fingerprint's GPU list (nvidia-smi rows) as one readable string, None without a GPU."""
+    if not gpus:
+        return None
+    names = [g.get("name", str(g)) if isinstance(g, dict) else str(g) for g in gpus]
+    return ", ".join(names)
+
+
 def make_row(*, session_id: str, run_id: str, order_index: int, profile: DeviceProfile, fingerprint: dict,
              art: ModelArtifact, result: MeasureResult, ref: dict[str, Any]) -> dict[str, Any]:
     """One Parquet row (see harness.store.SCHEMA) from the records of every stage."""
@@ -201,9 +209,8 @@ def make_row(*, session_id: str, run_id: str, order_index: int, profile: DeviceP
         "ram_mb": fingerprint.get("ram_mb"),
         "os": fingerprint.get("os"),
         "machine": fingerprint.get("machine"),
-        "board_model": fingerprint.get("board_model"),
-        "gpu": fingerprint.get("gpu") if isinstance(fingerprint.get("gpu"), str) else
-        (dumps_compact(fingerprint["gpu"]) if fingerprint.get("gpu") else None),
+        "board_model": fingerprint.get("board"),
+        "gpu": _gpu_names(fingerprint.get("gpus")),
         "python_version": fingerprint.get("python_version"),
         "fingerprint_json": dumps_compact(fingerprint),
         "arch": art.arch,
@@ -304,6 +311,20 @@ class DeviceRunner:
                 why = str(exc)
         raise TransportError("stopped")
 
+    def with_reconnect(self, step: Callable[[], Any]) -> Any:
+        """Connect and run one step, reconnecting with back-off while the device is unreachable."""
+        try:
+            self.transport.connect()
+            return step()
+        except TransportError as exc:
+            why = str(exc)
+        while True:
+            self._reconnect(why)
+            try:
+                return step()
+            except TransportError as exc:
+                why = str(exc)
+
     def run(self, spec: RunSpec, by_id: dict[str, ModelArtifact]) -> None:
         candidates = sum(1 for j in spec.jobs if j.role == "candidate")
         self.outcome.planned = candidates
@@ -314,7 +335,7 @@ class DeviceRunner:
         order = {job.job_id: i for i, job in enumerate(spec.jobs)}
         offset = 0
         restarts = 0
-        self.transport.start_run(spec)
+        self.with_reconnect(lambda: self.transport.start_run(spec))
         done = False
         while not done and not self.stop.is_set():
             try:
@@ -471,9 +492,8 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
         if not todo:
             return
         try:
-            runner.transport.connect()
             shipped = [*todo, reference] if reference is not None else todo
-            paths = runner.transport.push_models(shipped)
+            paths = runner.with_reconnect(lambda: runner.transport.push_models(shipped))
             jobs, by_id = build_jobs(todo, reference, req.seed, req.reference_every, paths)
             prof = runner.profile
             spec = RunSpec(run_id=f"{session_id}-{prof.name}", runtime=prof.runtime, timing=prof.timing,
@@ -498,6 +518,8 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
     except KeyboardInterrupt:
         for runner, _, _ in runners:
             runner.stop.set()
+            with contextlib.suppress(TransportError, UsageError):
+                runner.transport.stop_run(f"{session_id}-{runner.profile.name}")
             runner.transport.close()
         raise
     finally:

@@ -107,23 +107,34 @@ def candidate_pool(space: str, seed: int) -> list[str]:
     from harness.spaces import get_space
 
     sp = get_space(space)
-    if sp.enumerable():
+    if sp.enumerable:
         return list(sp.all_archs())
     return sp.sample(POOL_SIZE, seed)
 
 
-def measured_latencies(folder: Path, device: str, config_id: str, space: str) -> dict[str, float]:
-    """arch -> median latency of the ok rows for this device configuration (mean over repeats)."""
+#: Rows whose median trains the device's predictor: `unstable` rows keep a robust median (docs/timing.md).
+USABLE = ("ok", "unstable")
+
+
+def measured_latencies(folder: Path, device: str, config_id: str, space: str) -> tuple[dict[str, float], set[str]]:
+    """(arch -> median latency of usable rows, every arch attempted) for this device configuration.
+
+    Failed and timed-out archs are spent budget but carry no latency, so they are attempted, not usable.
+    """
     if not folder.exists():
-        return {}
+        return {}, set()
     table = read_dataset(folder)
     if table.num_rows == 0:
-        return {}
+        return {}, set()
     sums: dict[str, list[float]] = {}
+    attempted: set[str] = set()
     for row in table.select(["device", "config_id", "search_space", "arch", "status", "latency_ms"]).to_pylist():
-        if (row["device"], row["config_id"], row["search_space"], row["status"]) == (device, config_id, space, "ok"):
+        if (row["device"], row["config_id"], row["search_space"]) != (device, config_id, space):
+            continue
+        attempted.add(row["arch"])
+        if row["status"] in USABLE and row["latency_ms"]:
             sums.setdefault(row["arch"], []).append(row["latency_ms"])
-    return {arch: float(np.mean(v)) for arch, v in sums.items()}
+    return {arch: float(np.mean(v)) for arch, v in sums.items()}, attempted
 
 
 def load_base(req: ProfileRequest) -> Any:
@@ -207,6 +218,7 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
     """Run (or resume) the loop; returns the paths of what it wrote."""
     import predictor
     from harness.campaign import configure_device
+    from predictor.samplers import sample
 
     if req.budget < 2 or req.batch < 1:
         raise UsageError("--budget must be >= 2 and --batch >= 1")
@@ -232,12 +244,12 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
     config_id = device.config_id()
 
     while True:
-        measured = measured_latencies(meas_dir, device.name, config_id, space)
+        measured, attempted = measured_latencies(meas_dir, device.name, config_id, space)
         pending = state.rounds[-1] if state.rounds and not state.rounds[-1].done else None
         if pending is None:
             if state.stopped:
                 break
-            remaining = req.budget - len(measured)
+            remaining = req.budget - len(attempted)
             if remaining <= 0:
                 state.stopped = f"budget of {req.budget} measurements spent"
             elif converged(state.rounds, req):
@@ -247,20 +259,20 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
                 break
             n = min(req.batch, remaining)
             r = len(state.rounds)
-            if not measured:
+            if len(measured) < 2:
                 sampler = "diversity"
-                batch = predictor.samplers.sample("diversity", space, pool, n, seed=req.seed + r)
+                batch = sample("diversity", space, pool, n, seed=req.seed + r, measured=attempted)
             else:
                 sampler = "default"
                 model = predictor.load(base_path)
                 model.transfer(target, list(measured), np.array(list(measured.values())), space=space, seed=req.seed)
-                batch = model.suggest(target, n, "default", measured=list(measured), candidates=pool, space=space,
+                batch = model.suggest(target, n, "default", measured=attempted, candidates=pool, space=space,
                                       seed=req.seed + r)
             pending = RoundRecord(r, sampler, batch)
             state.rounds.append(pending)
             state.save(state_path)
         say(f"round {pending.round}: measuring {len(pending.batch)} archs chosen by the {pending.sampler} sampler "
-            f"({len(measured)}/{req.budget} measured so far)")
+            f"({len(attempted)}/{req.budget} measured so far)")
         with progress_factory() as progress:
             result = run_campaign(CampaignRequest(devices=[device], out=meas_dir, space=space, archs=pending.batch,
                                                   seed=req.seed + pending.round, cache_dir=req.cache_dir),
@@ -270,14 +282,17 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
             raise UsageError(f"measuring on {device.name} failed: {errors[0]}")
         if req.dataset is not None:
             sync_rows(meas_dir, req.dataset)
-        measured = measured_latencies(meas_dir, device.name, config_id, space)
+        measured, attempted = measured_latencies(meas_dir, device.name, config_id, space)
         archs = list(measured)
+        if len(archs) < 2:
+            raise UsageError(f"only {len(archs)} of {len(attempted)} archs could be measured on {device.name}; "
+                             f"see the error column in {meas_dir}")
         lat = np.array([measured[a] for a in archs])
         cv = cross_validate(base_path, target, space, archs, lat, req.folds, req.seed) if len(archs) >= 4 else {}
         rho, tau, mape = cv_scores(cv, measured)
         model = predictor.load(base_path)
         info = model.transfer(target, archs, lat, space=space, seed=req.seed)
-        pending.measured, pending.cv_spearman, pending.cv_kendall = len(archs), rho, tau
+        pending.measured, pending.cv_spearman, pending.cv_kendall = len(attempted), rho, tau
         pending.cv_mape, pending.best_source, pending.cv_pred = mape, str(info.get("best_source", "")), cv
         pending.done = True
         state.save(state_path)
@@ -296,7 +311,7 @@ def finish(req: ProfileRequest, state: ProfileState, base_path: Path, target: st
     import predictor
     from harness.report import write_report
 
-    measured = measured_latencies(req.out / "measurements", device.name, device.config_id(), space)
+    measured, _attempted = measured_latencies(req.out / "measurements", device.name, device.config_id(), space)
     archs = list(measured)
     model = predictor.load(base_path)
     model.transfer(target, archs, np.array([measured[a] for a in archs]), space=space, seed=req.seed)

@@ -1,0 +1,106 @@
+"""`hwlat profile` end to end on this machine: real measurements, real transfer, report, resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from harness.store import read_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "fixtures" / "predictor_small.parquet"
+
+
+def _run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small pretrained predictor (synthetic fixture devices), standing in for the bundled one."""
+    path = tmp_path_factory.mktemp("model") / "base.pt"
+    proc = _run("predictor", "train", "--data", str(FIXTURE), "--out", str(path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return path
+
+
+def _profile(tmp_path: Path) -> Path:
+    path = tmp_path / "board.toml"
+    path.write_text(f"""
+name = "board"
+host = "local"
+workdir = "{tmp_path / 'agent'}"
+[timing]
+warmup_min_runs = 2
+warmup_min_s = 0.0
+min_runs = 5
+min_time_s = 0.0
+max_runs = 30
+max_time_s = 1.0
+""")
+    return path
+
+
+def test_profile_budget_report_and_rerun(tmp_path: Path, base_model: Path) -> None:
+    out = tmp_path / "prof"
+    user_ds = tmp_path / "mydata"
+    args = ["profile", str(_profile(tmp_path)), "--space", "nb201", "--budget", "6", "--batch", "3",
+            "--out", str(out), "--model", str(base_model), "--dataset", str(user_ds)]
+    proc = _run(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "round 0" in proc.stderr and "round 1" in proc.stderr and "report" in proc.stderr
+    rows = read_dataset(out / "measurements").to_pylist()
+    assert len(rows) == 6 and len({r["arch"] for r in rows}) == 6
+    assert read_dataset(user_ds).num_rows == 6
+    preds = pq.read_table(out / "predictions.parquet")
+    assert preds.num_rows == 15625
+    assert (preds.column("predicted_ms").to_numpy() > 0).all()
+    assert sum(m is not None for m in preds.column("measured_ms").to_pylist()) == 6
+    state = json.loads((out / "state.json").read_text())
+    assert [r["sampler"] for r in state["rounds"]] == ["diversity", "default"]
+    assert all(r["done"] for r in state["rounds"]) and state["stopped"].startswith("budget")
+    html = (out / "report.html").read_text()
+    for png in ("rounds.png", "pred_vs_measured.png", "latency_distribution.png", "flops_vs_latency.png"):
+        assert png in html and (out / png).stat().st_size > 5000
+    assert (out / "predictor-board.pt").exists()
+    # the same command again: nothing new is measured, nothing duplicated
+    again = _run(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert read_dataset(out / "measurements").num_rows == 6 and read_dataset(user_ds).num_rows == 6
+
+
+def test_profile_interrupted_then_resumed(tmp_path: Path, base_model: Path) -> None:
+    out = tmp_path / "prof"
+    args = [sys.executable, "-m", "harness.cli", "profile", str(_profile(tmp_path)), "--space", "nb201",
+            "--budget", "8", "--batch", "4", "--out", str(out), "--model", str(base_model)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    deadline = time.monotonic() + 600
+    meas = out / "measurements"
+    while not (meas.exists() and sum(pq.read_metadata(p).num_rows for p in meas.rglob("part-*.parquet")) >= 2):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert read_dataset(meas).num_rows < 8
+    done = _run(*args[3:])
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_dataset(meas).to_pylist()
+    assert len(rows) == 8 and len({r["arch"] for r in rows}) == 8
+    assert pq.read_table(out / "predictions.parquet").num_rows == 15625
+
+
+def test_profile_bad_input(tmp_path: Path, base_model: Path) -> None:
+    proc = _run("profile", "nope", "--out", str(tmp_path / "o"), "--model", str(base_model))
+    assert proc.returncode == 2 and "unknown device" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _run("profile", "local", "--space", "fbnet", "--out", str(tmp_path / "o2"), "--model",
+                str(tmp_path / "missing.pt"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
