@@ -29,6 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 def progress_bar():  # rich types stay local to the CLI
     """The one progress-bar style of every long hwlat command: bar, count, elapsed time and ETA."""
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -39,7 +40,7 @@ def progress_bar():  # rich types stay local to the CLI
     )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), transient=False)
+                    TextColumn("ETA"), TimeRemainingColumn(), transient=False, console=Console(stderr=True))
 
 
 def cmd_measure(args: argparse.Namespace) -> int:

@@ -58,7 +58,7 @@ class ProfileRequest:
     min_measured: int = 30
     patience: int = 2
     tolerance: float = 0.005
-    folds: int = 5
+    folds: int = 4
     cache_dir: Path | None = None
 
 
@@ -242,6 +242,7 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
         raise UsageError(f"{req.out} holds a profile of {state.device}/{state.space}; use another --out")
     pool = candidate_pool(space, req.seed)
     config_id = device.config_id()
+    model_path = req.out / f"predictor-{device.name}.pt"
 
     while True:
         measured, attempted = measured_latencies(meas_dir, device.name, config_id, space)
@@ -264,8 +265,7 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
                 batch = sample("diversity", space, pool, n, seed=req.seed + r, measured=attempted)
             else:
                 sampler = "default"
-                model = predictor.load(base_path)
-                model.transfer(target, list(measured), np.array(list(measured.values())), space=space, seed=req.seed)
+                model = device_model(req, base_path, model_path, target, space, measured)
                 batch = model.suggest(target, n, "default", measured=attempted, candidates=pool, space=space,
                                       seed=req.seed + r)
             pending = RoundRecord(r, sampler, batch)
@@ -292,31 +292,57 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
         rho, tau, mape = cv_scores(cv, measured)
         model = predictor.load(base_path)
         info = model.transfer(target, archs, lat, space=space, seed=req.seed)
+        save_atomic(model, model_path)
         pending.measured, pending.cv_spearman, pending.cv_kendall = len(attempted), rho, tau
         pending.cv_mape, pending.best_source, pending.cv_pred = mape, str(info.get("best_source", "")), cv
         pending.done = True
         state.save(state_path)
-        say(f"round {pending.round}: {len(archs)} measured, cross-validated Spearman "
-            f"{'n/a' if rho is None else f'{rho:.3f}'}, MAPE {mape:.1f}%, closest source device {pending.best_source}")
+        quality = "too few for cross-validation" if rho is None else \
+            f"cross-validated Spearman {rho:.3f}, Kendall {tau:.3f}, MAPE {mape:.1f}%"
+        say(f"round {pending.round}: {len(attempted)} measured, {quality}; closest source device "
+            f"{pending.best_source}")
 
-    return finish(req, state, base_path, target, space, pool, device, say)
+    measured, _attempted = measured_latencies(meas_dir, device.name, config_id, space)
+    model = device_model(req, base_path, model_path, target, space, measured)
+    return finish(req, state, model, model_path, target, space, pool, device, measured, say)
 
 
-def finish(req: ProfileRequest, state: ProfileState, base_path: Path, target: str, space: str, pool: list[str],
-           device: DeviceProfile, say: Callable[[str], None]) -> dict:
+def save_atomic(model: Any, path: Path) -> None:
+    """Save a predictor under a temp name and rename it, so a kill never leaves half a model."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def device_model(req: ProfileRequest, base_path: Path, model_path: Path, target: str, space: str,
+                 measured: dict[str, float]) -> Any:
+    """The predictor transferred to the device from every measurement so far.
+
+    Each round saves it, so the next round's sampler and the final predictions reuse it; it is rebuilt
+    only when missing (a kill between measuring and saving).
+    """
+    import predictor
+
+    if model_path.exists():
+        model = predictor.load(model_path)
+        if target in model.devices(space):
+            return model
+    model = predictor.load(base_path)
+    archs = list(measured)
+    model.transfer(target, archs, np.array([measured[a] for a in archs]), space=space, seed=req.seed)
+    save_atomic(model, model_path)
+    return model
+
+
+def finish(req: ProfileRequest, state: ProfileState, model: Any, model_path: Path, target: str, space: str,
+           pool: list[str], device: DeviceProfile, measured: dict[str, float], say: Callable[[str], None]) -> dict:
     """Final predictor on every measurement, predictions for the whole space, and the report."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import predictor
     from harness.report import write_report
 
-    measured, _attempted = measured_latencies(req.out / "measurements", device.name, device.config_id(), space)
     archs = list(measured)
-    model = predictor.load(base_path)
-    model.transfer(target, archs, np.array([measured[a] for a in archs]), space=space, seed=req.seed)
-    model_path = req.out / f"predictor-{device.name}.pt"
-    model.save(model_path)
     pred, unc = model.predict_with_uncertainty(pool, target, space=space)
     from predictor.encode import analytic_flops
 
