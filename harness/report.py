@@ -40,6 +40,8 @@ def _pred_vs_measured(state: ProfileState, measured: dict[str, float], path: Pat
         ax.scatter(y, p, s=14, alpha=0.8)
         lo, hi = np.nanmin([y.min(), p.min()]), np.nanmax([y.max(), p.max()])
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
         rho = "n/a" if r.cv_spearman is None else f"{r.cv_spearman:.3f}"
         ax.set_title(f"round {r.round}: {r.measured} measured, ρ={rho}", fontsize=9)
         ax.set_xlabel("measured ms")
@@ -91,7 +93,7 @@ def _flops(flops: np.ndarray, pred: np.ndarray, path: Path) -> np.ndarray:
     ax.scatter(flops / 1e6, pred, s=3, alpha=0.3, label="all archs")
     ax.scatter(flops[fastest] / 1e6, pred[fastest], s=30, color="tab:red", marker="*",
                label=f"{FASTEST} fastest (predicted)")
-    ax.set_xlabel("MFLOPs (multiply-accumulates, analytic)")
+    ax.set_xlabel("million multiply-accumulates (analytic)")
     ax.set_ylabel("predicted latency ms")
     ax.legend(fontsize=8)
     ax.set_title("FLOPs vs predicted latency")
@@ -135,7 +137,7 @@ img{{max-width:100%;border:1px solid #ddd;margin:6px 0}}</style></head><body>
 <h2>Latency distribution</h2><img src="latency_distribution.png" alt="latency distribution">
 <h2>FLOPs vs predicted latency</h2><img src="flops_vs_latency.png" alt="flops vs latency">
 <h3>{FASTEST} fastest archs (predicted)</h3><table><tr><th>arch</th><th>predicted ms</th><th>uncertainty</th>
-<th>MFLOPs</th><th>measured ms</th></tr>{fast_rows}</table>
+<th>MMACs</th><th>measured ms</th></tr>{fast_rows}</table>
 <p>Files: <code>measurements/</code> (dataset), <code>predictions.parquet</code>,
 <code>predictor-{html.escape(device)}.pt</code>, <code>state.json</code>.</p></body></html>
 """
