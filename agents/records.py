@@ -34,10 +34,10 @@ class TimingConfig:
     """
 
     warmup_min_runs: int = 10
-    warmup_min_s: float = 0.2
+    warmup_min_s: float = 0.1
     warmup_max_runs: int = 1000
     min_runs: int = 30
-    min_time_s: float = 0.5
+    min_time_s: float = 1.5
     max_runs: int = 2000
     max_time_s: float = 10.0
     ci_rel_target: float = 0.01

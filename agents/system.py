@@ -27,7 +27,7 @@ try:
 except ImportError:  # pragma: no cover - exercised on boards without psutil
     psutil = None
 
-#: How long ``snapshot`` samples CPU busy time; keeps the whole snapshot well under 50 ms.
+#: How long the first ``busy_pct`` of a process samples CPU busy time (later calls need no sleep).
 BUSY_SAMPLE_S = 0.03
 
 #: Raspberry Pi firmware throttling flags (``vcgencmd get_throttled`` bits, also in sysfs).
@@ -148,30 +148,41 @@ def _proc_stat_times() -> tuple[float, float] | None:
     return total - idle, total
 
 
-def busy_pct(interval_s: float = BUSY_SAMPLE_S) -> float | None:
-    """System-wide CPU busy % (0-100, all logical cores) over ``interval_s``, minus this process.
+#: (busy jiffies, total jiffies, own CPU seconds) at the previous ``busy_pct`` call of this process.
+_last_busy: tuple[float, float, float] | None = None
 
-    This is "how much else is running": the caller sleeps during the sample, and its own CPU
-    time (``os.times``) is subtracted anyway. Coarse (the kernel counts in 10 ms ticks) but
-    enough to see a compile job or a stuck process next to the benchmark.
+
+def busy_pct(interval_s: float | None = None) -> float | None:
+    """System-wide CPU busy % (0-100, all logical cores) minus this process: how much *else* runs.
+
+    Without ``interval_s`` it covers the time since the previous call, with no sleep: called before
+    and after each job, the "after" value is the other processes' CPU share *during* the timed loop
+    (this process's own CPU time, all its runtime threads included, is subtracted), and the "before"
+    value covers the gap since the previous job. The first call of a process (or ``interval_s``)
+    samples for that long instead. Coarse: the kernel counts in 10 ms ticks.
     """
-    own0 = sum(os.times()[:2])
-    first = _proc_stat_times()
-    if first is None:
+    global _last_busy
+    now = _proc_stat_times()
+    own_now = sum(os.times()[:2])
+    if now is None:
         if psutil is None:
             return None
         try:
-            return float(psutil.cpu_percent(interval=interval_s))
+            return float(psutil.cpu_percent(interval=interval_s or BUSY_SAMPLE_S))
         except (OSError, RuntimeError):
             return None
-    time.sleep(interval_s)
-    second = _proc_stat_times()
-    own = sum(os.times()[:2]) - own0
-    if second is None or second[1] <= first[1]:
+    if interval_s is not None or _last_busy is None:
+        time.sleep(interval_s or BUSY_SAMPLE_S)
+        first, own0 = now, own_now
+        now, own_now = _proc_stat_times() or now, sum(os.times()[:2])
+    else:
+        first, own0 = _last_busy[:2], _last_busy[2]
+    _last_busy = (now[0], now[1], own_now)
+    if now[1] <= first[1]:
         return None
     ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    busy = (second[0] - first[0]) - own * ticks
-    return max(0.0, min(100.0, 100.0 * busy / (second[1] - first[1])))
+    busy = (now[0] - first[0]) - (own_now - own0) * ticks
+    return max(0.0, min(100.0, 100.0 * busy / (now[1] - first[1])))
 
 
 def procs_running() -> int | None:
