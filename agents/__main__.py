@@ -3,12 +3,17 @@
 Commands: ``run RUN_DIR`` (measure a run's jobs into its journal), ``fingerprint`` (describe this
 device as JSON), ``hash PATH...`` (sha256 of files as JSON), ``worker`` (internal). Exit codes:
 0 ok, 2 bad input, 3 another agent holds the run, 4 the parent died (``--exit-with-parent``).
+
+Imports are lazy: the coordinator runs ``hash`` on the device before every campaign chunk, while the
+device may be timing a model, so that command must not pay for numpy (~0.4 s of CPU on a Pi).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 
 from agents import __version__
@@ -56,16 +61,40 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def hash_paths(paths: list[str]) -> dict[str, str | None]:
+    """path -> hex sha256 (1 MiB reads), None where the file is missing or unreadable.
+
+    Standard library only (see the module docstring). "Not there" is an ordinary answer: the
+    coordinator re-sends such models.
+    """
+    out: dict[str, str | None] = {}
+    for path in paths:
+        out[path] = None
+        if not os.path.isfile(path):  # never open a FIFO or a device node: it could block
+            continue
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:
+            continue
+        out[path] = digest.hexdigest()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``python -m agents`` and for the zipapp's top-level ``__main__.py``."""
     args = _parser().parse_args(argv)
+    if args.command == "hash":
+        print(json.dumps(hash_paths(args.paths), sort_keys=True))
+        return 0
     from agents.runner import (
         EXIT_BUSY,
         EXIT_PARENT_GONE,
         AgentBusyError,
         AgentUsageError,
         ParentGone,
-        hash_files,
         run_agent,
         worker_main,
     )
@@ -77,9 +106,6 @@ def main(argv: list[str] | None = None) -> int:
             from agents.system import fingerprint
 
             print(json.dumps(fingerprint(), sort_keys=True))
-            return 0
-        if args.command == "hash":
-            print(json.dumps(hash_files(args.paths), sort_keys=True))
             return 0
         cpus = [int(c) for c in args.cpu_affinity.split(",") if c.strip()]
         return worker_main(args.runtime, args.parent_pid, cpus)
