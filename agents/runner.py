@@ -192,7 +192,7 @@ class Journal:
         created = not path.exists()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         if created:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def _drop_torn_tail(self) -> None:
         """Cut an incomplete last line (the agent died mid-write) so the next append starts clean.
@@ -233,7 +233,7 @@ class Journal:
         os.close(self._fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:

@@ -107,6 +107,14 @@ def _expect(source: str, data: dict[str, Any], key: str, kind: type | tuple[type
     return value
 
 
+def _expect_list(source: str, data: dict[str, Any], key: str, kind: type, default: list, what: str) -> list:
+    """A list whose every item is ``kind`` (profiles are hand-written: say which key is wrong and how)."""
+    value = _expect(source, data, key, list, default)
+    if not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise _fail(source, key, f"must be a list of {what}")
+    return value
+
+
 def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
     """Validate a profile dict (already parsed TOML) and build a ``DeviceProfile``."""
     for key in data:
@@ -129,21 +137,15 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
     fmt = _expect(source, data, "format", str, "tflite" if runtime_name == "litert" else "onnx")
     if (runtime_name, fmt) not in (("onnxruntime", "onnx"), ("litert", "tflite")):
         raise _fail(source, "format", f"{fmt!r} cannot run on runtime {runtime_name!r}")
-    providers = _expect(source, data, "providers", list, ["CPUExecutionProvider"])
-    if not all(isinstance(p, str) for p in providers):
-        raise _fail(source, "providers", "must be a list of execution provider names")
-    provider_options = _expect(source, data, "provider_options", list, [])
-    if not all(isinstance(p, dict) for p in provider_options):
-        raise _fail(source, "provider_options", "must be a list of tables, one per provider")
+    providers = _expect_list(source, data, "providers", str, ["CPUExecutionProvider"], "execution provider names")
+    provider_options = _expect_list(source, data, "provider_options", dict, [], "tables, one per provider")
     threads = _expect(source, data, "threads", int, 1)
     if threads < 0:
         raise _fail(source, "threads", "must be >= 0 (0 = runtime default)")
     level = _expect(source, data, "graph_optimization_level", str, "all")
     if level not in ("disable", "basic", "extended", "all"):
         raise _fail(source, "graph_optimization_level", "must be disable, basic, extended or all")
-    custom_ops = _expect(source, data, "custom_op_libraries", list, [])
-    if not all(isinstance(p, str) for p in custom_ops):
-        raise _fail(source, "custom_op_libraries", "must be a list of shared-library paths")
+    custom_ops = _expect_list(source, data, "custom_op_libraries", str, [], "shared-library paths")
     runtime = RuntimeConfig(
         runtime=runtime_name,
         custom_op_libraries=custom_ops,
@@ -167,15 +169,13 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
     for key in timeouts:
         if key not in _TIMEOUT_KEYS:
             raise _fail(source, f"timeouts.{key}", f"unknown (known: {', '.join(sorted(_TIMEOUT_KEYS))})")
-    affinity = _expect(source, data, "cpu_affinity", list, [])
-    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in affinity):
+    affinity = _expect_list(source, data, "cpu_affinity", int, [], "CPU numbers")
+    if any(c < 0 for c in affinity):
         raise _fail(source, "cpu_affinity", "must be a list of CPU numbers")
     env = _expect(source, data, "env", dict, {})
     if not all(isinstance(v, str) for v in env.values()):
         raise _fail(source, "env", "values must be strings")
-    tags = _expect(source, data, "tags", list, [])
-    if not all(isinstance(t, str) for t in tags):
-        raise _fail(source, "tags", "must be a list of strings")
+    tags = _expect_list(source, data, "tags", str, [], "strings")
     profile = DeviceProfile(
         name=name,
         source=source,

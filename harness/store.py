@@ -11,7 +11,6 @@ flushed as soon as it arrives; at the end of a session its small files are merge
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import uuid
@@ -25,6 +24,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from agents.runner import fsync_dir
 from harness.errors import UsageError
 
 SCHEMA_VERSION = 1
@@ -160,22 +160,13 @@ def row_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.table(columns, schema=SCHEMA)
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_atomic(table: pa.Table, final: Path) -> None:
     tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
     pq.write_table(table, tmp, compression="zstd")
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 class DatasetStore:
@@ -228,7 +219,7 @@ class DatasetStore:
         for part in folder.glob(f"part-{session_id}-*.parquet"):
             part.unlink()
         os.replace(ready, folder / f"part-{session_id}.parquet")
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
     def recover(self) -> None:
         """Finish merges a kill interrupted and drop temp files left by killed writers."""
