@@ -234,6 +234,7 @@ class Journal:
 
 
 def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable across a power cut (best effort: some filesystems refuse)."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
