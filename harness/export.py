@@ -25,6 +25,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -256,7 +257,8 @@ def _run_jobs(jobs: list[_Job], cache: ExportCache, workers: int | None):
             torch.set_num_threads(previous)
         return
     ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_export_one, job, str(cache.root)): job for job in jobs}
         try:
             for fut in cf.as_completed(futures):
@@ -284,7 +286,21 @@ def default_workers(n_jobs: int, fmt: str) -> int:
     return max(1, min(cores, wanted))
 
 
-def _init_worker() -> None:
+def _init_worker(parent_pid: int) -> None:
+    """One torch thread per worker, and die with the coordinator.
+
+    Without this, killing ``hwlat`` (kill -9, a closed terminal) left spawned export workers running their
+    queued exports for minutes, competing with whatever was timed next. The parent-death signal covers a
+    coordinator that dies later; the pid check one that died while this worker was still starting.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
     import torch
 
     torch.set_num_threads(1)
