@@ -3,13 +3,17 @@
 * plan: pick the candidate archs (sampled, from a file, or the user's ONNX files) and drop what the dataset
   already holds for each device and configuration (resume).
 * export: torch -> ONNX/TFLite through the content-addressed cache (never twice for the same arch).
-* push + run: each device gets a ``RunSpec`` (shuffled order, a reference model every K models) and its agent
-  runs detached, appending to a journal; the coordinator streams the journal. Devices run in parallel threads.
+* push + run: each device's jobs are put in one order (shuffled, a reference model every K models) and run by
+  its agent, detached, appending to a journal the coordinator streams. Devices run in parallel threads.
+  A remote device gets its jobs in chunks, one agent run (``RunSpec``) per chunk: while chunk k is measured,
+  a background thread uploads the models of the chunks after it, so only the first chunk's upload is waited for.
 * collect: every candidate result becomes one Parquet row at once (atomic), with the latest reference
   measurement attached as drift fields.
 
-On a local device, exporting is finished before timing starts: on a 2-core machine, export work beside the
-timed loop would slow it down and bias the numbers. Remote devices receive uploads while they measure.
+On a local device, exporting is finished before timing starts and nothing else happens while it measures
+(one run, no chunks): on a 2-core machine, export or copy work beside the timed loop would slow it down and
+bias the numbers. Remote devices receive uploads while they measure; the coordinator's own CPU load does not
+reach their timed loops.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +43,16 @@ from harness.transport.base import Transport
 
 #: Back-off between reconnect attempts to a device that dropped (seconds).
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+#: Largest chunk of jobs (candidates and references) one agent run measures on a remote device. Each chunk
+#: costs one agent start (Python, numpy and the runtime imported again: seconds on a Pi) and a journal poll
+#: interval; 32 jobs of >= 1.6 s each keep that under ~10% on a Pi and a few % on a PC, while the next
+#: chunk's upload (32 models) still finishes long before the current one is measured on any usual link.
+CHUNK_JOBS = 32
+#: Size of a remote device's first chunk, the only one whose upload is not hidden behind a measurement;
+#: later chunks double up to ``CampaignRequest.chunk_jobs``, so measuring starts soon and the per-chunk
+#: agent start is paid rarely.
+FIRST_CHUNK_JOBS = 8
 
 
 @dataclass
@@ -61,6 +76,8 @@ class CampaignRequest:
     cache_dir: Path | None = None
     workers: int | None = None
     max_reconnect_s: float = 300.0
+    #: largest chunk of jobs per agent run on a remote device (see ``CHUNK_JOBS``)
+    chunk_jobs: int = CHUNK_JOBS
 
 
 @dataclass
@@ -143,35 +160,55 @@ def plan_specs(req: CampaignRequest) -> tuple[list[ModelSpec], ModelSpec]:
     return specs, reference
 
 
-def build_jobs(candidates: list[ModelArtifact], reference: ModelArtifact | None, seed: int, every: int,
-               paths: dict[str, str]) -> tuple[list[Job], dict[str, ModelArtifact]]:
-    """Shuffle candidates (seeded) and insert the reference model first, every ``every`` models, and last."""
+@dataclass(frozen=True)
+class Slot:
+    """One place in a device's measuring order: a job id, its role and the model, not yet on the device."""
+
+    job_id: str
+    role: str
+    art: ModelArtifact
+
+
+def plan_order(candidates: list[ModelArtifact], reference: ModelArtifact | None, seed: int,
+               every: int) -> list[Slot]:
+    """Shuffle candidates (seeded) and insert the reference model first, every ``every`` models, and last.
+
+    The order is decided once per device, before any chunking, so the drift references keep their places
+    whatever the chunk size.
+    """
     order = list(candidates)
     random.Random(seed).shuffle(order)
-    jobs: list[Job] = []
-    by_id: dict[str, ModelArtifact] = {}
-    ref_count = 0
+    slots: list[Slot] = []
 
     def add_reference() -> None:
-        nonlocal ref_count
-        if reference is None:
-            return
-        job = Job(f"r{ref_count:04d}-{reference.sha256[:12]}", paths[reference.sha256], reference.sha256,
-                  reference.format, "reference")
-        jobs.append(job)
-        by_id[job.job_id] = reference
-        ref_count += 1
+        if reference is not None:
+            ref_count = sum(1 for s in slots if s.role == "reference")
+            slots.append(Slot(f"r{ref_count:04d}-{reference.sha256[:12]}", "reference", reference))
 
     add_reference()
     for i, art in enumerate(order):
         if every > 0 and i > 0 and i % every == 0:
             add_reference()
-        job = Job(f"c{i:05d}-{art.sha256[:12]}", paths[art.sha256], art.sha256, art.format, "candidate")
-        jobs.append(job)
-        by_id[job.job_id] = art
+        slots.append(Slot(f"c{i:05d}-{art.sha256[:12]}", "candidate", art))
     if order:
         add_reference()
-    return jobs, by_id
+    return slots
+
+
+def build_jobs(slots: list[Slot], paths: dict[str, str]) -> list[Job]:
+    """The agent's jobs for these slots; ``paths`` (sha256 -> path on the device) from ``push_models``."""
+    return [Job(s.job_id, paths[s.art.sha256], s.art.sha256, s.art.format, s.role) for s in slots]
+
+
+def chunk_slots(slots: list[Slot], largest: int) -> list[list[Slot]]:
+    """Split a remote device's order into chunks: ``FIRST_CHUNK_JOBS``, then doubling up to ``largest``."""
+    chunks: list[list[Slot]] = []
+    size, start = min(FIRST_CHUNK_JOBS, largest), 0
+    while start < len(slots):
+        chunks.append(slots[start:start + size])
+        start += size
+        size = min(2 * size, largest)
+    return chunks
 
 
 def _num(state: dict[str, Any], key: str) -> float | None:
@@ -276,7 +313,11 @@ def make_row(*, session_id: str, run_id: str, order_index: int, profile: DeviceP
 
 
 class DeviceRunner:
-    """Drives one device through its run: start, stream the journal, reconnect, resume, store rows."""
+    """Drives one device through its runs (one per chunk): start, stream the journal, reconnect, resume, store.
+
+    What the journal has told so far (results seen, the drift reference, the fingerprint) is kept across the
+    device's runs, so a chunked campaign stores exactly what one long run would.
+    """
 
     def __init__(self, *, profile: DeviceProfile, transport: Transport, store: DatasetStore, session_id: str,
                  space: str, max_reconnect_s: float, on_row: Callable[[str, str], None],
@@ -291,6 +332,14 @@ class DeviceRunner:
         self.store_lock = store_lock
         self.outcome = DeviceOutcome(profile.name)
         self.stop = threading.Event()
+        #: The run the agent is on (or about to be), for Ctrl-C; changed only under ``launch_lock``.
+        self.run_id = ""
+        #: Held while a run is launched, so Ctrl-C stops either the run just launched or none is launched.
+        self.launch_lock = threading.Lock()
+        self.seen: set[str] = set()
+        self.ref_state: dict[str, Any] = {}
+        self.first_ref: float | None = None
+        self.fingerprint: dict = {}
 
     def _reconnect(self, why: str) -> None:
         """Reconnect with back-off; gives up (TransportError) after ``max_reconnect_s``."""
@@ -325,17 +374,30 @@ class DeviceRunner:
             except TransportError as exc:
                 why = str(exc)
 
-    def run(self, spec: RunSpec, by_id: dict[str, ModelArtifact]) -> None:
-        candidates = sum(1 for j in spec.jobs if j.role == "candidate")
-        self.outcome.planned = candidates
-        seen: set[str] = set()
-        ref_state: dict[str, Any] = {}
-        first_ref: float | None = None
-        fingerprint: dict = {}
-        order = {job.job_id: i for i, job in enumerate(spec.jobs)}
+    def stop_agent(self) -> None:
+        """Ctrl-C: no new run starts, and the current one is stopped on the device."""
+        self.stop.set()
+        # Bounded wait: a launch stuck on an unreachable device cannot be stopped anyway.
+        if self.launch_lock.acquire(timeout=10.0):
+            try:
+                if self.run_id:
+                    self.transport.stop_run(self.run_id)
+            finally:
+                self.launch_lock.release()
+
+    def run(self, spec: RunSpec, by_id: dict[str, ModelArtifact], order: dict[str, int]) -> None:
+        """Launch one run (unless stopped) and store its results until its agent reports ``done``.
+
+        ``by_id`` and ``order`` cover every job of the device (all chunks); ``order`` gives a job's place
+        in the device's whole order, stored as ``order_index``.
+        """
+        with self.launch_lock:
+            if self.stop.is_set():
+                return
+            self.run_id = spec.run_id
+            self.with_reconnect(lambda: self.transport.start_run(spec))
         offset = 0
         restarts = 0
-        self.with_reconnect(lambda: self.transport.start_run(spec))
         done = False
         while not done and not self.stop.is_set():
             try:
@@ -349,30 +411,13 @@ class DeviceRunner:
             for event in events:
                 kind = event.get("type")
                 if kind == "fingerprint":
-                    fingerprint = {k: v for k, v in event.items() if k != "type"}
-                    self.outcome.warnings = list(fingerprint.get("warnings", []))
+                    self.fingerprint = {k: v for k, v in event.items() if k != "type"}
+                    self.outcome.warnings = list(self.fingerprint.get("warnings", []))
                 elif kind == "result":
-                    result = MeasureResult.from_dict(event)
-                    if result.job_id in seen or result.job_id not in by_id:
-                        continue
-                    seen.add(result.job_id)
-                    if result.role == "reference":
-                        self.outcome.timed_s += sum(result.raw_ms) / 1000.0
-                        if result.median_ms:
-                            first_ref = first_ref or result.median_ms
-                            ref_state = {
-                                "sha256": result.sha256,
-                                "latency_ms": result.median_ms,
-                                "index": int(result.job_id[1:5]),
-                                "drift_pct": 100.0 * (result.median_ms / first_ref - 1.0),
-                            }
-                        continue
-                    self._store(spec, order[result.job_id], fingerprint, by_id[result.job_id], result, ref_state)
+                    self._result(spec, MeasureResult.from_dict(event), by_id, order)
                 elif kind == "done":
                     done = True
-            if done:
-                break
-            if not events:
+            if not events and not done:
                 if not alive:
                     # The agent stopped without "done": killed or crashed. Resume it; it skips finished jobs.
                     restarts += 1
@@ -380,17 +425,87 @@ class DeviceRunner:
                         raise TransportError(f"agent on {self.profile.name} keeps dying; see its agent.log")
                     self.transport.start_run(spec)
                 time.sleep(0.1)
+        if done:
+            self._wait_exit(spec.run_id)
 
-    def _store(self, spec: RunSpec, order_index: int, fingerprint: dict, art: ModelArtifact,
-               result: MeasureResult, ref_state: dict[str, Any]) -> None:
+    def _wait_exit(self, run_id: str, limit_s: float = 30.0) -> None:
+        """Wait until the agent that wrote ``done`` has exited and released the device lock.
+
+        The next chunk's launch would otherwise find the lock still held by this run and be refused as busy.
+        """
+        deadline = time.monotonic() + limit_s
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                if not self.transport.agent_alive(run_id):
+                    return
+            except TransportError:
+                return  # the next launch reconnects, and reports a lock that is still held
+            time.sleep(0.05)
+
+    def _result(self, spec: RunSpec, result: MeasureResult, by_id: dict[str, ModelArtifact],
+                order: dict[str, int]) -> None:
+        """Store a candidate's result once (the journal may be read twice after a reconnect); track drift."""
+        if result.job_id in self.seen or result.job_id not in by_id:
+            return
+        self.seen.add(result.job_id)
+        if result.role == "reference":
+            self.outcome.timed_s += sum(result.raw_ms) / 1000.0
+            if result.median_ms:
+                self.first_ref = self.first_ref or result.median_ms
+                self.ref_state = {
+                    "sha256": result.sha256,
+                    "latency_ms": result.median_ms,
+                    "index": int(result.job_id[1:5]),
+                    "drift_pct": 100.0 * (result.median_ms / self.first_ref - 1.0),
+                }
+            return
+        self._store(spec, order[result.job_id], by_id[result.job_id], result)
+
+    def _store(self, spec: RunSpec, order_index: int, art: ModelArtifact, result: MeasureResult) -> None:
         row = make_row(session_id=self.session_id, run_id=spec.run_id, order_index=order_index,
-                       profile=self.profile, fingerprint=fingerprint, art=art, result=result, ref=ref_state)
+                       profile=self.profile, fingerprint=self.fingerprint, art=art, result=result,
+                       ref=self.ref_state)
         with self.store_lock:
             self.store.append(self.profile.name, art.search_space, self.session_id, [row])
         self.outcome.rows += 1
         self.outcome.status_counts[result.status] = self.outcome.status_counts.get(result.status, 0) + 1
         self.outcome.timed_s += sum(result.raw_ms) / 1000.0
         self.on_row(self.profile.name, result.status)
+
+    def measure(self, slots: list[Slot], chunk_jobs: int, make_spec: Callable[[int, list[Job]], RunSpec]) -> None:
+        """Push and measure a device's whole order: one run locally, chunks with background uploads remotely.
+
+        Remotely, after the first chunk is on the device one background thread uploads the later chunks in
+        order while the agent measures; each chunk waits only for its own upload. An upload that failed in the
+        background (device dropped) is redone here with reconnects; ``push_models`` skips what arrived intact.
+        """
+        by_id = {s.job_id: s.art for s in slots}
+        order = {s.job_id: i for i, s in enumerate(slots)}
+        self.outcome.planned = sum(1 for s in slots if s.role == "candidate")
+        chunks = [slots] if self.profile.is_local else chunk_slots(slots, chunk_jobs)
+
+        def push(chunk: list[Slot]) -> dict[str, str]:
+            if self.stop.is_set():  # queued uploads after Ctrl-C end at once instead of reconnecting
+                raise TransportError("stopped")
+            return self.transport.push_models(list({s.art.sha256: s.art for s in chunk}.values()))
+
+        uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"upload-{self.profile.name}")
+        later: list[Future[dict[str, str]]] = []
+        try:
+            for k, chunk in enumerate(chunks):
+                if self.stop.is_set():
+                    return
+                if k == 0:
+                    paths = self.with_reconnect(lambda chunk=chunk: push(chunk))
+                    later = [uploader.submit(push, c) for c in chunks[1:]]
+                else:
+                    try:
+                        paths = later[k - 1].result()
+                    except TransportError:
+                        paths = self.with_reconnect(lambda chunk=chunk: push(chunk))
+                self.run(make_spec(k, build_jobs(chunk, paths)), by_id, order)
+        finally:
+            uploader.shutdown(wait=False, cancel_futures=True)
 
 
 def new_session_id() -> str:
@@ -459,6 +574,8 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
     for longer than ``max_reconnect_s``) is reported in its outcome while the other devices finish.
     """
     t0 = time.monotonic()
+    if req.chunk_jobs < 1:
+        raise UsageError(f"chunk_jobs must be at least 1, got {req.chunk_jobs}")
     devices = [configure_device(p, req.fmt, req.threads) for p in req.devices]
     formats = {d.format for d in devices}
     plan = plan_models(req)
@@ -491,15 +608,14 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
     def drive(runner: DeviceRunner, todo: list[ModelArtifact], reference: ModelArtifact | None) -> None:
         if not todo:
             return
+        prof = runner.profile
+
+        def make_spec(k: int, jobs: list[Job]) -> RunSpec:
+            return RunSpec(run_id=f"{session_id}-{prof.name}-{k:03d}", runtime=prof.runtime, timing=prof.timing,
+                           jobs=jobs, timeout_s=prof.model_timeout_s, env=prof.env, cpu_affinity=prof.cpu_affinity)
+
         try:
-            shipped = [*todo, reference] if reference is not None else todo
-            paths = runner.with_reconnect(lambda: runner.transport.push_models(shipped))
-            jobs, by_id = build_jobs(todo, reference, req.seed, req.reference_every, paths)
-            prof = runner.profile
-            spec = RunSpec(run_id=f"{session_id}-{prof.name}", runtime=prof.runtime, timing=prof.timing,
-                           jobs=jobs, timeout_s=prof.model_timeout_s, env=prof.env,
-                           cpu_affinity=prof.cpu_affinity)
-            runner.run(spec, by_id)
+            runner.measure(plan_order(todo, reference, req.seed, req.reference_every), req.chunk_jobs, make_spec)
         except (TransportError, UsageError) as exc:
             runner.outcome.error = str(exc)
         finally:
@@ -517,9 +633,8 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
                 thread.join(timeout=0.2)
     except KeyboardInterrupt:
         for runner, _, _ in runners:
-            runner.stop.set()
             with contextlib.suppress(TransportError, UsageError):
-                runner.transport.stop_run(f"{session_id}-{runner.profile.name}")
+                runner.stop_agent()
             runner.transport.close()
         raise
     finally:

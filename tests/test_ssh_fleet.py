@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +192,44 @@ def test_agent_kill9_mid_model_resumes(server: SSHServer, tmp_path: Path, cache:
     assert all(r["status"] in ("ok", "unstable") for r in rows)
     starts = [e for e in journal_events(workdir) if e["type"] == "fingerprint"]
     assert len(starts) == 2 and starts[0]["pid"] == pid != starts[1]["pid"]
+
+
+# ---------------------------------------------------------------------------------------------- pipelining
+def _epoch(stamp: str) -> float:
+    """The agent's ``finished_at`` (UTC ISO with milliseconds and a Z) as a Unix time."""
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def test_next_chunk_is_uploaded_while_the_current_one_is_measured(server: SSHServer, tmp_path: Path,
+                                                                   cache: Path) -> None:
+    from harness.campaign import CampaignRequest, run_campaign
+
+    workdir = tmp_path / "work"
+    profile = load_profile_file(server.profile(tmp_path / "p.toml", "piped", workdir, timing=SLOW))
+    req = CampaignRequest(devices=[profile], out=tmp_path / "ds", count=5, seed=8, cache_dir=cache, workers=1,
+                          chunk_jobs=2)
+    result = run_campaign(req)
+    assert not result.outcomes[0].error, result.outcomes[0].error
+    rows = assert_complete(tmp_path / "ds", "piped", 5, workdir)
+    # One agent run per chunk, in the device's single order: reference, 5 candidates, reference.
+    runs = sorted(workdir.glob("runs/*"))
+    chunks = [json.loads((run / "jobs.json").read_text())["jobs"] for run in runs]
+    assert [len(c) for c in chunks] == [2, 2, 2, 1]
+    roles = [job["role"] for chunk in chunks for job in chunk]
+    assert roles == ["reference", *["candidate"] * 5, "reference"]
+    assert sorted(r["order_index"] for r in rows) == [1, 2, 3, 4, 5]
+    assert all(r["ref_latency_ms"] for r in rows), "the drift reference must carry over between chunks"
+    # Overlap: every model of chunk 2 was on the device before chunk 1 produced its last result.
+    first_shas = {job["sha256"] for job in chunks[0]}
+    second = [workdir / job["model_path"] for job in chunks[1] if job["sha256"] not in first_shas]
+    chunk1_events = [json.loads(line) for line in (runs[0] / "journal.jsonl").read_text().splitlines()]
+    last_result = max(_epoch(e["finished_at"]) for e in chunk1_events if e["type"] == "result")
+    assert second and max(path.stat().st_mtime for path in second) < last_result, \
+        "the next chunk must be uploaded while the current one is measured, not after"
+    # Resume: everything is in the dataset, so a second campaign measures nothing.
+    again = run_campaign(req)
+    assert again.outcomes[0].skipped == 5 and again.outcomes[0].rows == 0
+    assert read_dataset(tmp_path / "ds").num_rows == 5
 
 
 # ---------------------------------------------------------------------------------------------- crash & hang

@@ -18,7 +18,12 @@ from harness.records import ModelArtifact
 
 class Transport(ABC):
     """Connection to one device. Methods raise ``TransportError`` when the device is unreachable
-    (the campaign retries with back-off) and ``UsageError`` for problems the user must fix."""
+    (the campaign retries with back-off) and ``UsageError`` for problems the user must fix.
+
+    For a remote device the campaign calls ``push_models`` from a background thread while its device
+    thread starts runs and reads the journal (uploads overlap with measurement), so a remote transport
+    must allow these calls concurrently. A local device is never driven that way.
+    """
 
     def __init__(self, profile: DeviceProfile) -> None:
         self.profile = profile

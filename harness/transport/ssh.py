@@ -22,7 +22,11 @@ Security and robustness choices (each one is a gap in the tools people use today
 
 One SSH connection per device, reused for every command and for two SFTP sessions (uploads, and
 journal polling, so a long upload never delays streaming results). Methods may be called from
-different threads of the campaign; connection (re)setup is serialised by a lock.
+different threads of the campaign: the campaign uploads the next chunk of models in a background
+thread while the current chunk is measured. Connection (re)setup is serialised by a lock, and each
+SFTP session is used by one thread at a time (paramiko's ``SFTPClient`` mixes up the replies of
+concurrent requests), one file or listing at a time so that ``start_run`` never waits for a whole
+chunk's upload.
 """
 
 from __future__ import annotations
@@ -172,6 +176,8 @@ class SSHTransport(Transport):
         self._conn_lock = threading.RLock()
         self._push_lock = threading.Lock()
         self._poll_lock = threading.Lock()
+        #: Guards ``_sftp`` (uploads, listings, folders); always taken inside ``_conn_lock``, never around it.
+        self._sftp_lock = threading.RLock()
         self._workdir: str | None = None
         self._agent_path: str | None = None
         self._preflight: dict[str, Any] | None = None
@@ -282,6 +288,19 @@ class SSHTransport(Transport):
                 self._drop()
             raise TransportError(f"{self.profile.name}: {what} failed ({type(exc).__name__}: {exc})") from None
 
+    @contextmanager
+    def _upload_sftp(self, what: str) -> Iterator[paramiko.SFTPClient]:
+        """The upload SFTP session for one operation, held by this thread only.
+
+        The lock is released before ``_wire`` handles a failure (which takes ``_conn_lock``), so a
+        thread reconnecting under ``_conn_lock`` and a thread uploading can never wait on each other.
+        """
+        with self._wire(what), self._sftp_lock:
+            sftp = self._sftp
+            if sftp is None:
+                raise EOFError("connection closed by another thread")
+            yield sftp
+
     # ------------------------------------------------------------------ remote commands
     def _exec(self, argv: list[str], timeout: float | None = None, cwd: str | None = None) -> tuple[int, str, str]:
         """Run ``argv`` on the device (quoted), return (exit status, stdout, stderr)."""
@@ -339,8 +358,8 @@ class SSHTransport(Transport):
     # ------------------------------------------------------------------ set-up
     def _resolve_workdir(self) -> str:
         """Absolute workdir on the device (``~`` expanded against the SFTP home), created."""
-        assert self._sftp is not None
-        home = self._sftp.normalize(".")
+        with self._upload_sftp("resolving the home folder") as sftp:
+            home = sftp.normalize(".")
         raw = self.profile.workdir
         if raw == "~" or raw.startswith("~/"):
             raw = posixpath.join(home, raw[2:])
@@ -352,27 +371,30 @@ class SSHTransport(Transport):
         return workdir
 
     def _sftp_mkdir(self, path: str) -> None:
-        assert self._sftp is not None
         parts = [p for p in path.split("/") if p]
         current = ""
-        for part in parts:
-            current += "/" + part
-            try:
-                if not stat.S_ISDIR(self._sftp.stat(current).st_mode or 0):
-                    raise ProfileError(f"{self.profile.source}: key 'workdir': {current} exists and is not a folder")
-            except FileNotFoundError:
-                self._sftp.mkdir(current)
+        with self._upload_sftp("creating folders") as sftp:
+            for part in parts:
+                current += "/" + part
+                try:
+                    if not stat.S_ISDIR(sftp.stat(current).st_mode or 0):
+                        raise ProfileError(
+                            f"{self.profile.source}: key 'workdir': {current} exists and is not a folder"
+                        )
+                except FileNotFoundError:
+                    sftp.mkdir(current)
 
     def _ensure_agent(self) -> None:
         """Upload the agent bundle unless the device already has this exact one, then preflight."""
         bundle = current_bundle()
-        assert self._workdir is not None and self._sftp is not None
+        assert self._workdir is not None
         path = posixpath.join(self._workdir, "agent", bundle.remote_name)
         if self._agent_path == path and self._preflight is not None:
             return
         self._agent_path = path
         try:
-            present = self._sftp.stat(path).st_size == len(bundle.data)
+            with self._upload_sftp("checking the agent bundle") as sftp:
+                present = sftp.stat(path).st_size == len(bundle.data)
         except FileNotFoundError:
             present = False
         if not present:
@@ -419,13 +441,12 @@ class SSHTransport(Transport):
             )
 
     def _upload_bytes(self, data: bytes, path: str) -> None:
-        assert self._sftp is not None
         tmp = f"{path}.part-{uuid.uuid4().hex[:12]}"
-        with self._wire("upload"):
-            with self._sftp.open(tmp, "wb") as fh:
+        with self._upload_sftp("upload") as sftp:
+            with sftp.open(tmp, "wb") as fh:
                 fh.set_pipelined(True)
                 fh.write(data)
-            self._sftp.posix_rename(tmp, path)
+            sftp.posix_rename(tmp, path)
 
     # ------------------------------------------------------------------ Transport API
     @property
@@ -456,9 +477,8 @@ class SSHTransport(Transport):
         with self._push_lock:
             started = time.perf_counter()
             models = posixpath.join(self.workdir, "models")
-            assert self._sftp is not None
-            with self._wire("listing the model cache"):
-                listing = self._sftp.listdir_attr(models)
+            with self._upload_sftp("listing the model cache") as sftp:
+                listing = sftp.listdir_attr(models)
             present = {a.filename for a in listing}
             self._remove_stale_parts(models, listing)
             cached = [sha for sha, (name, _) in names.items() if name in present]
@@ -499,12 +519,11 @@ class SSHTransport(Transport):
 
     def _remove_stale_parts(self, models: str, listing: list[paramiko.SFTPAttributes]) -> None:
         """Partial uploads left by a dropped connection are garbage once old enough."""
-        assert self._sftp is not None
         now = time.time()
         for attr in listing:
             if ".part-" in attr.filename and now - (attr.st_mtime or now) > _STALE_PART_S:
-                with self._wire("cleaning partial uploads"):
-                    self._sftp.remove(posixpath.join(models, attr.filename))
+                with self._upload_sftp("cleaning partial uploads") as sftp:
+                    sftp.remove(posixpath.join(models, attr.filename))
 
     def _run_dir(self, run_id: str) -> str:
         if not _RUN_ID_RE.match(run_id):
