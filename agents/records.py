@@ -150,6 +150,7 @@ class MeasureResult:
     p90_ms: float | None = None
     p99_ms: float | None = None
     cv: float | None = None
+    robust_cv: float | None = None
     ci95_low_ms: float | None = None
     ci95_high_ms: float | None = None
     n_outliers: int = 0

@@ -280,6 +280,7 @@ def make_row(*, session_id: str, run_id: str, order_index: int, profile: DeviceP
         "p90_ms": result.p90_ms,
         "p99_ms": result.p99_ms,
         "cv": result.cv,
+        "robust_cv": result.robust_cv,
         "ci95_low_ms": result.ci95_low_ms,
         "ci95_high_ms": result.ci95_high_ms,
         "n_outliers": result.n_outliers,

@@ -90,6 +90,7 @@ SCHEMA = pa.schema(
         ("p90_ms", pa.float64()),
         ("p99_ms", pa.float64()),
         ("cv", pa.float64()),
+        ("robust_cv", pa.float64()),
         ("ci95_low_ms", pa.float64()),
         ("ci95_high_ms", pa.float64()),
         ("n_outliers", pa.int32()),
