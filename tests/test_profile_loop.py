@@ -104,3 +104,19 @@ def test_profile_bad_input(tmp_path: Path, base_model: Path) -> None:
     proc = _run("profile", "local", "--space", "fbnet", "--out", str(tmp_path / "o2"), "--model",
                 str(tmp_path / "missing.pt"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.tflite
+def test_profile_fbnet_on_a_litert_device(tmp_path: Path, base_model: Path) -> None:
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("ai_edge_litert")
+    out = tmp_path / "prof"
+    proc = _run("profile", str(_profile(tmp_path)), "--space", "fbnet", "--format", "tflite", "--budget", "4",
+                "--batch", "2", "--out", str(out), "--model", str(base_model))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_dataset(out / "measurements").to_pylist()
+    assert len(rows) == 4
+    assert {(r["search_space"], r["format"], r["runtime"]) for r in rows} == {("fbnet", "tflite", "litert")}
+    preds = pq.read_table(out / "predictions.parquet")
+    assert preds.num_rows == 10000 and sum(m is not None for m in preds.column("measured_ms").to_pylist()) == 4
+    assert (out / "report.html").exists()
