@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from predictor.api import Predictor
 from predictor.bench import pretrain_cap
 from predictor.data import load_table
 from predictor.samplers import sample
 from predictor.train import TrainConfig, pretrain
-from predictor.transfer import transfer
 
 THRESHOLDS = (0.90, 0.95)
 
@@ -44,9 +44,13 @@ def hardware_of(data: Path) -> dict[str, str]:
     return dict(zip(df["device"], df["hardware"].astype(str), strict=True))
 
 
-def loop(model, space: str, series: pd.Series, sampler: str, batch: int, most: int,
+def loop(model: Predictor, space: str, series: pd.Series, sampler: str, batch: int, most: int,
          seed: int) -> list[tuple[int, float]]:
-    """One simulated profile: returns (measured, Spearman on the rest) after every round."""
+    """One simulated profile: returns (measured, Spearman on the rest) after every round.
+
+    ``sampler`` is what picks every batch after the first (``default`` is what `hwlat profile` runs;
+    other names compare candidates for the default); ``random`` picks every batch uniformly instead.
+    """
     pool = list(series.index)
     measured: list[str] = []
     curve = []
@@ -55,16 +59,16 @@ def loop(model, space: str, series: pd.Series, sampler: str, batch: int, most: i
     while len(measured) < most:
         if sampler == "random":
             picks = sample("random", space, pool, batch, seed=seed * 1000 + r, measured=measured)
-        elif not measured:
+        elif len(measured) < 2:  # harness/profile.py: the first batch is diversity-sampled
             picks = sample("diversity", space, pool, batch, seed=seed * 1000 + r, measured=measured)
-        else:
-            picks = sample("default", space, pool, batch, seed=seed * 1000 + r, measured=measured, model=current,
-                           device="target")
+        else:  # harness/profile.py: model.suggest(target, n, "default", measured=..., candidates=pool, ...)
+            picks = current.suggest("target", batch, sampler, measured=measured, candidates=pool, space=space,
+                                    seed=seed * 1000 + r)
         measured += picks
-        current = copy.deepcopy(model)
-        transfer(current, "target", measured, series.loc[measured].to_numpy(), seed=seed)
+        current = copy.deepcopy(model)  # profile.py reloads the base predictor and transfers from scratch
+        current.transfer("target", measured, series.loc[measured].to_numpy(), space=space, seed=seed)
         rest = series.drop(index=measured)
-        pred = current.log_ms(list(rest.index), "target").mean(0)
+        pred = current.predict_log(list(rest.index), "target", space=space).mean(0)
         curve.append((len(measured), float(spearmanr(pred, rest.to_numpy()).statistic)))
         r += 1
     return curve
@@ -83,10 +87,13 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=5)
     parser.add_argument("--max", type=int, default=60)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--sampler", action="append",
+                        help="sampler after the first batch, compared with random (repeatable; default: default)")
     args = parser.parse_args()
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
+    samplers = [*(args.sampler or ["default"]), "random"]
     table = load_table([args.data])
     hardware = hardware_of(args.data)
     devices = table.devices(args.space)
@@ -96,7 +103,7 @@ def main() -> int:
         family = hardware.get(target)
         train = [d for d in devices if d != target and (family is None or hardware.get(d) != family)]
         series = table.device_series(args.space, target)
-        entry: dict = {"train_devices": len(train), "default": {}, "random": {}}
+        entry: dict = {"train_devices": len(train), **{name: {} for name in samplers}}
         for seed in range(args.seeds):
             rng = np.random.default_rng(seed)
             archs, lat, dev_rows = [], [], []
@@ -106,22 +113,22 @@ def main() -> int:
                 archs += list(s.index[pick])
                 lat.append(s.to_numpy()[pick])
                 dev_rows.append(np.full(len(pick), d))
-            model = pretrain(args.space, archs, train, np.concatenate(lat), np.concatenate(dev_rows),
-                             TrainConfig(seed=seed))
-            for sampler in ("default", "random"):
+            model = Predictor({args.space: pretrain(args.space, archs, train, np.concatenate(lat),
+                                                    np.concatenate(dev_rows), TrainConfig(seed=seed))}, "")
+            for sampler in samplers:
                 curve = loop(model, args.space, series, sampler, args.batch, args.max, seed)
                 entry[sampler].setdefault("curves", []).append(curve)
         cap = args.max + args.batch
-        for sampler in ("default", "random"):
+        for sampler in samplers:
             for th in THRESHOLDS:
                 counts = [needed(c, th, cap) for c in entry[sampler]["curves"]]
                 entry[sampler][f"n_to_{th:.2f}"] = float(np.mean(counts))
         entry["seconds"] = time.perf_counter() - t0
         report["targets"][target] = entry
-        d, r = entry["default"], entry["random"]
-        print(f"{target:16s} to 0.90: default {d['n_to_0.90']:5.1f} random {r['n_to_0.90']:5.1f} | "
-              f"to 0.95: default {d['n_to_0.95']:5.1f} random {r['n_to_0.95']:5.1f} | {entry['seconds']:.0f} s",
-              flush=True)
+        for th in THRESHOLDS:
+            print(f"{target:16s} to {th:.2f}: " + " ".join(f"{name} {entry[name][f'n_to_{th:.2f}']:5.1f}"
+                                                         for name in samplers), flush=True)
+        print(f"{target:16s} {entry['seconds']:.0f} s", flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

@@ -19,6 +19,7 @@ import itertools
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -122,12 +123,16 @@ def _nb201_active(ops: list[str]) -> tuple[list[bool], bool]:
 
 def _nb201_flops_params(ops: list[str]) -> tuple[float, float]:
     """Analytic MACs and params of the full CIFAR network (cells + fixed stem/reductions/head)."""
+    macs, params = _nb201_flops_params_counts(ops.count("nor_conv_1x1"), ops.count("nor_conv_3x3"))
+    return float(macs), float(params)
+
+
+def _nb201_flops_params_counts(n1: Any, n3: Any) -> tuple[Any, Any]:
+    """MACs and params from the cell's 1x1 and 3x3 conv counts (scalars or arrays: the table uses arrays)."""
     macs = 3 * 16 * 9 * 32 * 32.0  # stem conv
     params = 3 * 16 * 9.0
     for c, hw in _NB201_STAGES:
         per_conv = c * c * hw * hw
-        n1 = ops.count("nor_conv_1x1")
-        n3 = ops.count("nor_conv_3x3")
         macs += 5 * (n1 + 9 * n3) * per_conv
         params += 5 * (n1 + 9 * n3) * c * c + 5 * 2 * c * (n1 + n3)
     # two residual reduction blocks (3x3 s2 + 3x3 + 1x1 shortcut) and the classifier
@@ -187,6 +192,66 @@ class NB201Encoder(SpaceEncoder):
 
     def enumerate(self) -> list[str]:
         return nb201_all_archs()
+
+    def encode(self, archs: Sequence[str]) -> Encoded:
+        """Encode a batch by table lookup: the space has only 5**6 cells, so all of them are encoded once,
+        vectorised (~30 ms), and a batch is a dict lookup per string plus fancy indexing. This is what
+        keeps whole-space prediction well under a second in a fresh process; ``encode_one`` stays the
+        readable reference (a test checks the two agree on every cell)."""
+        table = self.__dict__.get("_table")
+        if table is None:
+            table = self.__dict__["_table"] = _nb201_table()
+        index, flat, nodes, adj = table
+        try:
+            rows = np.fromiter((index[a] for a in archs), np.int64, count=len(archs))
+        except (KeyError, TypeError):
+            for a in archs:
+                _nb201_parse(a)  # raises ArchError with the offending string
+            raise
+        return Encoded(flat[rows], nodes[rows], adj[rows])
+
+
+def _nb201_table() -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]:
+    """(arch -> row, flat, nodes, adj) for every NB201 cell, rows in ``itertools.product`` op order.
+
+    The same features as ``NB201Encoder.encode_one``, computed with array ops over all cells at once.
+    """
+    k = len(NB201_OPS)
+    ops = np.array(list(itertools.product(range(k), repeat=6)), np.int64)  # [B, 6] in NB201_EDGES order
+    index = {f"|{o[0]}~0|+|{o[1]}~0|{o[2]}~1|+|{o[3]}~0|{o[4]}~1|{o[5]}~2|": i
+             for i, o in enumerate(itertools.product(NB201_OPS, repeat=6))}
+    b = len(ops)
+    live = ops != NB201_OPS.index("none")
+    reach = [np.ones(b, bool), np.zeros(b, bool), np.zeros(b, bool), np.zeros(b, bool)]  # from the input
+    for (i, j), ok in zip(NB201_EDGES, live.T, strict=True):
+        reach[i] = reach[i] | (ok & reach[j])
+    to_out = [np.zeros(b, bool), np.zeros(b, bool), np.zeros(b, bool), np.ones(b, bool)]
+    for (i, j), ok in reversed(list(zip(NB201_EDGES, live.T, strict=True))):
+        to_out[j] = to_out[j] | (ok & to_out[i])
+    active = np.stack([live[:, e] & reach[j] & to_out[i] for e, (i, j) in enumerate(NB201_EDGES)], 1)
+    onehot = np.eye(k)[ops]  # [B, 6, k]
+    act = onehot * active[:, :, None]
+    n1 = (ops == NB201_OPS.index("nor_conv_1x1")).sum(1).astype(float)
+    n3 = (ops == NB201_OPS.index("nor_conv_3x3")).sum(1).astype(float)
+    macs, params = _nb201_flops_params_counts(n1, n3)
+    flat = np.concatenate([onehot.reshape(b, -1), act.reshape(b, -1), onehot.sum(1), act.sum(1),
+                           reach[3][:, None].astype(float), np.log(macs)[:, None] - 17.0,
+                           np.log(params)[:, None] - 11.0], axis=1)
+    nodes = np.zeros((b, 8, k + 3))
+    nodes[:, 0, k] = 1.0
+    nodes[:, 7, k + 1] = 1.0
+    nodes[:, 1:7, :k] = onehot
+    nodes[:, 1:7, k + 2] = active
+    adj = np.zeros((b, 8, 8))
+    for e, (i, j) in enumerate(NB201_EDGES):
+        if j == 0:
+            adj[:, 0, 1 + e] = live[:, e]
+        for f, (i2, _j2) in enumerate(NB201_EDGES):
+            if i2 == j:
+                adj[:, 1 + f, 1 + e] = live[:, e] & live[:, f]
+        if i == 3:
+            adj[:, 1 + e, 7] = live[:, e]
+    return index, flat.astype(np.float32), nodes.astype(np.float32), adj.astype(np.float32)
 
 
 def nb201_all_archs() -> list[str]:

@@ -7,10 +7,14 @@
 * ``uncertainty`` -- the archs the model is least sure about on that device: ensemble spread for a
   device the model knows; for a device it has never seen, how much the source devices disagree about the
   arch (after per-device standardisation) plus the ensemble spread -- the archs that best tell devices apart.
-* ``default``     -- the one that measured best in ``hwlat predictor bench`` on the development tasks
-  NX1-NX3 (20 samples, seed 0: random 0.919, diversity 0.915, uncertainty 0.908 mean Spearman; see
-  docs/predictor.md): ``random``. Uniform picks keep the few-shot fit unbiased, while k-means picks
-  over-represent rare corners of the space (e.g. disconnected cells) that the transfer then over-weights.
+* ``hybrid``      -- diversity among the archs the model is least sure about: the ``HYBRID_SHORTLIST * n``
+  most uncertain unmeasured archs on the device (ensemble spread of the transferred model), then k-means
+  picks spread over that shortlist, so one batch does not spend five measurements on five near-copies of
+  the same uncertain cell. For a device the model has not seen yet it is plain ``diversity``.
+* ``default``     -- ``hybrid``, chosen by measurement (docs/predictor.md, docs/active_loop.md): for a
+  one-shot pick on a new device (the transfer benchmark) it is diversity, which beat random on the
+  development tasks NX1-NX3 and two leave-hardware-out splits (20 samples, 2 seeds: 0.932 vs 0.920 mean
+  Spearman); in the profile loop, where the device is known after the first batch, it adapts to the device.
 
 Every sampler excludes the archs already measured on the device.
 """
@@ -27,8 +31,10 @@ from harness.errors import UsageError
 from .encode import get_encoder
 from .train import SpaceModel
 
-SAMPLERS = ("random", "diversity", "uncertainty")
-DEFAULT_SAMPLER = "random"
+SAMPLERS = ("random", "diversity", "uncertainty", "hybrid")
+DEFAULT_SAMPLER = "hybrid"
+#: the hybrid sampler clusters the HYBRID_SHORTLIST * n archs the device's model is least sure about
+HYBRID_SHORTLIST = 10
 
 
 def _pool(candidates: Iterable[str], measured: Iterable[str]) -> list[str]:
@@ -81,5 +87,11 @@ def sample(sampler: str, space: str, candidates: Iterable[str], n: int, seed: in
         return _diversity(space, pool, n, rng)
     if model is None:
         raise UsageError("the uncertainty sampler needs a trained model")
+    if sampler == "hybrid" and device not in model.devices:
+        return _diversity(space, pool, n, rng)  # nothing is known about this device yet
     score = _uncertainty(model, device, pool) + 1e-9 * rng.random(len(pool))
-    return [pool[i] for i in np.argsort(-score)[:n]]
+    order = np.argsort(-score)
+    if sampler == "uncertainty":
+        return [pool[i] for i in order[:n]]
+    top = [pool[i] for i in order[:min(len(pool), max(HYBRID_SHORTLIST * n, n))]]
+    return _diversity(space, top, n, rng)

@@ -1,14 +1,21 @@
 """Transfer a pretrained space model to a new device from N measured archs (N as small as 5).
 
 1. Rank the source devices by how well their predicted latencies on the N archs rank like the target's
-   measurements (Spearman); the best one's embedding is the starting point -- with 5-20 points a full
-   embedding cannot be learnt from scratch, but "which known device does this behave like" can.
+   measurements (Spearman); the best ones' embeddings are the starting points -- with 5-20 points a full
+   embedding cannot be learnt from scratch, but "which known device does this behave like" can. With
+   ``sources > 1`` the ensemble members start from different top sources (member m from the (m mod
+   sources)-th best), so the ensemble spread also covers "which source is the right analogue".
 2. Fine-tune, per ensemble member, the new embedding and the device's log-latency offset/scale on the N
    points (regression + pairwise ranking loss), with an L2 pull back to the starting embedding so few
-   samples cannot drag it somewhere arbitrary.
-3. Optionally fit a ridge correction of the remaining residual on the flat encoding, with its strength
-   chosen by leave-one-out on the N points (so with too few or uninformative points it switches itself
-   off): this captures op costs the target has and no source device had.
+   samples cannot drag it somewhere arbitrary. The arch trunk is frozen, so its output (and the head's
+   arch half) is computed once and each step only runs the tiny embedding half of the head: a transfer
+   costs milliseconds per step instead of a full network pass.
+3. Optionally fit a ridge correction of the remaining residual on the op one-hot features (a per-op cost
+   model: op costs the target has and no source device had). The residuals it is fitted on are
+   *cross-fitted*: each point's residual comes from a fine-tune that did not see it (k folds), so the
+   correction is judged on errors the net actually makes on unseen archs rather than on residuals the
+   fine-tune has already squeezed to ~0. Its strength is chosen by exact leave-one-out on those
+   residuals, and it switches itself off when no strength beats no correction.
 """
 
 from __future__ import annotations
@@ -18,31 +25,80 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import spearmanr
+from scipy.stats import rankdata
 
 from harness.errors import UsageError
 
 from .encode import get_encoder
+from .models import LatencyNet
 from .train import SpaceModel, pairwise_rank_loss, to_tensors
 
 
 @dataclass
 class TransferConfig:
-    steps: int = 200
-    lr: float = 0.05
+    """Transfer hyper-parameters (see the module docstring for what each step does)."""
+
+    steps: int = 80
+    lr: float = 0.1
     anchor: float = 0.1
     rank_weight: float = 0.5
+    sources: int = 1
     ridge: bool = True
+    folds: int = 0
+
+
+class FrozenHead:
+    """One net's head with the trunk output precomputed: ``z(emb)`` for [K, E] or [K, D, E] embeddings.
+
+    ``fc1(cat[h, e]) = h @ W_h + e @ W_e + b``, so the arch half ``h @ W_h + b`` is fixed per batch and
+    only ``e @ W_e`` changes while an embedding is fitted.
+    """
+
+    def __init__(self, net: LatencyNet, flat: torch.Tensor, nodes: torch.Tensor, adj: torch.Tensor) -> None:
+        k = net.k
+        with torch.no_grad():
+            f, n, a = (t.unsqueeze(0).expand(k, *t.shape) for t in (flat, nodes, adj))
+            h = net.represent(f, n, a)
+            w = net.head.fc1.weight.detach()
+            self.base = torch.baddbmm(net.head.fc1.bias.detach(), h, w[:, :h.shape[-1]])  # [K, B, H]
+        self.w_emb = w[:, h.shape[-1]:]  # [K, E, H]
+        self.w2 = net.head.fc2.weight.detach()  # [K, H, 1]
+        self.b2 = net.head.fc2.bias.detach()  # [K, 1, 1]
+
+    def __call__(self, emb: torch.Tensor) -> torch.Tensor:
+        """Standardised outputs: [K, B] for emb [K, E]; [K, D, B] for emb [K, D, E]."""
+        if emb.dim() == 2:
+            z = torch.relu(self.base + torch.bmm(emb.unsqueeze(1), self.w_emb))
+            return (torch.bmm(z, self.w2) + self.b2).squeeze(-1)
+        pe = torch.bmm(emb, self.w_emb)  # [K, D, H]
+        z = torch.relu(self.base.unsqueeze(1) + pe.unsqueeze(2))  # [K, D, B, H]
+        return (torch.einsum("kdbh,kho->kdbo", z, self.w2) + self.b2.unsqueeze(1)).squeeze(-1)
+
+
+def _spearman_rows(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman of every row of ``pred`` [D, N] with ``y`` [N] (0 where either is constant)."""
+    rp = np.apply_along_axis(rankdata, 1, pred)
+    ry = rankdata(y)
+    rp = rp - rp.mean(1, keepdims=True)
+    ry = ry - ry.mean()
+    den = np.sqrt((rp**2).sum(1) * (ry**2).sum())
+    return np.where(den > 0, rp @ ry / np.where(den > 0, den, 1.0), 0.0)
+
+
+def _source_scores(sm: SpaceModel, heads: list[FrozenHead], y: np.ndarray) -> np.ndarray:
+    """Spearman of each device's mean predicted latency with ``y``, for every device (sources or not)."""
+    with torch.no_grad():
+        z = torch.cat([h(net.emb.detach()) for h, net in zip(heads, sm.nets, strict=True)], 0)  # [M, D, N]
+    pred = (sm.mu[:, :, None] + sm.sigma[:, :, None] * z.double().numpy()).mean(0)
+    return _spearman_rows(pred, y)
 
 
 def rank_sources(sm: SpaceModel, archs: list[str], log_lat: np.ndarray) -> list[tuple[str, float]]:
     """Source devices sorted by the Spearman of their predicted latency with the target's on ``archs``."""
-    scores = []
-    for d, name in enumerate(sm.devices):
-        if sm.source[d]:
-            pred = sm.log_ms(archs, name).mean(0)
-            rho = spearmanr(pred, log_lat)[0] if np.ptp(log_lat) > 0 else 0.0
-            scores.append((name, float(np.nan_to_num(rho))))
+    flat, nodes, adj = to_tensors(get_encoder(sm.space).encode(archs))
+    heads = [FrozenHead(net, flat, nodes, adj) for net in sm.nets]
+    rho = _source_scores(sm, heads, np.asarray(log_lat, np.float64))
+    scores = [(name, float(rho[d])) for d, name in enumerate(sm.devices) if sm.source[d]]
     return sorted(scores, key=lambda s: -s[1])
 
 
@@ -58,7 +114,7 @@ def _affine(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 def _loo_ridge(x: np.ndarray, r: np.ndarray, lambdas: tuple[float, ...]) -> np.ndarray | None:
     """Ridge of residual r on features x; lambda by exact leave-one-out error; None if no lambda helps."""
     n = len(r)
-    best, best_err = None, float(np.mean(r**2))  # the no-correction baseline (residual already ~0-mean)
+    best, best_err = None, float(np.mean(r**2))  # the no-correction baseline
     xc = x - x.mean(0)
     for lam in lambdas:
         h = xc @ np.linalg.solve(xc.T @ xc + lam * np.eye(x.shape[1]), xc.T)
@@ -69,8 +125,71 @@ def _loo_ridge(x: np.ndarray, r: np.ndarray, lambdas: tuple[float, ...]) -> np.n
             best, best_err = lam, err
     if best is None:
         return None
-    coef = np.linalg.solve(xc.T @ xc + best * np.eye(x.shape[1]), xc.T @ (r - r.mean()))
-    return coef
+    return np.linalg.solve(xc.T @ xc + best * np.eye(x.shape[1]), xc.T @ (r - r.mean()))
+
+
+def _fit(sm: SpaceModel, heads: list[FrozenHead], idx: np.ndarray, y: np.ndarray, cfg: TransferConfig
+         ) -> tuple[list[torch.Tensor], np.ndarray, np.ndarray, str, float]:
+    """Fine-tune one new device on the points ``idx`` of the heads' batch: (embs, mu, sigma, source, rho)."""
+    yi = y[idx]
+    rho = _source_scores(sm, [_Sub(h, idx) for h in heads], yi)
+    src_ids = [d for d in np.argsort(-rho, kind="stable") if sm.source[d]]
+    yt = torch.from_numpy(yi).float()
+    y_scale = float(max(yi.std(), 1e-3))
+    group = torch.zeros((1, len(idx)), dtype=torch.long)
+    embs, mus, sigmas = [], [], []
+    m0 = 0
+    for net, head in zip(sm.nets, heads, strict=True):
+        k = net.k
+        sub = _Sub(head, idx)
+        pick = torch.tensor([src_ids[(m0 + m) % min(cfg.sources, len(src_ids))] for m in range(k)])
+        m0 += k
+        e0 = net.emb.detach()[torch.arange(k), pick].clone()
+        emb = e0.clone().requires_grad_(True)
+        with torch.no_grad():
+            z0 = sub(e0).double().numpy()
+        init = [_affine(z0[m], yi) for m in range(k)]
+        mu = torch.tensor([p[0] for p in init], dtype=torch.float32, requires_grad=True)
+        log_sigma = torch.tensor([np.log(p[1]) for p in init], dtype=torch.float32, requires_grad=True)
+        opt = torch.optim.Adam([emb, mu, log_sigma], lr=cfg.lr)
+        for _ in range(cfg.steps):
+            pred = (mu[:, None] + log_sigma.exp()[:, None] * sub(emb)) / y_scale
+            target = yt.expand_as(pred) / y_scale
+            loss = F.mse_loss(pred, target) + cfg.anchor * ((emb - e0) ** 2).sum(-1).mean()
+            if cfg.rank_weight:
+                loss = loss + cfg.rank_weight * pairwise_rank_loss(pred, target, group.expand_as(pred))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        embs.append(emb.detach())
+        mus.append(mu.detach().double().numpy())
+        sigmas.append(log_sigma.detach().exp().double().numpy())
+    best = src_ids[0]
+    return embs, np.concatenate(mus), np.concatenate(sigmas), sm.devices[best], float(rho[best])
+
+
+class _Sub:
+    """A ``FrozenHead`` restricted to some rows of its batch (folds reuse one trunk pass)."""
+
+    def __init__(self, head: FrozenHead, idx: np.ndarray) -> None:
+        self.head = head
+        self.base = head.base[:, torch.from_numpy(np.asarray(idx, np.int64))]
+
+    def __call__(self, emb: torch.Tensor) -> torch.Tensor:
+        h = self.head
+        if emb.dim() == 2:
+            z = torch.relu(self.base + torch.bmm(emb.unsqueeze(1), h.w_emb))
+            return (torch.bmm(z, h.w2) + h.b2).squeeze(-1)
+        z = torch.relu(self.base.unsqueeze(1) + torch.bmm(emb, h.w_emb).unsqueeze(2))
+        return (torch.einsum("kdbh,kho->kdbo", z, h.w2) + h.b2.unsqueeze(1)).squeeze(-1)
+
+
+def _predict(heads: list[FrozenHead], embs: list[torch.Tensor], mu: np.ndarray, sigma: np.ndarray,
+             idx: np.ndarray) -> np.ndarray:
+    """Ensemble-mean log latency of a fitted (embs, mu, sigma) on rows ``idx`` of the heads' batch."""
+    with torch.no_grad():
+        z = torch.cat([_Sub(h, idx)(e) for h, e in zip(heads, embs, strict=True)], 0).double().numpy()
+    return (mu[:, None] + sigma[:, None] * z).mean(0)
 
 
 def transfer(sm: SpaceModel, device: str, archs: list[str], lat_ms: np.ndarray,
@@ -86,51 +205,35 @@ def transfer(sm: SpaceModel, device: str, archs: list[str], lat_ms: np.ndarray,
         raise UsageError(f"device {device!r} is already in the model")
     torch.manual_seed(seed)
     y = np.log(lat_ms)
-    ranking = rank_sources(sm, archs, y)
-    src = sm.device_index(ranking[0][0])
-    flat, nodes, adj = to_tensors(get_encoder(sm.space).encode(archs))
-    yt = torch.from_numpy(y).float()
-    y_scale = float(max(y.std(), 1e-3))
-    new_emb, mus, sigmas = [], [], []
-    for net in sm.nets:
-        k = net.k
-        e0 = net.emb[:, src, :].detach().clone()
-        emb = e0.clone().requires_grad_(True)
-        f, n, a = (t.unsqueeze(0).expand(k, *t.shape) for t in (flat, nodes, adj))
-        dev_ids = torch.zeros((k, len(archs)), dtype=torch.long)
-        with torch.no_grad():
-            z0 = net(f, n, a, dev_ids, e0).double().numpy()
-        init = [_affine(z0[m], y) for m in range(k)]
-        mu = torch.tensor([p[0] for p in init], dtype=torch.float32, requires_grad=True)
-        log_sigma = torch.tensor([np.log(p[1]) for p in init], dtype=torch.float32, requires_grad=True)
-        opt = torch.optim.Adam([emb, mu, log_sigma], lr=cfg.lr)
-        for p in net.parameters():
-            p.requires_grad_(False)
-        for _ in range(cfg.steps):
-            z = net(f, n, a, dev_ids, emb)
-            pred = mu[:, None] + log_sigma.exp()[:, None] * z
-            loss = F.mse_loss(pred / y_scale, yt.expand_as(pred) / y_scale)
-            if cfg.rank_weight:
-                loss = loss + cfg.rank_weight * pairwise_rank_loss(pred / y_scale, yt.expand_as(pred) / y_scale,
-                                                                   dev_ids)
-            loss = loss + cfg.anchor * ((emb - e0) ** 2).sum(-1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        for p in net.parameters():
-            p.requires_grad_(True)
-        new_emb.append(emb.detach())
-        mus.append(mu.detach().double().numpy())
-        sigmas.append(log_sigma.detach().exp().double().numpy())
-    sm.add_device(device, new_emb, np.concatenate(mus), np.concatenate(sigmas))
-    info = {"device": device, "n": len(archs), "best_source": ranking[0][0], "source_spearman": ranking[0][1]}
-    if cfg.ridge:
-        enc = get_encoder(sm.space)
-        resid = y - sm.log_ms(archs, device).mean(0)
-        x = enc.encode(archs).flat.astype(np.float64)[:, enc.linear_features]
+    n = len(archs)
+    enc = get_encoder(sm.space)
+    encoded = enc.encode(archs)
+    heads = [FrozenHead(net, *to_tensors(encoded)) for net in sm.nets]
+    everything = np.arange(n)
+    embs, mu, sigma, best, rho = _fit(sm, heads, everything, y, cfg)
+    info: dict = {"device": device, "n": n, "best_source": best, "source_spearman": rho}
+    coef = None
+    folds = min(cfg.folds, n)
+    if cfg.ridge and n >= 4:
+        if folds >= 2:
+            order = np.random.default_rng(seed).permutation(n)
+            oof = np.empty(n)
+            for f in range(folds):
+                test = order[f::folds]
+                train = np.setdiff1d(everything, test)
+                e_f, mu_f, sigma_f, _, _ = _fit(sm, heads, train, y, cfg)
+                oof[test] = _predict(heads, e_f, mu_f, sigma_f, test)
+        else:
+            oof = _predict(heads, embs, mu, sigma, everything)
+        resid = y - oof
+        x = encoded.flat.astype(np.float64)[:, enc.linear_features]
         coef = _loo_ridge(x, resid, (0.3, 1.0, 3.0, 10.0, 30.0))
         if coef is not None:
-            sm.resid[-1, enc.linear_features] = coef
-            sm.mu[:, -1] += resid.mean() - float(x.mean(0) @ coef)
-        info["ridge"] = coef is not None
+            # the correction is fitted around the in-sample fit: centre it on the full fit's residual
+            full_resid = y - _predict(heads, embs, mu, sigma, everything)
+            mu = mu + float(np.mean(full_resid - x @ coef))
+    sm.add_device(device, embs, mu, sigma)
+    if coef is not None:
+        sm.resid[-1, enc.linear_features] = coef
+    info["ridge"] = coef is not None
     return info

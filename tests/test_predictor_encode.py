@@ -33,6 +33,19 @@ def test_nb201_enumeration_matches_shared_arch_index() -> None:
     assert np.array_equal(~connected, ref["output_disconnected"].to_numpy())
 
 
+def test_nb201_batch_table_matches_encode_one() -> None:
+    """The vectorised whole-space table must give exactly the per-arch reference encoding."""
+    enc = get_encoder("nb201")
+    archs = nb201_all_archs()[::7]
+    batch = enc.encode(archs)
+    for i, arch in enumerate(archs):
+        for ref, got in zip(enc.encode_one(arch), (batch.flat[i], batch.nodes[i], batch.adj[i]), strict=True):
+            assert np.array_equal(ref.astype(np.float32), got), arch
+    assert enc.encode([]).flat.shape == (0, batch.flat.shape[1])
+    with pytest.raises(ArchError):
+        enc.encode([ARCH0, "|nor_conv_3x3~0|"])
+
+
 def test_nb201_graph_blocks_flow_through_none() -> None:
     enc = get_encoder("nasbench201")
     arch = "|none~0|+|skip_connect~0|none~1|+|none~0|none~1|nor_conv_3x3~2|"

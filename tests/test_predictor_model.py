@@ -115,3 +115,51 @@ def test_two_spaces_in_one_model() -> None:
     fb = table.df[table.df["search_space"] == "fbnet"]
     pred = model.predict(fb["arch"].tolist()[:10], "fb0")  # the space is inferred from the arch strings
     assert pred.shape == (10,) and np.all(pred > 0)
+
+
+def test_frozen_head_matches_the_network(split: tuple) -> None:
+    """Transfer fine-tunes through a precomputed head; it must compute exactly what the net computes."""
+    from predictor.train import to_tensors
+    from predictor.transfer import FrozenHead
+
+    model, held, _ = split
+    sm = model.models["nb201"]
+    enc = get_encoder("nb201").encode(held["arch"].tolist()[:30])
+    flat, nodes, adj = to_tensors(enc)
+    for net in sm.nets:
+        head = FrozenHead(net, flat, nodes, adj)
+        f, n, a = (t.unsqueeze(0).expand(net.k, *t.shape) for t in (flat, nodes, adj))
+        with torch.no_grad():
+            ref = net(f, n, a, torch.full((net.k, 30), 2, dtype=torch.long))
+            one = head(net.emb[:, 2].detach())
+            every = head(net.emb.detach())
+        assert torch.allclose(one, ref, atol=1e-5)
+        assert torch.allclose(every[:, 2], ref, atol=1e-5)
+
+
+def test_cross_fitted_residual_option(split: tuple) -> None:
+    """The k-fold residual correction runs and gives a usable device (it is an option, off by default)."""
+    from predictor.transfer import TransferConfig
+
+    model, _, target = split
+    measured = target["arch"].tolist()[:12]
+    lat = target.set_index("arch").loc[measured, "latency_ms"].to_numpy()
+    info = model.transfer("cf-dev", measured, lat, cfg=TransferConfig(folds=4, sources=2))
+    assert info["n"] == 12 and isinstance(info["ridge"], bool)
+    rest = target["arch"].tolist()[12:]
+    assert spearmanr(model.predict(rest, "cf-dev"), target.set_index("arch").loc[rest, "latency_ms"])[0] > 0.8
+
+
+def test_hybrid_sampler(split: tuple) -> None:
+    """Unknown device: plain diversity picks; known device: picks come from its most uncertain archs."""
+    from predictor.samplers import HYBRID_SHORTLIST
+
+    model, held, _ = split
+    sm = model.models["nb201"]
+    pool = held["arch"].unique().tolist()
+    assert sample("hybrid", "nb201", pool, 8, seed=2, model=sm, device="unseen") == \
+        sample("diversity", "nb201", pool, 8, seed=2)
+    picks = sample("hybrid", "nb201", pool, 8, seed=2, model=sm, device="dev0")
+    spread = sm.log_ms(pool, "dev0").std(0)
+    shortlist = {pool[i] for i in np.argsort(-spread)[:HYBRID_SHORTLIST * 8]}
+    assert set(picks) <= shortlist
