@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from sshkit import SSHServer, ensure_openssh, kill_agents
 
 from harness.store import read_dataset
 
@@ -120,3 +121,30 @@ def test_profile_fbnet_on_a_litert_device(tmp_path: Path, base_model: Path) -> N
     preds = pq.read_table(out / "predictions.parquet")
     assert preds.num_rows == 10000 and sum(m is not None for m in preds.column("measured_ms").to_pylist()) == 4
     assert (out / "report.html").exists()
+
+
+@pytest.mark.ssh
+def test_profile_over_ssh(tmp_path: Path, base_model: Path) -> None:
+    """The same loop against a board reached over a real sshd: only the transport differs."""
+    try:
+        ensure_openssh()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    server = SSHServer(tmp_path / "sshd").start()
+    workdir = tmp_path / "board"
+    try:
+        server.trust()
+        profile = server.profile(tmp_path / "sshboard.toml", "sshboard", workdir,
+                                 timing={"warmup_min_runs": 2, "warmup_min_s": 0.0, "min_runs": 5,
+                                         "min_time_s": 0.0, "max_runs": 30, "max_time_s": 1.0})
+        out = tmp_path / "prof"
+        proc = _run("profile", str(profile), "--space", "nb201", "--budget", "4", "--batch", "2", "--out", str(out),
+                    "--model", str(base_model))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = read_dataset(out / "measurements").to_pylist()
+        assert len(rows) == 4 and {r["device"] for r in rows} == {"sshboard"}
+        assert {r["device_host"] for r in rows} == {"127.0.0.1"}
+        assert pq.read_table(out / "predictions.parquet").num_rows == 15625
+    finally:
+        kill_agents(workdir)
+        server.close()
