@@ -7,24 +7,57 @@ Reports, side by side from one run:
   sessions, warm-up, system snapshots, journal streaming and Parquet writes (goal <= 1.15 local, <= 1.25 SSH);
 * the same ratio for the whole command including a cold export (for honesty: export is a one-off per arch);
 * ONNX export throughput on a fresh cache (models/s, goal >= 2 on 2 cores);
-* for a remote (SSH) profile: upload throughput to a cold and a warm device model cache.
+* for a remote (SSH) profile: upload throughput to a cold and a warm device model cache (``transport.last_push``).
+
+A remote profile is run in fresh workdirs under its ``workdir`` (``bench-<id>/upload`` for the upload figures,
+``bench-<id>/campaign`` for the campaign), so "cold" really is cold and the campaign pays its uploads as a first
+campaign on a board would (they overlap with measurement after the first chunk); both are deleted afterwards.
+The device lock lives in the workdir, so the benchmark does not see a campaign using the profile's own workdir:
+run it on an idle board.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import posixpath
 import shutil
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from harness.campaign import CampaignRequest, plan_specs, run_campaign
-from harness.devices import resolve_device
+from harness.devices import DeviceProfile, resolve_device
 from harness.export import export_models
+from harness.records import ModelArtifact
 from harness.store import read_dataset
-from harness.transport import open_transport
+from harness.transport.ssh import SSHTransport
+
+
+def in_workdir(profile: DeviceProfile, sub: str) -> DeviceProfile:
+    """The same device with its workdir moved to ``<workdir>/<sub>`` (a fresh, throw-away one)."""
+    return dataclasses.replace(profile, workdir=posixpath.join(profile.workdir, sub))
+
+
+def upload_figures(profile: DeviceProfile, arts: list[ModelArtifact]) -> dict[str, float | int | str]:
+    """Push every model to an empty device cache, then again (all cached, each one hash-checked)."""
+    transport = SSHTransport(profile)
+    try:
+        transport.connect()
+        size = sum(Path(a.path).stat().st_size for a in arts)
+        transport.push_models(arts)
+        cold = dict(transport.last_push)
+        transport.push_models(arts)
+        warm = dict(transport.last_push)
+        print(f"last_push cold: {cold}\nlast_push warm: {warm}")
+        return {"upload_mb": size / 1e6, "upload_cold_s": cold["seconds"], "upload_cold_sent": cold["sent"],
+                "upload_cold_mb_per_s": size / 1e6 / cold["seconds"], "upload_warm_s": warm["seconds"],
+                "upload_warm_mb_per_s": size / 1e6 / warm["seconds"], "upload_warm_sent": warm["sent"]}
+    finally:
+        transport.close()
 
 
 def main() -> int:
@@ -37,6 +70,9 @@ def main() -> int:
     args = parser.parse_args()
     profile = resolve_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="hwlat-overhead-"))
+    bench = f"bench-{uuid.uuid4().hex[:12]}"
+    if not profile.is_local:
+        profile = in_workdir(profile, f"{bench}/campaign")
     try:
         req = CampaignRequest(devices=[profile], out=work / "ds", space="nb201", count=args.count,
                               seed=args.seed, cache_dir=work / "cache", workers=args.workers)
@@ -51,19 +87,12 @@ def main() -> int:
             "export_s": export_s,
         }
         if not profile.is_local:
-            transport = open_transport(profile)
-            transport.connect()
-            size = sum(Path(a.path).stat().st_size for a in arts)
-            t0 = time.perf_counter()
-            transport.push_models(arts)
-            cold = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            transport.push_models(arts)
-            warm = time.perf_counter() - t0
-            transport.close()
-            figures.update({"upload_mb": size / 1e6, "upload_cold_mb_per_s": size / 1e6 / cold,
-                            "upload_cold_s": cold, "upload_warm_s": warm})
+            figures.update(upload_figures(in_workdir(resolve_device(args.device), f"{bench}/upload"), arts))
         result = run_campaign(req)
+        failed = [f"{o.device}: {o.error}" for o in result.outcomes if o.error]
+        if failed:
+            print("\n".join(failed), file=sys.stderr)
+            return 1
         table = read_dataset(work / "ds")
         timed_s = sum(o.timed_s for o in result.outcomes)  # candidates and drift references alike
         figures.update({
@@ -80,6 +109,8 @@ def main() -> int:
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if not profile.is_local:
+            SSHTransport(in_workdir(resolve_device(args.device), bench)).remove_workdir()
 
 
 if __name__ == "__main__":

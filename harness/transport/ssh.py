@@ -616,6 +616,26 @@ class SSHTransport(Transport):
     def stop_run(self, run_id: str) -> None:
         self._agent_json("stop", self.workdir, run_id, timeout=30.0)
 
+    def remove_workdir(self) -> None:
+        """Delete the whole workdir on the device (agent, model cache, runs), then disconnect.
+
+        For throw-away workdirs such as the overhead benchmark's cold-cache one. Refused while an agent
+        holds the device lock, and for the login user's home or ``/``.
+        """
+        workdir = self.workdir
+        holder = self.device_lock_holder()
+        if holder:
+            raise UsageError(f"{self.profile.name}: run {holder.get('run_id')} is using {workdir}; not removed")
+        with self._upload_sftp("resolving the home folder") as sftp:
+            home = sftp.normalize(".")
+        if workdir in ("/", home):
+            raise UsageError(f"{self.profile.name}: refusing to remove {workdir}")
+        status, out, err = self._exec(["rm", "-rf", "--", workdir])
+        if status != 0:
+            raise TransportError(f"{self.profile.name}: rm -rf {workdir} failed: {_last_line(err) or _last_line(out)}")
+        self.close()
+        self._workdir = self._agent_path = self._preflight = None
+
 
 def _last_line(text: str) -> str:
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
