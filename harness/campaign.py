@@ -405,9 +405,9 @@ class DeviceRunner:
                 events, offset = self.transport.read_journal(spec.run_id, offset)
                 alive = True if events else self.transport.agent_alive(spec.run_id)
             except TransportError as exc:
+                # Read the journal before judging the agent: it may have finished (written "done") while
+                # the device was unreachable, and must not be started again for nothing.
                 self._reconnect(str(exc))
-                if not self.transport.agent_alive(spec.run_id):
-                    self.transport.start_run(spec)
                 continue
             for event in events:
                 kind = event.get("type")
