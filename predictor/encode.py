@@ -16,7 +16,6 @@ New spaces register with ``register_space`` and become available to train/predic
 from __future__ import annotations
 
 import itertools
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,13 @@ from typing import Any
 import numpy as np
 
 from harness.errors import ArchError, UnknownSpaceError
+from harness.spaces.fbnet import MACROS as FBNET_MACROS
+from harness.spaces.fbnet import NUM_LAYERS as FBNET_LAYERS
+from harness.spaces.fbnet import OPS as FBNET_BLOCKS
+from harness.spaces.fbnet import STEM_CHANNELS as FBNET_STEM
+from harness.spaces.fbnet import layer_plan as fbnet_layer_plan
+from harness.spaces.nb201 import OPS as NB201_SPACE_OPS
+from harness.spaces.nb201 import canonical_archs as nb201_space_archs
 
 
 @dataclass
@@ -78,7 +84,7 @@ class SpaceEncoder:
 
 # ----------------------------------------------------------------------------------------- NB201
 
-NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+NB201_OPS = NB201_SPACE_OPS
 #: the six cell edges (target node i, source node j) in arch-string order
 NB201_EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
 #: NB201's CIFAR network: 3 stages x 5 cells, channels 16/32/64 at 32/16/8 px; every stage has the
@@ -255,46 +261,40 @@ def _nb201_table() -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]:
 
 
 def nb201_all_archs() -> list[str]:
-    """All 15625 NB201 cells in the canonical NAS-Bench-201 ``arch_index`` order.
-
-    The benchmark's order is its generator's: the nested product over edges node by node (edge 0
-    outermost), ops in ``NB201_OPS`` order, then ``random.seed(88); random.shuffle``. A local
-    ``random.Random`` gives the same sequence as the global seed without touching global state.
-    """
-    archs = []
-    for o in itertools.product(NB201_OPS, repeat=6):
-        archs.append(f"|{o[0]}~0|+|{o[1]}~0|{o[2]}~1|+|{o[3]}~0|{o[4]}~1|{o[5]}~2|")
-    random.Random(88).shuffle(archs)
-    return archs
+    """All 15625 NB201 cells in the canonical NAS-Bench-201 ``arch_index`` order (the harness's generator,
+    checked there against the benchmark's own index table)."""
+    return list(nb201_space_archs())
 
 
 # ----------------------------------------------------------------------------------------- FBNet
 
-FBNET_OPS = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
+FBNET_OPS = FBNET_BLOCKS
 #: (kernel, expansion, groups) per op; skip has none of them
 _FBNET_ATTR = {op: (int(op[1]), int(op.split("_")[1][1:]), 2 if op.endswith("g2") else 1)
                for op in FBNET_OPS if op != "skip"}
-#: HW-NAS-Bench's FBNet macro net (CIFAR input): 22 searchable layers in 7 stages
-_FBNET_STAGES = ((1, 16, 1), (4, 24, 2), (4, 32, 2), (4, 64, 2), (4, 112, 1), (4, 184, 2), (1, 352, 1))
-FBNET_LAYERS = sum(n for n, _c, _s in _FBNET_STAGES)
+#: The harness's default FBNet network (HW-NAS-Bench's CIFAR-100 setting): the costed layers are the timed ones.
+_FBNET_MACRO = FBNET_MACROS["cifar100"]
 
 
-def _fbnet_layer_shapes(resolution: int = 32) -> list[tuple[int, int, int, int]]:
-    """(c_in, c_out, stride, output px) of each searchable layer."""
+def _fbnet_layer_shapes(resolution: int = _FBNET_MACRO.resolution) -> list[tuple[int, int, int, int]]:
+    """(c_in, c_out, stride, output px) of each searchable layer, from the harness's layer plan."""
     shapes = []
-    cin, hw = 16, resolution  # stem conv 3x3 s1 -> 16 channels
-    for n, cout, stride in _FBNET_STAGES:
-        for b in range(n):
-            s = stride if b == 0 else 1
-            hw = max(1, hw // s)
-            shapes.append((cin, cout, s, hw))
-            cin = cout
+    hw = resolution // _FBNET_MACRO.stem_stride
+    for cin, cout, stride in fbnet_layer_plan(_FBNET_MACRO):
+        hw = max(1, hw // stride)
+        shapes.append((cin, cout, stride, hw))
     return shapes
 
 
 _FBNET_SHAPES = _fbnet_layer_shapes()
-#: MACs outside the searchable layers: stem conv and the 1x1 head
-_FBNET_FIXED_MACS = 3 * 16 * 9 * 32 * 32.0 + 352 * 1504 * 16.0
+_FBNET_STEM_PX = (_FBNET_MACRO.resolution // _FBNET_MACRO.stem_stride) ** 2
+_FBNET_LAST = _FBNET_SHAPES[-1]
+#: MACs and params outside the searchable layers: stem conv, 1x1 head, classifier
+_FBNET_FIXED_MACS = (3 * FBNET_STEM * 9 * _FBNET_STEM_PX
+                     + _FBNET_LAST[1] * _FBNET_MACRO.head_channels * _FBNET_LAST[3] ** 2
+                     + _FBNET_MACRO.head_channels * _FBNET_MACRO.num_classes) * 1.0
+_FBNET_FIXED_PARAMS = (3 * FBNET_STEM * 9 + _FBNET_LAST[1] * _FBNET_MACRO.head_channels
+                       + _FBNET_MACRO.head_channels * _FBNET_MACRO.num_classes) * 1.0
 
 
 def _fbnet_layer_cost(op: str, cin: int, cout: int, stride: int, hw: int) -> tuple[float, float]:
@@ -336,7 +336,7 @@ class FBNetEncoder(SpaceEncoder):
         k = len(FBNET_OPS)
         onehot = np.zeros((FBNET_LAYERS, k))
         layer_macs = np.zeros(FBNET_LAYERS)
-        total_macs, total_params = _FBNET_FIXED_MACS, 3 * 16 * 9 + 352 * 1504 + 1504 * 100.0
+        total_macs, total_params = _FBNET_FIXED_MACS, _FBNET_FIXED_PARAMS
         for i, (op, shape) in enumerate(zip(toks, _FBNET_SHAPES, strict=True)):
             onehot[i, FBNET_OPS.index(op)] = 1.0
             macs, params = _fbnet_layer_cost(op, *shape)

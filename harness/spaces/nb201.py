@@ -40,7 +40,7 @@ def ops_to_str(ops: tuple[str, ...] | list[str]) -> str:
 
 
 @functools.cache
-def _canonical_archs() -> tuple[str, ...]:
+def canonical_archs() -> tuple[str, ...]:
     archs = [ops_to_str(ops) for ops in itertools.product(OPS, repeat=len(EDGES))]
     # NB201 did random.seed(88); random.shuffle(archs). A private Random(88) gives the same
     # permutation without touching the caller's global random state.
@@ -50,7 +50,7 @@ def _canonical_archs() -> tuple[str, ...]:
 
 @functools.cache
 def _index_of() -> dict[str, int]:
-    return {arch: i for i, arch in enumerate(_canonical_archs())}
+    return {arch: i for i, arch in enumerate(canonical_archs())}
 
 
 def parse(arch: str) -> tuple[str, ...]:
@@ -133,7 +133,7 @@ class NB201Space(SearchSpace):
     def sample(self, count: int, seed: int) -> list[str]:
         """Distinct archs: arch indices drawn without replacement (``random.Random(seed)``)."""
         check_count(self, count)
-        archs = _canonical_archs()
+        archs = canonical_archs()
         return [archs[i] for i in random.Random(seed).sample(range(len(archs)), count)]
 
     def arch_index(self, arch: str) -> int:
@@ -143,14 +143,14 @@ class NB201Space(SearchSpace):
         """The arch string at NB201 index ``index`` (0..15624)."""
         if not isinstance(index, int) or not 0 <= index < self.size():
             raise ArchError(f"nb201 arch index {index!r} out of range 0..{self.size() - 1}")
-        return _canonical_archs()[index]
+        return canonical_archs()[index]
 
     @property
     def enumerable(self) -> bool:
         return True
 
     def all_archs(self) -> Iterator[str]:
-        return iter(_canonical_archs())
+        return iter(canonical_archs())
 
     def input_shape(self, batch: int = 1, resolution: int = 32) -> list[int]:
         return [batch, 3, resolution, resolution]
