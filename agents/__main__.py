@@ -11,9 +11,7 @@ device may be timing a model, so that command must not pay for numpy (~0.4 s of 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import sys
 
 from agents import __version__
@@ -61,32 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def hash_paths(paths: list[str]) -> dict[str, str | None]:
-    """path -> hex sha256 (1 MiB reads), None where the file is missing or unreadable.
-
-    Standard library only (see the module docstring). "Not there" is an ordinary answer: the
-    coordinator re-sends such models.
-    """
-    out: dict[str, str | None] = {}
-    for path in paths:
-        out[path] = None
-        if not os.path.isfile(path):  # never open a FIFO or a device node: it could block
-            continue
-        digest = hashlib.sha256()
-        try:
-            with open(path, "rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    digest.update(block)
-        except OSError:
-            continue
-        out[path] = digest.hexdigest()
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``python -m agents`` and for the zipapp's top-level ``__main__.py``."""
     args = _parser().parse_args(argv)
     if args.command == "hash":
+        from agents.hashing import hash_paths
+
         print(json.dumps(hash_paths(args.paths), sort_keys=True))
         return 0
     from agents.runner import (

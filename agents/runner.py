@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import faulthandler
 import gc
-import hashlib
 import json
 import os
 import select
@@ -31,7 +30,7 @@ import subprocess
 import sys
 import time
 import zipimport
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ import numpy as np
 
 import agents
 from agents.backends import BackendConfigError, MissingRuntimeError, backend_class, get_backend
+from agents.hashing import sha256_file
 from agents.records import Job, MeasureResult, RunSpec, RuntimeConfig, TimingConfig
 from agents.system import fingerprint, snapshot, utc_now
 from agents.timing import summarize, time_inference
@@ -93,30 +93,6 @@ class WorkerStartError(Exception):
 # --------------------------------------------------------------------------------------------
 # Small helpers shared by the CLI commands
 # --------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (models can be hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def hash_files(paths: Iterable[str]) -> dict[str, str | None]:
-    """path -> sha256 for each path; None where the file is missing or unreadable.
-
-    The coordinator uses this to decide which cached models must be re-sent, so "not there" is
-    an ordinary answer, not an error.
-    """
-    out: dict[str, str | None] = {}
-    for path in paths:
-        try:
-            out[path] = sha256_file(path) if os.path.isfile(path) else None
-        except OSError:
-            out[path] = None
-    return out
 
 
 def worker_command(*args: str) -> list[str]:
