@@ -65,11 +65,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
         reference_every=args.reference_every, cache_dir=Path(args.cache) if args.cache else None,
         workers=args.workers, max_reconnect_s=args.max_reconnect,
     )
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
     with progress_bar() as progress:
         result = run_campaign(req, progress=progress)
     table = Table(title=f"session {result.session_id} -> {result.out}")
-    for col in ("device", "measured", "already there", "ok", "unstable", "failed", "timeout", "error"):
+    table.add_column("device", no_wrap=True)
+    for col in ("measured", "already there", "ok", "unstable", "failed", "timeout", "error"):
         table.add_column(col)
     failed_devices = 0
     for o in result.outcomes:
@@ -113,12 +114,13 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
     from harness.store import summarize
 
     summary = summarize(Path(args.path))
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 140)  # a pipe or a log file: no truncated columns
     if summary["rows"] == 0:
         console.print(f"{args.path}: empty dataset")
         return 0
     table = Table(title=f"{args.path}: {summary['rows']} rows, {summary['first']} .. {summary['last']}")
-    for col in ("device", "cpu", "spaces", "rows", "ok", "unstable", "failed", "timeout"):
+    table.add_column("device", no_wrap=True)
+    for col in ("cpu", "spaces", "rows", "ok", "unstable", "failed", "timeout"):
         table.add_column(col)
     for dev, e in sorted(summary["devices"].items()):
         table.add_row(dev, e.get("cpu_model", ""), ", ".join(e["spaces"]), str(e["rows"]), str(e["ok"]),

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import ticker
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -42,6 +43,9 @@ def _pred_vs_measured(state: ProfileState, measured: dict[str, float], path: Pat
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            axis.set_minor_formatter(ticker.NullFormatter())
         rho = "n/a" if r.cv_spearman is None else f"{r.cv_spearman:.3f}"
         ax.set_title(f"round {r.round}: {r.measured} measured, ρ={rho}", fontsize=9)
         ax.set_xlabel("measured ms")
