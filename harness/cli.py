@@ -81,6 +81,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
         for warning in o.warnings:
             console.print(f"[yellow]warning[/] {o.device}: {warning}")
     console.print(table)
+    for o in result.outcomes:
+        if o.error:  # whole, on one line: the table may wrap it, logs and greps should not have to
+            console.print(f"error {o.device}: {o.error}", soft_wrap=True, markup=False)
     console.print(f"wall {result.wall_s:.1f} s (export {result.export_s:.1f} s, measure {result.measure_s:.1f} s)")
     return 1 if failed_devices else 0
 
