@@ -1,6 +1,6 @@
 """Retest reliability and agreement with an independent timer.
 
-    python benchmarks/retest.py [--count 200] [--timeit-count 30] [--json OUT.json]
+    python benchmarks/retest.py [--device local|PROFILE] [--count 200] [--timeit-count 30] [--json OUT.json]
 
 1. The same NB201 archs are measured in two separate campaigns (two sessions, two agent processes) on the
    local device: Spearman between the two medians (goal >= 0.98) and median |relative difference| (goal <= 3%).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -52,12 +53,17 @@ def timeit_median_ms(model: Path, threads: int, repeat: int = 200) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="local", help="a local profile (name or .toml path)")
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--timeit-count", type=int, default=30)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    profile = resolve_device("local")
+    profile = resolve_device(args.device)
+    if not profile.is_local:
+        parser.error("the timeit comparison runs in this process: the device must be local")
+    if profile.cpu_affinity:
+        os.sched_setaffinity(0, profile.cpu_affinity)  # the timeit loop runs where the agent's worker ran
     work = Path(tempfile.mkdtemp(prefix="hwlat-retest-"))
     try:
         runs = []
