@@ -21,5 +21,9 @@ class ProfileError(UsageError):
     """A device profile that cannot be read or fails validation (names file and key)."""
 
 
+class DeviceBusyError(UsageError):
+    """Another campaign is measuring on the device (its lock is held)."""
+
+
 class TransportError(Exception):
     """The device could not be reached or the agent could not be started (retryable)."""

@@ -203,3 +203,23 @@ def test_fbnet_through_litert(tmp_path: Path, cache: Path) -> None:
     assert r["status"] in ("ok", "unstable") and r["latency_ms"] > 0 and len(r["raw_ms"]) == r["n_runs"]
     assert len(r["arch"].split("|")) == 22
 
+
+
+def test_one_local_campaign_at_a_time(tmp_path: Path, cache: Path) -> None:
+    """A second campaign on this machine is refused while the first holds the machine lock."""
+    from harness.devices import load_profile_file
+    from harness.transport.local import LocalTransport
+
+    profile = fast_profile(tmp_path)
+    holder = LocalTransport(load_profile_file(profile))
+    holder.connect()
+    out = tmp_path / "ds"
+    try:
+        busy = hwlat("measure", "--device", str(profile), "--count", "1", "--seed", "3", "--out", str(out),
+                     cache=cache, check_rc=1)
+        assert "another hwlat campaign" in busy.stderr and "Traceback" not in busy.stderr
+        assert not list(out.rglob("*.parquet"))
+    finally:
+        holder.close()
+    hwlat("measure", "--device", str(profile), "--count", "1", "--seed", "3", "--out", str(out), cache=cache)
+    assert read_dataset(out).num_rows == 1

@@ -28,9 +28,10 @@ from onnx import TensorProto, helper
 from sshkit import SSHServer, ensure_openssh, kill_agents
 
 from harness.devices import load_profile_file
+from harness.errors import DeviceBusyError
 from harness.records import ModelArtifact
 from harness.store import read_dataset
-from harness.transport.ssh import DeviceBusyError, SSHTransport
+from harness.transport.ssh import SSHTransport
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"warmup_min_runs": 2, "warmup_min_s": 0.0, "min_runs": 5, "min_time_s": 0.0, "max_runs": 20,

@@ -7,14 +7,16 @@ not copied: jobs point at the exporter's content-addressed cache. The agent is s
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from agents.records import RunSpec
-from harness.errors import TransportError, UsageError
+from harness.errors import DeviceBusyError, TransportError, UsageError
 from harness.records import ModelArtifact
 from harness.transport.base import Transport
 
@@ -31,6 +33,10 @@ def split_journal(data: bytes) -> tuple[list[dict], int]:
     return events, end
 
 
+#: The lock every local campaign holds while it measures (see ``LocalTransport._take_machine_lock``).
+LOCAL_LOCK = Path(tempfile.gettempdir()) / "hwlat-local-device.lock"
+
+
 class LocalTransport(Transport):
     """Run the agent on this machine under ``<workdir>/runs/<run_id>``."""
 
@@ -38,16 +44,40 @@ class LocalTransport(Transport):
         super().__init__(profile)
         self.workdir = Path(os.path.expanduser(profile.workdir))
         self._procs: dict[str, subprocess.Popen] = {}
+        self._lock_fd: int | None = None
 
     def connect(self) -> None:
         try:
             (self.workdir / "runs").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"device {self.profile.name}: cannot create workdir {self.workdir}: {exc}") from None
+        if self._lock_fd is None:
+            self._lock_fd = self._take_machine_lock()
+
+    def _take_machine_lock(self) -> int:
+        """One campaign at a time on this machine: two would time each other's load.
+
+        Machine-wide, not per profile, because every local profile shares the same CPUs. flock dies with
+        the process, so a killed coordinator never leaves the machine locked.
+        """
+        fd = os.open(LOCAL_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise DeviceBusyError(f"device {self.profile.name}: another hwlat campaign (pid {holder}) is measuring "
+                                  "on this machine; wait for it to finish or stop it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        return fd
 
     def close(self) -> None:
         for run_id in list(self._procs):
             self.stop_run(run_id)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def _agent_cmd(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "agents", *args]

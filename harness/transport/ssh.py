@@ -51,7 +51,7 @@ import paramiko
 
 from agents.records import RunSpec
 from harness.devices import DeviceProfile
-from harness.errors import ProfileError, TransportError, UsageError
+from harness.errors import DeviceBusyError, ProfileError, TransportError, UsageError
 from harness.records import ModelArtifact
 from harness.transport.base import Transport
 from harness.transport.bundle import Bundle, current_bundle
@@ -74,10 +74,6 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 class HostKeyError(UsageError):
     """The device's host key is unknown or changed; the user must verify and trust it."""
-
-
-class DeviceBusyError(UsageError):
-    """Another campaign's agent holds the device lock."""
 
 
 class MissingDependencyError(UsageError):
