@@ -532,10 +532,7 @@ def plan_models(req: CampaignRequest) -> ModelPlan:
     if req.models_dir is not None:
         from harness.spaces.onnx_files import scan_models
 
-        arts = scan_models(req.models_dir)
-        if not arts:
-            raise UsageError(f"no .onnx files in {req.models_dir}")
-        return ModelPlan([], None, arts)
+        return ModelPlan([], None, scan_models(req.models_dir))  # scan_models refuses an empty folder
     specs, reference = plan_specs(req)
     return ModelPlan(specs, reference)
 
