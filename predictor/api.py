@@ -23,7 +23,7 @@ from .samplers import sample
 from .train import SpaceModel, TrainConfig, pretrain
 from .transfer import TransferConfig, transfer
 
-FORMAT = "hwlat-predictor/1"
+FORMAT = "hwlat-predictor/2"
 
 
 def _encoder_config(space: str) -> dict:
@@ -95,14 +95,20 @@ class Predictor:
         return model.log_ms(archs, device)
 
     def predict(self, archs: Sequence[str], device: str, space: str | None = None) -> np.ndarray:
-        """Predicted latency in ms (geometric mean over the ensemble) for each arch."""
-        return np.exp(self.predict_log(archs, device, space).mean(0))
+        """Predicted latency in ms for each arch."""
+        return self.predict_with_uncertainty(archs, device, space)[0]
 
     def predict_with_uncertainty(self, archs: Sequence[str], device: str,
                                  space: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(latency ms, ensemble std of log latency): a std of 0.1 means roughly +-10%."""
-        lg = self.predict_log(archs, device, space)
-        return np.exp(lg.mean(0)), lg.std(0)
+        """(latency ms, std of log latency): a std of 0.1 means roughly +-10%.
+
+        The std combines the ensemble's spread with, for a transferred device, its cost model's posterior.
+        """
+        archs = list(archs)
+        model = self._model(space, archs)
+        self._device(model, device)
+        mean, std = model.predict(archs, device)
+        return np.exp(mean), std
 
     def transfer(self, device: str, archs: Sequence[str], latency_ms: Sequence[float], space: str | None = None,
                  cfg: TransferConfig | None = None, seed: int = 0) -> dict:
@@ -129,7 +135,10 @@ class Predictor:
                                                                    if k != "nets"}},
                 "devices": list(m.devices), "source": list(m.source),
                 "mu": torch.from_numpy(m.mu), "sigma": torch.from_numpy(m.sigma),
-                "resid": torch.from_numpy(m.resid), "nets": [n.state_dict() for n in m.nets],
+                "cost": torch.from_numpy(m.cost), "cost_scale": torch.from_numpy(m.cost_scale),
+                "nn_weight": torch.from_numpy(m.nn_weight),
+                "cost_cov": {d: torch.from_numpy(c) for d, c in m.cost_cov.items()},
+                "cost_floor": dict(m.cost_floor), "nets": [n.state_dict() for n in m.nets],
             }
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -161,8 +170,13 @@ def load(path: str | Path) -> Predictor:
             net.load_state_dict(state)
             net.eval()
             nets.append(net)
-        m = SpaceModel(space, list(s["devices"]), nets, cfg, s["mu"].numpy(), s["sigma"].numpy(), enc["flat_dim"])
-        m.resid = s["resid"].numpy().copy()
+        m = SpaceModel(space, list(s["devices"]), nets, cfg, s["mu"].numpy(), s["sigma"].numpy(),
+                       s["cost"].shape[1] - 1)
+        m.cost = s["cost"].numpy().copy()
+        m.cost_scale = s["cost_scale"].numpy().copy()
+        m.nn_weight = s["nn_weight"].numpy().copy()
+        m.cost_cov = {d: c.numpy().copy() for d, c in s["cost_cov"].items()}
+        m.cost_floor = {d: float(v) for d, v in s["cost_floor"].items()}
         m.source = list(s["source"])
         models[space] = m
     return Predictor(models, blob["fingerprint"], dict(blob.get("meta", {})))

@@ -95,7 +95,7 @@ def run_task_seed(table: LatencyTable, task: Task, seed: int, samples: int, samp
         target = f"{name}@target"
         transfer(model, target, picks, s.loc[picks].to_numpy(), transfer_cfg, seed=seed)
         rest = s.drop(index=picks)
-        pred = np.exp(model.log_ms(list(rest.index), target).mean(0))
+        pred = np.exp(model.predict(list(rest.index), target)[0])
         out[name] = score(pred, rest.to_numpy())
     return out
 

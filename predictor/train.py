@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .additive import Posterior, fit_source
 from .encode import Encoded, get_encoder
 from .models import LatencyNet, build_net
 
@@ -50,15 +51,15 @@ def pairwise_rank_loss(pred: torch.Tensor, target: torch.Tensor, group: torch.Te
 
 
 class SpaceModel:
-    """One space's ensemble: nets, device table and per-member log-latency scaling per device.
+    """One space's ensemble: nets, device table, per-member log-latency scaling and per-op cost models.
 
-    ``log_ms = mu[m, d] + sigma[m, d] * net_m(arch, emb[m, d]) + resid[d] . flat(arch)``. Pretrained
-    devices have the data's own mean/std and no residual; transferred devices get per-member mu/sigma
-    fitted on their few samples and an optional ridge residual (see ``transfer``).
+    A device's prediction is ``w_d * [mu[m, d] + sigma[m, d] * net_m(arch, emb[m, d])] + (1 - w_d) * log
+    cost_d(arch)``: pretrained devices use the networks alone (``w_d = 1``); a transferred device blends them
+    with its per-op cost model (``predictor.additive``), whose prior comes from the sources' cost vectors.
     """
 
     def __init__(self, space: str, devices: list[str], nets: list[LatencyNet], cfg: TrainConfig,
-                 mu: np.ndarray, sigma: np.ndarray, d_flat: int) -> None:
+                 mu: np.ndarray, sigma: np.ndarray, n_linear: int) -> None:
         self.space = space
         self.devices = list(devices)
         self.nets = nets
@@ -66,18 +67,37 @@ class SpaceModel:
         n_members = sum(n.k for n in nets)
         self.mu = np.broadcast_to(np.asarray(mu, np.float64), (n_members, len(devices))).copy()
         self.sigma = np.broadcast_to(np.asarray(sigma, np.float64), (n_members, len(devices))).copy()
-        self.resid = np.zeros((len(devices), d_flat))
         self.source = [True] * len(devices)
+        #: per-op cost vectors in ms (intercept first), their ms scale (a source's mean training latency)
+        self.cost = np.zeros((len(devices), 1 + n_linear))
+        self.cost_scale = np.ones(len(devices))
+        #: weight of the networks in a device's log-space blend (1 = networks only)
+        self.nn_weight = np.ones(len(devices))
+        #: transferred devices' cost-model posteriors (covariance in ms^2, floor in ms)
+        self.cost_cov: dict[str, np.ndarray] = {}
+        self.cost_floor: dict[str, float] = {}
 
-    def add_device(self, device: str, emb: list[torch.Tensor], mu: np.ndarray, sigma: np.ndarray) -> None:
-        """Append a (transferred) device: one embedding per net ([K, E]) and per-member mu/sigma."""
+    def add_device(self, device: str, emb: list[torch.Tensor], mu: np.ndarray, sigma: np.ndarray,
+                   cost: Posterior | None = None, scale: float = 1.0, nn_weight: float = 1.0) -> None:
+        """Append a (transferred) device: one embedding per net ([K, E]), per-member mu/sigma, cost model."""
         for net, e in zip(self.nets, emb, strict=True):
             net.emb = torch.nn.Parameter(torch.cat([net.emb.detach(), e.unsqueeze(1)], dim=1))
         self.devices.append(device)
         self.source.append(False)
         self.mu = np.concatenate([self.mu, mu[:, None]], axis=1)
         self.sigma = np.concatenate([self.sigma, sigma[:, None]], axis=1)
-        self.resid = np.concatenate([self.resid, np.zeros((1, self.resid.shape[1]))], axis=0)
+        beta = cost.beta if cost is not None else np.zeros(self.cost.shape[1])
+        self.cost = np.concatenate([self.cost, beta[None, :]], axis=0)
+        self.cost_scale = np.append(self.cost_scale, scale)
+        self.nn_weight = np.append(self.nn_weight, nn_weight if cost is not None else 1.0)
+        if cost is not None:
+            self.cost_cov[device] = cost.cov
+            self.cost_floor[device] = cost.floor_ms
+
+    def source_costs(self) -> np.ndarray:
+        """The source devices' cost vectors in units of their mean latency: the transfer prior's samples."""
+        src = np.asarray(self.source)
+        return self.cost[src] / self.cost_scale[src, None]
 
     @property
     def n_members(self) -> int:
@@ -104,14 +124,32 @@ class SpaceModel:
             outs.append(torch.cat(parts, 0))
         return torch.cat(outs, 1).double().numpy()
 
-    def log_ms(self, archs: list[str], device: str) -> np.ndarray:
-        """Per-member predicted log latency [members, len(archs)]."""
+    def _cost(self, archs: list[str], device: str) -> tuple[np.ndarray, np.ndarray]:
         d = self.device_index(device)
-        z = self.raw(archs, d)
-        out = self.mu[:, d:d + 1] + self.sigma[:, d:d + 1] * z
-        if np.any(self.resid[d]):
-            out = out + (get_encoder(self.space).encode(archs).flat @ self.resid[d])[None, :]
+        enc = get_encoder(self.space)
+        post = Posterior(self.cost[d], self.cost_cov[device], self.cost_floor[device])
+        return post.predict(enc.encode(archs).flat[:, enc.linear_features])
+
+    def log_ms(self, archs: list[str], device: str) -> np.ndarray:
+        """Per-member predicted log latency [members, len(archs)] (the cost model is shared by members)."""
+        d = self.device_index(device)
+        out = self.mu[:, d:d + 1] + self.sigma[:, d:d + 1] * self.raw(archs, d)
+        w = float(self.nn_weight[d])
+        if w < 1.0:
+            out = w * out + (1.0 - w) * np.log(self._cost(archs, device)[0])[None, :]
         return out
+
+    def predict(self, archs: list[str], device: str) -> tuple[np.ndarray, np.ndarray]:
+        """(mean log latency, its std): ensemble spread plus the cost model's posterior spread."""
+        d = self.device_index(device)
+        lg = self.mu[:, d:d + 1] + self.sigma[:, d:d + 1] * self.raw(archs, d)
+        w = float(self.nn_weight[d])
+        mean, var = lg.mean(0), lg.var(0)
+        if w < 1.0:
+            cost, sd = self._cost(archs, device)
+            mean = w * mean + (1.0 - w) * np.log(cost)
+            var = w**2 * var + (1.0 - w) ** 2 * (sd / cost) ** 2
+        return mean, np.sqrt(var)
 
     def config(self) -> dict:
         return {"space": self.space, "devices": self.devices, "train": asdict(self.cfg)}
@@ -125,6 +163,7 @@ def pretrain(space: str, archs: list[str], devices: list[str], lat_ms: np.ndarra
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    lat_ms = np.asarray(lat_ms, np.float64)
     uniq, arch_idx = np.unique(np.asarray(archs), return_inverse=True)
     enc = get_encoder(space).encode(list(uniq))
     flat, nodes, adj = to_tensors(enc)
@@ -163,4 +202,10 @@ def pretrain(space: str, archs: list[str], devices: list[str], lat_ms: np.ndarra
             progress(step + 1, cfg.steps)
     for net in nets:
         net.eval()
-    return SpaceModel(space, devices, nets, cfg, mu[None, :], sigma[None, :], flat.shape[1])
+    lin = enc.flat[:, get_encoder(space).linear_features]
+    sm = SpaceModel(space, devices, nets, cfg, mu[None, :], sigma[None, :], lin.shape[1])
+    for d in range(n_dev):
+        rows = dev_of_row == d
+        sm.cost_scale[d] = float(np.mean(lat_ms[rows]))
+        sm.cost[d] = fit_source(lin[arch_idx[rows]], lat_ms[rows]) * sm.cost_scale[d]
+    return sm

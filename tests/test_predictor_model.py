@@ -137,17 +137,54 @@ def test_frozen_head_matches_the_network(split: tuple) -> None:
         assert torch.allclose(every[:, 2], ref, atol=1e-5)
 
 
-def test_cross_fitted_residual_option(split: tuple) -> None:
-    """The k-fold residual correction runs and gives a usable device (it is an option, off by default)."""
+def test_cost_model_prior_from_sources_beats_no_prior() -> None:
+    """A device whose per-op costs are a mix of the sources' is recovered from 8 samples under the source
+    prior, far better than by the same model with an uninformative prior; its posterior std covers the errors."""
+    from predictor.additive import design, fit_source, fit_target
+
+    rng = np.random.default_rng(0)
+    enc = get_encoder("nb201")
+    archs = enc.enumerate()
+    x = enc.encode(archs).flat[:, enc.linear_features].astype(np.float64)
+    basis = rng.uniform(0.0, 1.0, size=(3, x.shape[1]))  # three kinds of hardware
+    sources = []
+    for _ in range(8):
+        w = rng.dirichlet(np.ones(3))
+        lat = 2.0 + x @ (w @ basis) * rng.uniform(0.5, 5.0)
+        pick = rng.choice(len(archs), 400, replace=False)
+        sources.append(fit_source(x[pick], lat[pick]))
+    truth = (3.0 + x @ (np.array([0.6, 0.1, 0.3]) @ basis)) * np.exp(rng.normal(0, 0.01, len(x)))
+    pick = rng.choice(len(archs), 8, replace=False)
+    rest = np.setdiff1d(np.arange(len(archs)), pick)
+    post = fit_target(np.stack(sources), x[pick], truth[pick])
+    pred, sd = post.predict(x[rest])
+    flat = fit_target(np.zeros((2, x.shape[1] + 1)), x[pick], truth[pick])  # no source information
+    rho, rho_flat = spearmanr(pred, truth[rest])[0], spearmanr(flat.predict(x[rest])[0], truth[rest])[0]
+    assert rho > 0.97 and rho > rho_flat + 0.1, (rho, rho_flat)
+    assert np.mean(np.abs(pred - truth[rest]) <= 3 * sd + 1e-9) > 0.9
+    assert design(x[:2]).shape == (2, x.shape[1] + 1)
+
+
+def test_transferred_device_blends_networks_and_cost_model(split: tuple, tmp_path: Path) -> None:
+    """A transferred device's prediction is the documented log-space blend, and it survives save/load."""
     from predictor.transfer import TransferConfig
 
     model, _, target = split
     measured = target["arch"].tolist()[:12]
     lat = target.set_index("arch").loc[measured, "latency_ms"].to_numpy()
-    info = model.transfer("cf-dev", measured, lat, cfg=TransferConfig(folds=4, sources=2))
-    assert info["n"] == 12 and isinstance(info["ridge"], bool)
+    model.transfer("blend-dev", measured, lat, cfg=TransferConfig(nn_weight=0.4))
+    sm = model.models["nb201"]
     rest = target["arch"].tolist()[12:]
-    assert spearmanr(model.predict(rest, "cf-dev"), target.set_index("arch").loc[rest, "latency_ms"])[0] > 0.8
+    nets = sm.mu[:, -1:] + sm.sigma[:, -1:] * sm.raw(rest, len(sm.devices) - 1)
+    cost, _ = sm._cost(rest, "blend-dev")
+    expect = np.exp(0.4 * nets.mean(0) + 0.6 * np.log(cost))
+    assert np.allclose(model.predict(rest, "blend-dev"), expect)
+    assert spearmanr(expect, target.set_index("arch").loc[rest, "latency_ms"])[0] > 0.9
+    model.save(tmp_path / "m.pt")
+    back = load(tmp_path / "m.pt")
+    assert np.array_equal(back.predict(rest, "blend-dev"), model.predict(rest, "blend-dev"))
+    _ms, std = back.predict_with_uncertainty(rest, "blend-dev")
+    assert np.all(std > 0)
 
 
 def test_hybrid_sampler(split: tuple) -> None:
@@ -160,6 +197,6 @@ def test_hybrid_sampler(split: tuple) -> None:
     assert sample("hybrid", "nb201", pool, 8, seed=2, model=sm, device="unseen") == \
         sample("diversity", "nb201", pool, 8, seed=2)
     picks = sample("hybrid", "nb201", pool, 8, seed=2, model=sm, device="dev0")
-    spread = sm.log_ms(pool, "dev0").std(0)
+    spread = sm.predict(pool, "dev0")[1]
     shortlist = {pool[i] for i in np.argsort(-spread)[:HYBRID_SHORTLIST * 8]}
     assert set(picks) <= shortlist
