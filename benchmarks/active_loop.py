@@ -68,7 +68,7 @@ def loop(model: Predictor, space: str, series: pd.Series, sampler: str, batch: i
         current = copy.deepcopy(model)  # profile.py reloads the base predictor and transfers from scratch
         current.transfer("target", measured, series.loc[measured].to_numpy(), space=space, seed=seed)
         rest = series.drop(index=measured)
-        pred = current.predict_log(list(rest.index), "target", space=space).mean(0)
+        pred = np.log(current.predict(list(rest.index), "target", space=space))
         curve.append((len(measured), float(spearmanr(pred, rest.to_numpy()).statistic)))
         r += 1
     return curve

@@ -87,13 +87,6 @@ class Predictor:
             raise UsageError(f"device {device!r} is not in the {model.space} model; known: "
                              f"{', '.join(model.devices)}")
 
-    def predict_log(self, archs: Sequence[str], device: str, space: str | None = None) -> np.ndarray:
-        """Per-member log-latency predictions [members, len(archs)]."""
-        archs = list(archs)
-        model = self._model(space, archs)
-        self._device(model, device)
-        return model.log_ms(archs, device)
-
     def predict(self, archs: Sequence[str], device: str, space: str | None = None) -> np.ndarray:
         """Predicted latency in ms for each arch."""
         return self.predict_with_uncertainty(archs, device, space)[0]

@@ -130,15 +130,6 @@ class SpaceModel:
         post = Posterior(self.cost[d], self.cost_cov[device], self.cost_floor[device])
         return post.predict(enc.encode(archs).flat[:, enc.linear_features])
 
-    def log_ms(self, archs: list[str], device: str) -> np.ndarray:
-        """Per-member predicted log latency [members, len(archs)] (the cost model is shared by members)."""
-        d = self.device_index(device)
-        out = self.mu[:, d:d + 1] + self.sigma[:, d:d + 1] * self.raw(archs, d)
-        w = float(self.nn_weight[d])
-        if w < 1.0:
-            out = w * out + (1.0 - w) * np.log(self._cost(archs, device)[0])[None, :]
-        return out
-
     def predict(self, archs: list[str], device: str) -> tuple[np.ndarray, np.ndarray]:
         """(mean log latency, its std): ensemble spread plus the cost model's posterior spread."""
         d = self.device_index(device)

@@ -114,32 +114,30 @@ def _affine(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(y.mean() - sigma * pred.mean()), sigma
 
 
-def _fit(sm: SpaceModel, heads: list[FrozenHead], idx: np.ndarray, y: np.ndarray, cfg: TransferConfig
+def _fit(sm: SpaceModel, heads: list[FrozenHead], yi: np.ndarray, cfg: TransferConfig
          ) -> tuple[list[torch.Tensor], np.ndarray, np.ndarray, str, float]:
-    """Fine-tune one new device on the points ``idx`` of the heads' batch: (embs, mu, sigma, source, rho)."""
-    yi = y[idx]
-    rho = _source_scores(sm, [_Sub(h, idx) for h in heads], yi)
+    """Fine-tune one new device on the heads' batch with log latencies ``yi``: (embs, mu, sigma, source, rho)."""
+    rho = _source_scores(sm, heads, yi)
     src_ids = [d for d in np.argsort(-rho, kind="stable") if sm.source[d]]
     yt = torch.from_numpy(yi).float()
     y_scale = float(max(yi.std(), 1e-3))
-    group = torch.zeros((1, len(idx)), dtype=torch.long)
+    group = torch.zeros((1, len(yi)), dtype=torch.long)
     embs, mus, sigmas = [], [], []
     m0 = 0
     for net, head in zip(sm.nets, heads, strict=True):
         k = net.k
-        sub = _Sub(head, idx)
         pick = torch.tensor([src_ids[(m0 + m) % min(cfg.sources, len(src_ids))] for m in range(k)])
         m0 += k
         e0 = net.emb.detach()[torch.arange(k), pick].clone()
         emb = e0.clone().requires_grad_(True)
         with torch.no_grad():
-            z0 = sub(e0).double().numpy()
+            z0 = head(e0).double().numpy()
         init = [_affine(z0[m], yi) for m in range(k)]
         mu = torch.tensor([p[0] for p in init], dtype=torch.float32, requires_grad=True)
         log_sigma = torch.tensor([np.log(p[1]) for p in init], dtype=torch.float32, requires_grad=True)
         opt = torch.optim.Adam([emb, mu, log_sigma], lr=cfg.lr)
         for _ in range(cfg.steps):
-            pred = (mu[:, None] + log_sigma.exp()[:, None] * sub(emb)) / y_scale
+            pred = (mu[:, None] + log_sigma.exp()[:, None] * head(emb)) / y_scale
             target = yt.expand_as(pred) / y_scale
             loss = F.mse_loss(pred, target) + cfg.anchor * ((emb - e0) ** 2).sum(-1).mean()
             if cfg.rank_weight:
@@ -152,22 +150,6 @@ def _fit(sm: SpaceModel, heads: list[FrozenHead], idx: np.ndarray, y: np.ndarray
         sigmas.append(log_sigma.detach().exp().double().numpy())
     best = src_ids[0]
     return embs, np.concatenate(mus), np.concatenate(sigmas), sm.devices[best], float(rho[best])
-
-
-class _Sub:
-    """A ``FrozenHead`` restricted to some rows of its batch (folds reuse one trunk pass)."""
-
-    def __init__(self, head: FrozenHead, idx: np.ndarray) -> None:
-        self.head = head
-        self.base = head.base[:, torch.from_numpy(np.asarray(idx, np.int64))]
-
-    def __call__(self, emb: torch.Tensor) -> torch.Tensor:
-        h = self.head
-        if emb.dim() == 2:
-            z = torch.relu(self.base + torch.bmm(emb.unsqueeze(1), h.w_emb))
-            return (torch.bmm(z, h.w2) + h.b2).squeeze(-1)
-        z = torch.relu(self.base.unsqueeze(1) + torch.bmm(emb, h.w_emb).unsqueeze(2))
-        return (torch.einsum("kdbh,kho->kdbo", z, h.w2) + h.b2.unsqueeze(1)).squeeze(-1)
 
 
 def transfer(sm: SpaceModel, device: str, archs: list[str], lat_ms: np.ndarray,
@@ -187,7 +169,7 @@ def transfer(sm: SpaceModel, device: str, archs: list[str], lat_ms: np.ndarray,
     enc = get_encoder(sm.space)
     encoded = enc.encode(archs)
     heads = [FrozenHead(net, *to_tensors(encoded)) for net in sm.nets]
-    embs, mu, sigma, best, rho = _fit(sm, heads, np.arange(n), y, cfg)
+    embs, mu, sigma, best, rho = _fit(sm, heads, y, cfg)
     cost = fit_target(sm.source_costs(), encoded.flat[:, enc.linear_features], lat_ms)
     sm.add_device(device, embs, mu, sigma, cost, scale=float(lat_ms.mean()), nn_weight=cfg.nn_weight)
     return {"device": device, "n": n, "best_source": best, "source_spearman": rho}
