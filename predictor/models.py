@@ -62,17 +62,14 @@ class LatencyNet(nn.Module):
         raise NotImplementedError
 
     def forward(self, flat: torch.Tensor, nodes: torch.Tensor, adj: torch.Tensor,
-                device: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+                device: torch.Tensor) -> torch.Tensor:
         """Inputs carry the member axis ([K, B, ...]); ``device`` is [K, B] ids into the embedding table.
 
-        ``emb`` ([K, E]) overrides the table with one embedding for the whole batch (used while
-        fine-tuning a new device's embedding).
+        (Fitting a new device's embedding does not come through here: ``transfer.FrozenHead`` precomputes
+        the trunk and runs only the head's embedding half.)
         """
         h = self.represent(flat, nodes, adj)
-        if emb is None:
-            e = torch.gather(self.emb, 1, device.unsqueeze(-1).expand(-1, -1, self.emb.shape[-1]))
-        else:
-            e = emb.unsqueeze(1).expand(-1, h.shape[1], -1)
+        e = torch.gather(self.emb, 1, device.unsqueeze(-1).expand(-1, -1, self.emb.shape[-1]))
         return self.head(h, e)
 
 

@@ -64,7 +64,8 @@ def _diversity(space: str, pool: list[str], n: int, rng: np.random.Generator) ->
 def _uncertainty(model: SpaceModel, device: str | None, pool: list[str]) -> np.ndarray:
     if device is not None and device in model.devices:
         return model.predict(pool, device)[1]
-    per_dev = [model.raw(pool, d) for d in range(len(model.devices)) if model.source[d]]
+    enc = get_encoder(model.space).encode(pool)
+    per_dev = [model.raw(enc, d) for d in range(len(model.devices)) if model.source[d]]
     z = np.stack(per_dev)  # [devices, members, archs], already standardised per device
     return z.mean(1).std(0) + z.std(1).mean(0)
 

@@ -107,37 +107,35 @@ class SpaceModel:
         return self.devices.index(device)
 
     @torch.no_grad()
-    def raw(self, archs: list[str], dev: int | None = None, emb: list[torch.Tensor] | None = None,
-            chunk: int = 4096) -> np.ndarray:
-        """Standardised net outputs [members, len(archs)] for a device id, or explicit embeddings."""
-        enc = get_encoder(self.space).encode(archs)
+    def raw(self, enc: Encoded, dev: int, chunk: int = 4096) -> np.ndarray:
+        """Standardised net outputs [members, B] of encoded archs on device id ``dev``."""
         flat, nodes, adj = to_tensors(enc)
         outs = []
-        for s in range(0, len(archs), chunk):
+        for s in range(0, len(flat), chunk):
             parts = []
-            for i, net in enumerate(self.nets):
+            for net in self.nets:
                 k = net.k
                 f, n, a = (t[s:s + chunk].unsqueeze(0).expand(k, *t[s:s + chunk].shape)
                            for t in (flat, nodes, adj))
-                dev_ids = torch.full((k, f.shape[1]), dev if dev is not None else 0, dtype=torch.long)
-                parts.append(net(f, n, a, dev_ids, None if emb is None else emb[i]))
+                parts.append(net(f, n, a, torch.full((k, f.shape[1]), dev, dtype=torch.long)))
             outs.append(torch.cat(parts, 0))
         return torch.cat(outs, 1).double().numpy()
 
-    def _cost(self, archs: list[str], device: str) -> tuple[np.ndarray, np.ndarray]:
+    def _cost(self, enc: Encoded, device: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ms, posterior std in ms) of a transferred device's cost model on encoded archs."""
         d = self.device_index(device)
-        enc = get_encoder(self.space)
         post = Posterior(self.cost[d], self.cost_cov[device], self.cost_floor[device])
-        return post.predict(enc.encode(archs).flat[:, enc.linear_features])
+        return post.predict(enc.flat[:, get_encoder(self.space).linear_features])
 
     def predict(self, archs: list[str], device: str) -> tuple[np.ndarray, np.ndarray]:
         """(mean log latency, its std): ensemble spread plus the cost model's posterior spread."""
         d = self.device_index(device)
-        lg = self.mu[:, d:d + 1] + self.sigma[:, d:d + 1] * self.raw(archs, d)
+        enc = get_encoder(self.space).encode(archs)  # once: the networks and the cost model share it
+        lg = self.mu[:, d:d + 1] + self.sigma[:, d:d + 1] * self.raw(enc, d)
         w = float(self.nn_weight[d])
         mean, var = lg.mean(0), lg.var(0)
         if w < 1.0:
-            cost, sd = self._cost(archs, device)
+            cost, sd = self._cost(enc, device)
             mean = w * mean + (1.0 - w) * np.log(cost)
             var = w**2 * var + (1.0 - w) ** 2 * (sd / cost) ** 2
         return mean, np.sqrt(var)

@@ -175,8 +175,9 @@ def test_transferred_device_blends_networks_and_cost_model(split: tuple, tmp_pat
     model.transfer("blend-dev", measured, lat, cfg=TransferConfig(nn_weight=0.4))
     sm = model.models["nb201"]
     rest = target["arch"].tolist()[12:]
-    nets = sm.mu[:, -1:] + sm.sigma[:, -1:] * sm.raw(rest, len(sm.devices) - 1)
-    cost, _ = sm._cost(rest, "blend-dev")
+    enc = get_encoder("nb201").encode(rest)
+    nets = sm.mu[:, -1:] + sm.sigma[:, -1:] * sm.raw(enc, len(sm.devices) - 1)
+    cost, _ = sm._cost(enc, "blend-dev")
     expect = np.exp(0.4 * nets.mean(0) + 0.6 * np.log(cost))
     assert np.allclose(model.predict(rest, "blend-dev"), expect)
     assert spearmanr(expect, target.set_index("arch").loc[rest, "latency_ms"])[0] > 0.9
