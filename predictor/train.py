@@ -78,21 +78,20 @@ class SpaceModel:
         self.cost_floor: dict[str, float] = {}
 
     def add_device(self, device: str, emb: list[torch.Tensor], mu: np.ndarray, sigma: np.ndarray,
-                   cost: Posterior | None = None, scale: float = 1.0, nn_weight: float = 1.0) -> None:
-        """Append a (transferred) device: one embedding per net ([K, E]), per-member mu/sigma, cost model."""
+                   cost: Posterior, scale: float, nn_weight: float) -> None:
+        """Append a transferred device: one embedding per net ([K, E]), per-member mu/sigma, its cost model
+        (``scale``: the ms unit it was fitted in) and the networks' weight in its blend."""
         for net, e in zip(self.nets, emb, strict=True):
             net.emb = torch.nn.Parameter(torch.cat([net.emb.detach(), e.unsqueeze(1)], dim=1))
         self.devices.append(device)
         self.source.append(False)
         self.mu = np.concatenate([self.mu, mu[:, None]], axis=1)
         self.sigma = np.concatenate([self.sigma, sigma[:, None]], axis=1)
-        beta = cost.beta if cost is not None else np.zeros(self.cost.shape[1])
-        self.cost = np.concatenate([self.cost, beta[None, :]], axis=0)
+        self.cost = np.concatenate([self.cost, cost.beta[None, :]], axis=0)
         self.cost_scale = np.append(self.cost_scale, scale)
-        self.nn_weight = np.append(self.nn_weight, nn_weight if cost is not None else 1.0)
-        if cost is not None:
-            self.cost_cov[device] = cost.cov
-            self.cost_floor[device] = cost.floor_ms
+        self.nn_weight = np.append(self.nn_weight, nn_weight)
+        self.cost_cov[device] = cost.cov
+        self.cost_floor[device] = cost.floor_ms
 
     def source_costs(self) -> np.ndarray:
         """The source devices' cost vectors in units of their mean latency: the transfer prior's samples."""
