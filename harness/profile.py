@@ -32,6 +32,7 @@ from scipy.stats import spearmanr
 from harness.campaign import CampaignRequest, run_campaign
 from harness.devices import DeviceProfile
 from harness.errors import UsageError
+from harness.export import atomic_write
 from harness.store import DatasetStore, read_dataset
 
 #: The pretrained predictor shipped with the package (rebuilt by `hwlat predictor train --data datasets/ ...`).
@@ -97,9 +98,7 @@ class ProfileState:
         return cls(**data, rounds=rounds)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(asdict(self), indent=1).encode())
 
 
 def candidate_pool(space: str, seed: int) -> list[str]:
@@ -292,7 +291,7 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
         rho, tau, mape = cv_scores(cv, measured)
         model = predictor.load(base_path)
         info = model.transfer(target, archs, lat, space=space, seed=req.seed)
-        save_atomic(model, model_path)
+        model.save(model_path)
         pending.measured, pending.cv_spearman, pending.cv_kendall = len(attempted), rho, tau
         pending.cv_mape, pending.best_source, pending.cv_pred = mape, str(info.get("best_source", "")), cv
         pending.done = True
@@ -305,13 +304,6 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
     measured, _attempted = measured_latencies(meas_dir, device.name, config_id, space)
     model = device_model(req, base_path, model_path, target, space, measured)
     return finish(req, state, model, model_path, target, space, pool, device, measured, say)
-
-
-def save_atomic(model: Any, path: Path) -> None:
-    """Save a predictor under a temp name and rename it, so a kill never leaves half a model."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    model.save(tmp)
-    os.replace(tmp, path)
 
 
 def device_model(req: ProfileRequest, base_path: Path, model_path: Path, target: str, space: str,
@@ -330,7 +322,7 @@ def device_model(req: ProfileRequest, base_path: Path, model_path: Path, target:
     model = predictor.load(base_path)
     archs = list(measured)
     model.transfer(target, archs, np.array([measured[a] for a in archs]), space=space, seed=req.seed)
-    save_atomic(model, model_path)
+    model.save(model_path)
     return model
 
 

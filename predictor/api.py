@@ -8,6 +8,7 @@ data, never code) carrying the encoder config, device names and a fingerprint of
 from __future__ import annotations
 
 import datetime as _dt
+import io
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from harness.errors import ArchError, UsageError
+from harness.export import atomic_write
 
 from .data import LatencyTable
 from .encode import canonical_space, get_encoder
@@ -133,9 +135,11 @@ class Predictor:
                 "cost_cov": {d: torch.from_numpy(c) for d, c in m.cost_cov.items()},
                 "cost_floor": dict(m.cost_floor), "nets": [n.state_dict() for n in m.nets],
             }
+        buf = io.BytesIO()
+        torch.save(blob, buf)
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            torch.save(blob, str(path))
+            atomic_write(Path(path), buf.getvalue())  # a kill never leaves half a model behind
         except OSError as exc:
             raise UsageError(f"cannot write model {path}: {exc.strerror or exc}") from exc
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agents.records import RunSpec
 from harness.errors import DeviceBusyError, TransportError, UsageError
+from harness.export import atomic_write
 from harness.records import ModelArtifact
 from harness.transport.base import Transport
 
@@ -102,9 +103,7 @@ class LocalTransport(Transport):
         run_dir.mkdir(parents=True, exist_ok=True)
         jobs = run_dir / "jobs.json"
         if not jobs.exists():
-            tmp = run_dir / ".jobs.json.tmp"
-            tmp.write_text(spec.to_json(), encoding="utf-8")
-            os.replace(tmp, jobs)
+            atomic_write(jobs, spec.to_json().encode("utf-8"))
         log = open(run_dir / "agent.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             self._procs[spec.run_id] = subprocess.Popen(
