@@ -27,10 +27,10 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from predictor.api import Predictor
-from predictor.bench import pretrain_cap
+from predictor.bench import pretrain_protocol
 from predictor.data import load_table
 from predictor.samplers import sample
-from predictor.train import TrainConfig, pretrain
+from predictor.train import TrainConfig
 
 THRESHOLDS = (0.90, 0.95)
 
@@ -105,16 +105,7 @@ def main() -> int:
         series = table.device_series(args.space, target)
         entry: dict = {"train_devices": len(train), **{name: {} for name in samplers}}
         for seed in range(args.seeds):
-            rng = np.random.default_rng(seed)
-            archs, lat, dev_rows = [], [], []
-            for d, name in enumerate(train):
-                s = table.device_series(args.space, name)
-                pick = rng.choice(len(s), size=min(pretrain_cap(args.space), len(s)), replace=False)
-                archs += list(s.index[pick])
-                lat.append(s.to_numpy()[pick])
-                dev_rows.append(np.full(len(pick), d))
-            model = Predictor({args.space: pretrain(args.space, archs, train, np.concatenate(lat),
-                                                    np.concatenate(dev_rows), TrainConfig(seed=seed))}, "")
+            model = Predictor({args.space: pretrain_protocol(table, args.space, train, TrainConfig(seed=seed))}, "")
             for sampler in samplers:
                 curve = loop(model, args.space, series, sampler, args.batch, args.max, seed)
                 entry[sampler].setdefault("curves", []).append(curve)

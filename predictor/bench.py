@@ -33,6 +33,23 @@ def pretrain_cap(space: str) -> int:
     return 512 if space == "nb201" else 800
 
 
+def pretrain_protocol(table: LatencyTable, space: str, devices: list[str], cfg: TrainConfig,
+                      progress: Callable[[int, int], None] | None = None) -> SpaceModel:
+    """Pretrain on at most ``pretrain_cap(space)`` archs per device, drawn in device order with one
+    generator seeded by ``cfg.seed``: the protocol's pretraining step, shared by every benchmark."""
+    rng = np.random.default_rng(cfg.seed)
+    archs: list[str] = []
+    lat: list[np.ndarray] = []
+    dev_of_row: list[np.ndarray] = []
+    for d, name in enumerate(devices):
+        s = table.device_series(space, name)
+        pick = rng.choice(len(s), size=min(pretrain_cap(space), len(s)), replace=False)
+        archs += list(s.index[pick])
+        lat.append(s.to_numpy()[pick])
+        dev_of_row.append(np.full(len(pick), d))
+    return pretrain(space, archs, devices, np.concatenate(lat), np.concatenate(dev_of_row), cfg, progress=progress)
+
+
 @dataclass
 class Task:
     name: str
@@ -74,20 +91,8 @@ def run_task_seed(table: LatencyTable, task: Task, seed: int, samples: int, samp
     missing = [d for d in (*task.train_devices, *task.test_devices) if d not in have]
     if missing:
         raise UsageError(f"task {task.name}: device(s) not in the data for {space}: {', '.join(missing)}")
-    rng = np.random.default_rng(seed)
-    cap = pretrain_cap(space)
-    archs: list[str] = []
-    lat: list[np.ndarray] = []
-    dev_of_row: list[np.ndarray] = []
-    for d, name in enumerate(task.train_devices):
-        s = table.device_series(space, name)
-        pick = rng.choice(len(s), size=min(cap, len(s)), replace=False)
-        archs += list(s.index[pick])
-        lat.append(s.to_numpy()[pick])
-        dev_of_row.append(np.full(len(pick), d))
     cfg = TrainConfig(**{**(train_cfg.__dict__ if train_cfg else {}), "seed": seed})
-    model: SpaceModel = pretrain(space, archs, list(task.train_devices), np.concatenate(lat),
-                                 np.concatenate(dev_of_row), cfg, progress=progress)
+    model = pretrain_protocol(table, space, list(task.train_devices), cfg, progress)
     out = {}
     for name in task.test_devices:
         s = table.device_series(space, name)
