@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point for ``python -m agents`` and for the zipapp's top-level ``__main__.py``."""
     args = _parser().parse_args(argv)
     if args.command == "hash":
-        from agents.hashing import hash_paths
+        from agents.files import hash_paths
 
         print(json.dumps(hash_paths(args.paths), sort_keys=True))
         return 0

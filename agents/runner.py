@@ -38,7 +38,7 @@ import numpy as np
 
 import agents
 from agents.backends import BackendConfigError, MissingRuntimeError, backend_class, get_backend
-from agents.hashing import sha256_file
+from agents.files import fsync_dir, sha256_file
 from agents.records import Job, MeasureResult, RunSpec, RuntimeConfig, TimingConfig
 from agents.system import fingerprint, snapshot, utc_now
 from agents.timing import summarize, time_inference
@@ -207,16 +207,6 @@ class Journal:
 
     def close(self) -> None:
         os.close(self._fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable across a power cut (best effort: some filesystems refuse)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------

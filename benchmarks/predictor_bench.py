@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from predictor.cli import main as cli
+from hwlat.cli.predictor import main as cli
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nb201"
 RUNS = (("nd20", ["--task", "ND", "--samples", "20"]), ("nd10", ["--task", "ND", "--samples", "10"]),

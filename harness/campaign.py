@@ -32,10 +32,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agents import __version__
+from agents.errors import TransportError, UsageError
 from agents.records import Job, MeasureResult, RunSpec
-from harness import __version__
 from harness.devices import DeviceProfile
-from harness.errors import TransportError, UsageError
 from harness.records import ModelArtifact, ModelSpec
 from harness.store import DONE_STATUSES, DatasetStore, MeasuredKey, dumps_compact
 from harness.transport import open_transport
@@ -124,21 +124,9 @@ def configure_device(profile: DeviceProfile, fmt: str | None, threads: int | Non
     return dataclasses.replace(profile, runtime=runtime, format=new_fmt)
 
 
-def read_arch_file(path: Path) -> list[str]:
-    """One arch string per line; blank lines and '#' comments are ignored."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise UsageError(f"cannot read arch file {path}: {exc.strerror or exc}") from None
-    archs = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not archs:
-        raise UsageError(f"arch file {path} holds no arch strings")
-    return archs
-
-
 def plan_specs(req: CampaignRequest) -> tuple[list[ModelSpec], ModelSpec]:
     """Candidate model specs and the session's reference model, all validated before anything runs."""
-    from harness.spaces import get_space
+    from hwlat.spaces import get_space
 
     space = get_space(req.space)
     if req.archs is not None:
@@ -530,7 +518,7 @@ class ModelPlan:
 def plan_models(req: CampaignRequest) -> ModelPlan:
     """Validate the request's models: arch strings, space name, or the user's ONNX files."""
     if req.models_dir is not None:
-        from harness.spaces.onnx_files import scan_models
+        from harness.onnx_files import scan_models
 
         return ModelPlan([], None, scan_models(req.models_dir))  # scan_models refuses an empty folder
     specs, reference = plan_specs(req)

@@ -15,15 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.errors import ProfileError
 from agents.records import RuntimeConfig, TimingConfig
-from harness.errors import ProfileError
-
-#: Where the shipped example profiles live (the repo's top-level folder; also installed as
-#: package data so ``--device local`` works from a wheel).
-PROFILE_DIRS = (
-    Path(__file__).resolve().parent.parent / "device_profiles",
-    Path(__file__).resolve().parent / "profiles",
-)
+from harness.shipped import shipped_dir
 
 RUNTIMES = ("onnxruntime", "litert")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -218,7 +212,8 @@ def load_profile_file(path: Path) -> DeviceProfile:
 def profile_dirs() -> list[Path]:
     """Folders searched for profiles by name: $HWLAT_PROFILES (colon-separated) first."""
     extra = [Path(p) for p in os.environ.get("HWLAT_PROFILES", "").split(os.pathsep) if p]
-    return [*extra, *PROFILE_DIRS]
+    shipped = shipped_dir("device_profiles")
+    return [*extra, *([shipped] if shipped else [])]
 
 
 def available_profiles() -> dict[str, Path]:

@@ -35,9 +35,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError
+from agents.errors import UsageError
+from agents.files import atomic_write, sha256_file
 from harness.records import ModelArtifact, ModelSpec
-from harness.spaces import SearchSpace, get_space, one_line
+from hwlat.spaces import SearchSpace, get_space, one_line
 
 FORMATS = ("onnx", "tflite")
 OPSET = 17
@@ -189,7 +190,7 @@ class ExportCache:
             st = path.stat()
         except OSError:
             return None
-        if [st.st_size, st.st_mtime_ns] != stamp and file_sha256(path) != artifact.sha256:
+        if [st.st_size, st.st_mtime_ns] != stamp and sha256_file(path) != artifact.sha256:
             return None
         artifact.path = str(path)
         return artifact
@@ -203,25 +204,6 @@ class ExportCache:
         entry = {**dataclasses.asdict(artifact), "_stat": [st.st_size, st.st_mtime_ns]}
         atomic_write(self.index / f"{key}.json", json.dumps(entry, indent=1, sort_keys=True).encode())
         return artifact
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- running the exports -------------------------------------------------------------------------
@@ -325,7 +307,7 @@ def _export_one(job: _Job, cache_root: str) -> ModelArtifact:
             search_space=job.search_space,
             arch=job.arch,
             path="",
-            sha256=file_sha256(tmp),
+            sha256=sha256_file(tmp),
             format=job.fmt,
             input_shapes={INPUT_NAME: list(sample.shape)},
             batch=job.batch,

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from agents.runner import fsync_dir
-from harness.errors import UsageError
+from agents.errors import UsageError
+from agents.files import atomic_path, fsync_dir
 
 SCHEMA_VERSION = 1
 PARTITIONS = ("device", "search_space")
@@ -162,12 +162,8 @@ def row_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def _write_atomic(table: pa.Table, final: Path) -> None:
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
+    with atomic_path(final) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 class DatasetStore:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.errors import ArchError, UsageError
-from harness.export import atomic_write
+from agents.errors import ArchError, UsageError
+from agents.files import atomic_write
 
 from .data import LatencyTable
 from .encode import canonical_space, get_encoder
@@ -26,6 +26,8 @@ from .train import SpaceModel, TrainConfig, pretrain
 from .transfer import TransferConfig, transfer
 
 FORMAT = "hwlat-predictor/2"
+#: The pretrained predictor shipped with the package (rebuilt by `hwlat predictor train --data datasets/ ...`).
+BUNDLED_MODEL = Path(__file__).resolve().parent / "pretrained" / "hwlat-bundled.pt"
 
 
 def _encoder_config(space: str) -> dict:

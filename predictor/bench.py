@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import kendalltau, spearmanr
 
-from harness.errors import UsageError
+from agents.errors import UsageError
 
 from .data import LatencyTable
 from .encode import canonical_space

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
-from harness.errors import ArchError, UsageError
+from agents.errors import ArchError, UsageError
 
 from .encode import canonical_space, get_encoder
 

@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from harness.errors import ArchError, UnknownSpaceError
-from harness.spaces.fbnet import MACROS as FBNET_MACROS
-from harness.spaces.fbnet import NUM_LAYERS as FBNET_LAYERS
-from harness.spaces.fbnet import OPS as FBNET_BLOCKS
-from harness.spaces.fbnet import STEM_CHANNELS as FBNET_STEM
-from harness.spaces.fbnet import layer_plan as fbnet_layer_plan
-from harness.spaces.nb201 import OPS as NB201_SPACE_OPS
-from harness.spaces.nb201 import canonical_archs as nb201_space_archs
+from agents.errors import ArchError, UnknownSpaceError
+from hwlat.spaces.fbnet import MACROS as FBNET_MACROS
+from hwlat.spaces.fbnet import NUM_LAYERS as FBNET_LAYERS
+from hwlat.spaces.fbnet import OPS as FBNET_BLOCKS
+from hwlat.spaces.fbnet import STEM_CHANNELS as FBNET_STEM
+from hwlat.spaces.fbnet import layer_plan as fbnet_layer_plan
+from hwlat.spaces.nb201 import OPS as NB201_SPACE_OPS
+from hwlat.spaces.nb201 import canonical_archs as nb201_space_archs
 
 
 @dataclass

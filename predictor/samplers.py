@@ -27,7 +27,7 @@ from collections.abc import Iterable
 import numpy as np
 from sklearn.cluster import KMeans
 
-from harness.errors import UsageError
+from agents.errors import UsageError
 
 from .encode import get_encoder
 from .train import SpaceModel

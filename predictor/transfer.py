@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
-from harness.errors import UsageError
+from agents.errors import UsageError
 
 from .additive import fit_target
 from .encode import get_encoder

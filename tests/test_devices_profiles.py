@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from agents.errors import ProfileError
 from harness.devices import available_profiles, load_profile_file, resolve_device, resolve_devices
-from harness.errors import ProfileError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def test_config_id_changes_with_threads_only_when_they_change() -> None:
 
 def test_cli_malformed_profile_is_one_line_exit_2(tmp_path: Path) -> None:
     path = _write(tmp_path, 'name = "x"\nport = -1\n')
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "measure", "--device", str(path), "--out",
+    proc = subprocess.run([sys.executable, "-m", "hwlat", "measure", "--device", str(path), "--out",
                            str(tmp_path / "out")], capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "port" in proc.stderr and "Traceback" not in proc.stderr

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from harness.export import export_models
 from harness.records import ModelSpec
-from harness.spaces import get_space
+from hwlat.spaces import get_space
 
 if __name__ == "__main__":
     archs = get_space("nb201").sample(40, seed=99)

@@ -8,12 +8,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from agents.errors import ArchError, UsageError
 from harness import export as export_mod
-from harness.errors import ArchError, UsageError
 from harness.export import export_models, export_throughput
+from harness.onnx_files import onnx_flops
 from harness.records import ModelSpec
-from harness.spaces import get_space
-from harness.spaces.onnx_files import onnx_flops
+from hwlat.spaces import get_space
 
 ALL_NONE = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
 NB201_ARCH = get_space("nb201").arch_at(9)

@@ -6,7 +6,7 @@ import torch
 
 from harness.export import export_models
 from harness.records import ModelSpec
-from harness.spaces import get_space
+from hwlat.spaces import get_space
 
 pytestmark = [pytest.mark.tflite, pytest.mark.slow]
 

@@ -20,7 +20,7 @@ NB201_ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|n
 def hwlat(*args: str, cache: Path | None = None, check_rc: int | None = 0,
           timeout: float = 600) -> subprocess.CompletedProcess:
     extra = ["--cache", str(cache)] if cache is not None and args and args[0] == "measure" else []
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", *args, *extra], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "hwlat", *args, *extra], capture_output=True, text=True,
                           timeout=timeout, check=False, cwd=REPO)
     if check_rc is not None:
         assert proc.returncode == check_rc, proc.stderr[-2000:]
@@ -88,7 +88,7 @@ def _candidate_rows(out: Path) -> int:
 def test_kill_halfway_then_rerun_completes_exactly_the_rest(tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "ds"
     profile = fast_profile(tmp_path)
-    args = [sys.executable, "-m", "harness.cli", "measure", "--device", str(profile), "--space", "nb201",
+    args = [sys.executable, "-m", "hwlat", "measure", "--device", str(profile), "--space", "nb201",
             "--count", "30", "--seed", "7", "--out", str(out), "--cache", str(cache)]
     # export first, so the kill lands in the measuring phase
     hwlat("measure", "--device", str(profile), "--space", "nb201", "--count", "30", "--seed", "7", "--out",

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.errors import UsageError
-from predictor.cli import main
+from agents.errors import UsageError
+from hwlat.cli.main import main
 from predictor.data import load_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_malformed_data_is_a_usage_error(tmp_path: Path, good: pd.DataFrame, cas
 def test_subprocess_exit_code_and_one_line(tmp_path: Path, good: pd.DataFrame) -> None:
     path = _write(tmp_path, "bad.parquet", good.drop(columns=["device"]))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "predictor.cli", "predictor", "train", "--data", str(path),
+    proc = subprocess.run([sys.executable, "-m", "hwlat", "predictor", "train", "--data", str(path),
                            "--out", str(tmp_path / "m.pt")], capture_output=True, text=True, cwd=ROOT, env=env,
                           timeout=120)
     assert proc.returncode == 2

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.errors import ArchError, UnknownSpaceError
+from agents.errors import ArchError, UnknownSpaceError
 from predictor.encode import canonical_space, get_encoder, nb201_all_archs
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

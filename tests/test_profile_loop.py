@@ -20,7 +20,7 @@ FIXTURE = REPO / "tests" / "fixtures" / "predictor_small.parquet"
 
 
 def _run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hwlat", *args], capture_output=True, text=True,
                           timeout=timeout, check=False, cwd=REPO)
 
 
@@ -80,7 +80,7 @@ def test_profile_budget_report_and_rerun(tmp_path: Path, base_model: Path) -> No
 
 def test_profile_interrupted_then_resumed(tmp_path: Path, base_model: Path) -> None:
     out = tmp_path / "prof"
-    args = [sys.executable, "-m", "harness.cli", "profile", str(_profile(tmp_path)), "--space", "nb201",
+    args = [sys.executable, "-m", "hwlat", "profile", str(_profile(tmp_path)), "--space", "nb201",
             "--budget", "8", "--batch", "4", "--out", str(out), "--model", str(base_model)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
     deadline = time.monotonic() + 600

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.errors import ArchError, UsageError
-from harness.spaces import get_space
-from harness.spaces.fbnet import MACROS, NUM_LAYERS, OPS, FBNetSpace, IRFBlock, layer_plan
+from agents.errors import ArchError, UsageError
+from hwlat.spaces import get_space
+from hwlat.spaces.fbnet import MACROS, NUM_LAYERS, OPS, FBNetSpace, IRFBlock, layer_plan
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fbnet_archs_sample.csv"
 SHARED_ARCHS = Path(__file__).resolve().parents[2] / "shared" / "data" / "fbnet" / "fbnet_archs.csv"

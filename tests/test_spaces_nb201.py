@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.errors import ArchError, UsageError
+from agents.errors import ArchError, UsageError
 from harness.export import torch_flops_params
-from harness.spaces import get_space
-from harness.spaces.nb201 import OPS, output_disconnected, parse
+from hwlat.spaces import get_space
+from hwlat.spaces.nb201 import OPS, output_disconnected, parse
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nb201_arch_index_sample.csv"
 SHARED_INDEX = Path(__file__).resolve().parents[2] / "shared" / "data" / "nb201" / "arch_index.csv"
@@ -61,7 +61,7 @@ def test_known_indices_and_size():
 def test_enumeration_leaves_global_random_alone():
     import random
 
-    from harness.spaces import nb201
+    from hwlat.spaces import nb201
 
     nb201.canonical_archs.cache_clear()
     nb201._index_of.cache_clear()

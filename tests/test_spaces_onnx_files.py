@@ -8,8 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from harness.errors import UsageError
-from harness.spaces.onnx_files import onnx_flops, scan_models
+from agents.errors import UsageError
+from harness.onnx_files import onnx_flops, scan_models
 
 
 def _tiny_model(batch_dim="N") -> onnx.ModelProto:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from harness.errors import ArchError, UnknownSpaceError, UsageError
-from harness.spaces import SPACES, SearchSpace, get_space
+from agents.errors import ArchError, UnknownSpaceError, UsageError
+from hwlat.spaces import SPACES, SearchSpace, get_space
 
 
 def test_known_spaces():

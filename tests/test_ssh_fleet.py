@@ -27,8 +27,8 @@ import pytest
 from onnx import TensorProto, helper
 from sshkit import SSHServer, ensure_openssh, kill_agents
 
+from agents.errors import DeviceBusyError
 from harness.devices import load_profile_file
-from harness.errors import DeviceBusyError
 from harness.records import ModelArtifact
 from harness.store import read_dataset
 from harness.transport.ssh import SSHTransport
@@ -64,13 +64,13 @@ def server(tmp_path: Path) -> Iterator[SSHServer]:
 
 def hwlat(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "400"}
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hwlat", *args], capture_output=True, text=True,
                           timeout=timeout, check=False, cwd=REPO, env=env)
 
 
 def start_measure(*args: str) -> subprocess.Popen:
     env = {**os.environ, "COLUMNS": "400"}
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", "measure", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "hwlat", "measure", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -61,7 +61,7 @@ def write_profiles(tmp_path: Path, boards: list[NetnsBoard], tag: str) -> Path:
 
 def measure(folder: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "HWLAT_PROFILES": str(folder), "COLUMNS": "400"}
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", "measure", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "hwlat", "measure", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

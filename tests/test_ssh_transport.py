@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sshkit import SSHServer, ensure_openssh
 
+from agents.errors import UsageError
 from harness.devices import load_profile_file
-from harness.errors import UsageError
 from harness.transport.bundle import build_bundle, current_bundle
 from harness.transport.ssh import HostKeyError, MissingDependencyError, SSHTransport, quote_argv
 
@@ -36,7 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
 
 
 def hwlat(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hwlat", *args], capture_output=True, text=True,
                           timeout=300, check=False, cwd=REPO)
 
 
@@ -172,7 +172,7 @@ def test_devices_list_shows_shipped_and_user_profiles(tmp_path: Path) -> None:
     (tmp_path / "mine.toml").write_text('name = "mine"\nhost = "10.9.9.9"\nuser = "pi"\ntags = ["edge"]\n')
     (tmp_path / "broken.toml").write_text('name = "broken"\nport = 0\n')
     env = {**os.environ, "HWLAT_PROFILES": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "devices", "list", "--json"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "hwlat", "devices", "list", "--json"], capture_output=True,
                           text=True, timeout=120, check=False, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr
     rows = {r["name"]: r for r in json.loads(proc.stdout)}

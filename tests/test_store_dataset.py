@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from harness.errors import UsageError
+from agents.errors import UsageError
 from harness.store import SCHEMA, DatasetStore, MeasuredKey, read_dataset, row_table, summarize
 
 

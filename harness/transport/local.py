@@ -15,9 +15,9 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from agents.errors import DeviceBusyError, TransportError, UsageError
+from agents.files import atomic_write
 from agents.records import RunSpec
-from harness.errors import DeviceBusyError, TransportError, UsageError
-from harness.export import atomic_write
 from harness.records import ModelArtifact
 from harness.transport.base import Transport
 

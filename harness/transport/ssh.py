@@ -49,9 +49,9 @@ from typing import Any
 
 import paramiko
 
+from agents.errors import DeviceBusyError, ProfileError, TransportError, UsageError
 from agents.records import RunSpec
 from harness.devices import DeviceProfile
-from harness.errors import DeviceBusyError, ProfileError, TransportError, UsageError
 from harness.records import ModelArtifact
 from harness.transport.base import Transport
 from harness.transport.bundle import Bundle, current_bundle

@@ -1,4 +1,4 @@
-"""``hwlat profile``: the measure -> transfer -> choose loop on one device (see harness/profile.py)."""
+"""``hwlat profile``: the measure -> transfer -> choose loop on one device (see hwlat/profiling/loop.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 def cmd_profile(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from harness.cli import progress_bar
     from harness.devices import resolve_device
-    from harness.profile import ProfileRequest, run_profile
+    from hwlat.cli.console import progress_bar
+    from hwlat.profiling.loop import ProfileRequest, run_profile
 
     console = Console(stderr=True)
     req = ProfileRequest(

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from harness.errors import ArchError, UsageError
-from harness.spaces import SearchSpace, check_count, quote
+from agents.errors import ArchError, UsageError
+from hwlat.spaces import SearchSpace, check_count, quote
 
 #: Edge operations in NB201's order (the index is the op code used in NB201's tables).
 OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")

@@ -19,24 +19,22 @@ in ``state.json`` before measuring; running the same command again re-plans noth
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.stats import spearmanr
 
+from agents.errors import UsageError
 from harness.campaign import CampaignRequest, run_campaign
 from harness.devices import DeviceProfile
-from harness.errors import UsageError
-from harness.export import atomic_write
+from harness.shipped import shipped_dir
 from harness.store import DatasetStore, read_dataset
+from hwlat.profiling.state import ProfileState, RoundRecord
 
-#: The pretrained predictor shipped with the package (rebuilt by `hwlat predictor train --data datasets/ ...`).
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "predictor" / "pretrained" / "hwlat-bundled.pt"
 #: Candidate pool size for spaces too large to enumerate (FBNet has 9^22 archs).
 POOL_SIZE = 10000
 
@@ -63,47 +61,9 @@ class ProfileRequest:
     cache_dir: Path | None = None
 
 
-@dataclass
-class RoundRecord:
-    """One round of the loop, kept in state.json and drawn in the report."""
-
-    round: int
-    sampler: str
-    batch: list[str]
-    measured: int = 0
-    cv_spearman: float | None = None
-    cv_kendall: float | None = None
-    cv_mape: float | None = None
-    best_source: str = ""
-    cv_pred: dict[str, float] = field(default_factory=dict)
-    done: bool = False
-
-
-@dataclass
-class ProfileState:
-    """What survives an interruption (atomically rewritten after every step)."""
-
-    device: str
-    space: str
-    target: str
-    rounds: list[RoundRecord] = field(default_factory=list)
-    stopped: str = ""
-
-    @classmethod
-    def load(cls, path: Path) -> ProfileState | None:
-        if not path.exists():
-            return None
-        data = json.loads(path.read_text())
-        rounds = [RoundRecord(**r) for r in data.pop("rounds", [])]
-        return cls(**data, rounds=rounds)
-
-    def save(self, path: Path) -> None:
-        atomic_write(path, json.dumps(asdict(self), indent=1).encode())
-
-
 def candidate_pool(space: str, seed: int) -> list[str]:
     """Every arch of an enumerable space; a fixed seeded sample of POOL_SIZE archs otherwise."""
-    from harness.spaces import get_space
+    from hwlat.spaces import get_space
 
     sp = get_space(space)
     if sp.enumerable:
@@ -139,12 +99,15 @@ def measured_latencies(folder: Path, device: str, config_id: str, space: str) ->
 def load_base(req: ProfileRequest) -> Any:
     """The predictor to start from: the bundled one, the user's ``--model``, or retrained with ``--data``."""
     import predictor
+    from predictor.api import BUNDLED_MODEL
     from predictor.data import load_table
 
     if req.data:
-        bundled = Path(__file__).resolve().parent.parent / "datasets"
-        sources = ([bundled] if bundled.is_dir() else []) + list(req.data)
-        return predictor.Predictor.train(load_table(sources))
+        bundled = shipped_dir("datasets")
+        if bundled is None:
+            raise UsageError("--data retrains on the bundled datasets plus yours, but this installation has no "
+                             "bundled datasets (share/hwlat/datasets); reinstall hwlat")
+        return predictor.Predictor.train(load_table([bundled, *req.data]))
     path = req.model or BUNDLED_MODEL
     if not Path(path).exists():
         raise UsageError(f"no pretrained predictor at {path}; build it with `hwlat predictor train --data datasets "
@@ -332,14 +295,14 @@ def finish(req: ProfileRequest, state: ProfileState, model: Any, model_path: Pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from harness.report import write_report
+    from hwlat.profiling.report import write_report
 
     archs = list(measured)
     pred, unc = model.predict_with_uncertainty(pool, target, space=space)
     from predictor.encode import analytic_flops
 
     flops = analytic_flops(space, pool)
-    from harness.spaces import get_space
+    from hwlat.spaces import get_space
 
     sp = get_space(space)
     table = pa.table({

@@ -1,4 +1,4 @@
-"""Device-side launcher shipped inside the agent bundle (as ``hwlat_launcher.py``).
+"""Device-side launcher: the bundle's ``launch|status|stop|preflight`` commands (harness/transport/bundle.py).
 
 Standard library only and Python 3.8+ compatible: it is the first thing that runs on a board and
 must be able to say *what is missing* before numpy or a runtime is imported. The SSH transport

@@ -14,8 +14,8 @@ import json
 import sys
 from typing import Any
 
+from agents.errors import ProfileError, TransportError, UsageError
 from harness.devices import DeviceProfile, available_profiles, load_profile_file, resolve_devices
-from harness.errors import ProfileError, TransportError, UsageError
 
 #: Fingerprint keys in the order ``check`` prints them; anything else follows alphabetically.
 _FINGERPRINT_ORDER = (
@@ -146,7 +146,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``devices list|check|trust`` to the hwlat command line (called by harness.cli)."""
+    """Add ``devices list|check|trust`` to the hwlat command line (called by hwlat.cli.main)."""
     d = subparsers.add_parser("devices", help="list device profiles, check a board, trust its SSH host key",
                               description="Device profiles live in device_profiles/*.toml (and $HWLAT_PROFILES).")
     dsub = d.add_subparsers(dest="devices_command", metavar="COMMAND", parser_class=type(d))

@@ -19,17 +19,18 @@ import hashlib
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.errors import ArchError, UnknownSpaceError, UsageError
+from agents.errors import ArchError, UnknownSpaceError, UsageError
 
 if TYPE_CHECKING:
     import torch
 
 #: name -> "module:ClassName" (imported on first use).
 _REGISTRY: dict[str, str] = {
-    "fbnet": "harness.spaces.fbnet:FBNetSpace",
-    "nb201": "harness.spaces.nb201:NB201Space",
+    "fbnet": "hwlat.spaces.fbnet:FBNetSpace",
+    "nb201": "hwlat.spaces.nb201:NB201Space",
 }
 
 #: Names of the registered spaces, sorted.
@@ -170,6 +171,38 @@ def quote(arch: object, limit: int = 120) -> str:
     """A one-line, length-limited quotation of a user-supplied arch string for error messages."""
     text = repr(arch)
     return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def read_arch_file(path: Path) -> list[str]:
+    """Arch strings from a file: text (one per line; blank lines and ``#`` comments skipped), or a CSV /
+    Parquet table with an ``arch`` (or ``arch_str``) column. The one reader behind every ``--archs``.
+
+    Strings are returned as written; each command validates them against its space.
+    """
+    try:
+        if path.suffix in (".csv", ".parquet"):
+            import pyarrow.csv as pcsv
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(path)
+            column = next((c for c in ("arch", "arch_str") if c in table.column_names), None)
+            if column is None:
+                raise UsageError(f"arch file {path} needs an 'arch' (or 'arch_str') column")
+            archs = [str(a) for a in table.column(column).to_pylist() if a is not None and str(a).strip()]
+        else:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            archs = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    except OSError as exc:
+        raise UsageError(f"cannot read arch file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"arch file {path} is not UTF-8 text") from None
+    except UsageError:
+        raise
+    except Exception as exc:  # pyarrow raises many types for a damaged table
+        raise UsageError(f"cannot read arch file {path}: {one_line(exc)}") from None
+    if not archs:
+        raise UsageError(f"arch file {path} holds no arch strings")
+    return archs
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

@@ -1,25 +1,18 @@
 """``hwlat predictor train | predict | bench``: argparse wiring for the predictor.
 
-``register(subparsers)`` adds the command group to the hwlat CLI; ``python -m predictor.cli`` runs it
-standalone (same exit codes: 2 with a one-line ``hwlat: ...`` message for bad input).
+``register(subparsers)`` adds the command group to the hwlat CLI (``hwlat.cli.main``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from harness.errors import UsageError
-
-from .encode import canonical_space, get_encoder
+from agents.errors import UsageError
 
 
 @contextmanager
@@ -46,9 +39,9 @@ def _threads(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Pretrain on every device of every space in the data and save the model."""
-    from .api import Predictor
-    from .data import load_table
-    from .train import TrainConfig
+    from predictor.api import Predictor
+    from predictor.data import load_table
+    from predictor.train import TrainConfig
 
     _threads(args)
     table = load_table(args.data)
@@ -64,35 +57,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_archs(path: str) -> list[str]:
-    """Archs from a text file (one per line), CSV or Parquet (an ``arch`` or ``arch_str`` column)."""
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"archs file not found: {path}")
-    try:
-        if p.suffix == ".parquet":
-            df = pd.read_parquet(p)
-        elif p.suffix == ".csv":
-            df = pd.read_csv(p)
-        else:
-            return [line.strip() for line in p.read_text().splitlines() if line.strip()]
-    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
-        raise UsageError(f"cannot read archs file {path}: {exc}") from exc
-    for col in ("arch", "arch_str"):
-        if col in df.columns:
-            return df[col].astype(str).tolist()
-    raise UsageError(f"{path}: needs an 'arch' (or 'arch_str') column")
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict latencies of given archs (or the whole space) on one device into a Parquet file."""
-    from .api import load
+    import numpy as np
+    import pandas as pd
+
+    from hwlat.spaces import read_arch_file
+    from predictor.api import load
+    from predictor.encode import canonical_space, get_encoder
 
     _threads(args)
     model = load(args.model)
     space = canonical_space(args.space)
     if args.archs:
-        archs = _read_archs(args.archs)
+        archs = read_arch_file(Path(args.archs))
         get_encoder(space).encode(archs)  # validate before predicting
         index = None
     else:
@@ -118,14 +96,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import numpy as np
     """Run the transfer benchmark (NASFLAT/HELP protocol) and print/write the figures."""
     from rich.console import Console
     from rich.table import Table
 
-    from .bench import METRICS, load_tasks, run_bench
-    from .data import load_table
-    from .samplers import SAMPLERS
-    from .train import TrainConfig
+    from predictor.bench import METRICS, load_tasks, run_bench
+    from predictor.data import load_table
+    from predictor.samplers import SAMPLERS
+    from predictor.train import TrainConfig
 
     if args.sampler not in (*SAMPLERS, "default"):
         raise UsageError(f"unknown sampler {args.sampler!r}; choose from {', '.join((*SAMPLERS, 'default'))}")
@@ -203,19 +182,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--steps", type=int, default=0, help="pretraining steps (default: the built-in schedule)")
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     b.set_defaults(func=cmd_bench)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m predictor.cli``) until the hwlat CLI wires ``register``."""
-    parser = argparse.ArgumentParser(prog="hwlat")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except UsageError as exc:
-        print(f"hwlat: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

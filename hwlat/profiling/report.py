@@ -21,7 +21,7 @@ from matplotlib import ticker
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from harness.profile import ProfileState
+    from hwlat.profiling.state import ProfileState
 
 FASTEST = 10
 

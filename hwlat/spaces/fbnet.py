@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.errors import ArchError, UsageError
-from harness.spaces import SearchSpace, check_count, quote
+from agents.errors import ArchError, UsageError
+from hwlat.spaces import SearchSpace, check_count, quote
 
 #: Candidate blocks; a block's index here is its op id.
 OPS: tuple[str, ...] = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")

@@ -22,9 +22,9 @@ from pathlib import Path
 import onnx
 from onnx import shape_inference
 
-from harness.errors import UsageError
+from agents.errors import UsageError
 from harness.records import ModelArtifact
-from harness.spaces import one_line
+from hwlat.spaces import one_line
 
 log = logging.getLogger("hwlat")
 SPACE_NAME = "onnx"

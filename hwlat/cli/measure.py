@@ -1,54 +1,22 @@
-"""``hwlat`` command line: measure, datasets, devices, predictor, profile.
-
-Every command has ``--help``. Bad input ends with one line ``hwlat: <what is wrong>`` on stderr and exit
-code 2, never a traceback; results already written stay written (the store is append-only and atomic).
-"""
+"""``hwlat measure``: time candidate networks on one or more devices into a Parquet dataset."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
-import predictor.cli as predictor_cli
-from harness import __version__, devices_cli, profile_cli
-from harness.errors import UsageError
-
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (not usage + error) and exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"hwlat: {message} (see `{self.prog} --help`)\n")
-
-
-def progress_bar():  # rich types stay local to the CLI
-    """The one progress-bar style of every long hwlat command: bar, count, elapsed time and ETA."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), transient=False, console=Console(stderr=True))
+from agents.errors import UsageError
+from hwlat.cli.console import progress_bar
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.campaign import CampaignRequest, read_arch_file, run_campaign
+    from harness.campaign import CampaignRequest, run_campaign
     from harness.devices import resolve_devices
+    from hwlat.spaces import read_arch_file
 
     specs = list(args.device or []) + list(args.devices or [])
     profiles = resolve_devices(specs or ["local"])
@@ -110,37 +78,8 @@ def _preflight_runtime(profiles: list, fmt: str | None) -> None:
             raise UsageError("runtime LiteRT is not installed: pip install ai-edge-litert")
 
 
-def cmd_datasets_show(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from harness.store import summarize
-
-    summary = summarize(Path(args.path))
-    console = Console(width=None if sys.stdout.isatty() else 140)  # a pipe or a log file: no truncated columns
-    if summary["rows"] == 0:
-        console.print(f"{args.path}: empty dataset")
-        return 0
-    table = Table(title=f"{args.path}: {summary['rows']} rows, {summary['first']} .. {summary['last']}")
-    table.add_column("device", no_wrap=True)
-    for col in ("cpu", "spaces", "rows", "ok", "unstable", "failed", "timeout"):
-        table.add_column(col)
-    for dev, e in sorted(summary["devices"].items()):
-        table.add_row(dev, e.get("cpu_model", ""), ", ".join(e["spaces"]), str(e["rows"]), str(e["ok"]),
-                      str(e["unstable"]), str(e["failed"]), str(e["timeout"]))
-    console.print(table)
-    spaces = ", ".join(f"{k}: {v}" for k, v in sorted(summary["spaces"].items()))
-    console.print(f"spaces: {spaces}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hwlat", description="Measure NN latency on real devices and train latency predictors.")
-    parser.add_argument("--version", action="version", version=f"hwlat {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-
-    m = sub.add_parser("measure", help="time candidate networks on one or more devices into a Parquet dataset",
+def register(subparsers: argparse._SubParsersAction) -> None:
+    m = subparsers.add_parser("measure", help="time candidate networks on one or more devices into a Parquet dataset",
                        description="Build, export and time networks on devices; rows go to a Parquet dataset. "
                                    "Re-running the same command measures only what is missing.")
     m.add_argument("--device", action="append", metavar="DEV",
@@ -165,38 +104,3 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-reconnect", type=float, default=300.0, metavar="S",
                    help="give a dropped device this many seconds to come back (default 300)")
     m.set_defaults(func=cmd_measure)
-
-    d = sub.add_parser("datasets", help="inspect latency datasets")
-    dsub = d.add_subparsers(dest="datasets_command", metavar="COMMAND", parser_class=_Parser)
-    dsub.required = True
-    show = dsub.add_parser("show", help="devices, spaces, rows, failures, unstable rows and date range")
-    show.add_argument("path", help="dataset folder or Parquet file")
-    show.set_defaults(func=cmd_datasets_show)
-
-    devices_cli.register(sub)
-    predictor_cli.register(sub)
-    profile_cli.register(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UsageError as exc:
-        print(f"hwlat: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("hwlat: interrupted; what was measured is saved, run the same command to continue", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if os.environ.get("HWLAT_DEBUG"):
-            raise
-        print(f"hwlat: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-              "(set HWLAT_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
