@@ -21,6 +21,10 @@ from typing import Any
 #: to trust (pyperf's rule). ``failed``: could not load or run (includes a crashed runtime).
 #: ``timeout``: exceeded the per-model time limit and was killed.
 STATUSES = ("ok", "unstable", "failed", "timeout")
+#: Statuses whose ``latency_ms`` trains predictors and counts as measured in ``hwlat profile``. An
+#: ``unstable`` row's median is still a robust estimate (its CI is in the row): dropping such rows would bias a
+#: dataset against the archs that are noisy to time (docs/timing.md). Every reader decides with this tuple.
+USABLE_STATUSES = ("ok", "unstable")
 
 
 @dataclass

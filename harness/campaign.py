@@ -34,7 +34,7 @@ from typing import Any
 
 from agents import __version__
 from agents.errors import TransportError, UsageError
-from agents.records import Job, MeasureResult, RunSpec
+from agents.records import USABLE_STATUSES, Job, MeasureResult, RunSpec
 from harness.devices import DeviceProfile
 from harness.records import ModelArtifact, ModelSpec
 from harness.store import DONE_STATUSES, DatasetStore, MeasuredKey, dumps_compact
@@ -570,7 +570,7 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
     candidates, references = export_plan(req, plan, formats, progress)
     export_s = time.monotonic() - t0
     session_id = new_session_id()
-    statuses = DONE_STATUSES if not req.retry_failed else ("ok", "unstable")
+    statuses = DONE_STATUSES if not req.retry_failed else USABLE_STATUSES
     store_lock = threading.Lock()
     bars: dict[str, Any] = {}
 

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from agents.errors import UsageError
 from agents.files import atomic_path, fsync_dir
+from agents.records import STATUSES
 
 SCHEMA_VERSION = 1
 PARTITIONS = ("device", "search_space")
@@ -127,7 +128,7 @@ SCHEMA = pa.schema(
 )
 
 #: Outcomes that count as "measured" for resume: re-running the same command skips these.
-DONE_STATUSES = ("ok", "unstable", "failed", "timeout")
+DONE_STATUSES = STATUSES
 
 
 @dataclass(frozen=True)

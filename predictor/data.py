@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 
 from agents.errors import ArchError, UsageError
+from agents.records import USABLE_STATUSES
 
 from .encode import canonical_space, get_encoder
 
@@ -77,7 +78,7 @@ def load_table(paths: Sequence[str | Path]) -> LatencyTable:
         if missing:
             raise UsageError(f"{p}: missing column(s) {', '.join(missing)} (need {', '.join(REQUIRED)})")
         if "status" in df.columns:
-            df = df[df["status"].astype(str) == "ok"]
+            df = df[df["status"].astype(str).isin(USABLE_STATUSES)]
         frames.append(df[list(REQUIRED)].copy())
     return reduce_frame(pd.concat(frames, ignore_index=True))
 
@@ -85,7 +86,7 @@ def load_table(paths: Sequence[str | Path]) -> LatencyTable:
 def reduce_frame(df: pd.DataFrame) -> LatencyTable:
     """Validate a frame with the required columns and average repeats per (space, device, arch)."""
     if df.empty:
-        raise UsageError("no usable rows (need rows with status ok and the columns "
+        raise UsageError(f"no usable rows (need rows with status {' or '.join(USABLE_STATUSES)} and the columns "
                          f"{', '.join(REQUIRED)})")
     df = df.copy()
     lat = pd.to_numeric(df["latency_ms"], errors="coerce")

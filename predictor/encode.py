@@ -22,14 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from agents.errors import ArchError, UnknownSpaceError
+from agents.errors import UnknownSpaceError
 from hwlat.spaces.fbnet import MACROS as FBNET_MACROS
 from hwlat.spaces.fbnet import NUM_LAYERS as FBNET_LAYERS
 from hwlat.spaces.fbnet import OPS as FBNET_BLOCKS
 from hwlat.spaces.fbnet import STEM_CHANNELS as FBNET_STEM
 from hwlat.spaces.fbnet import layer_plan as fbnet_layer_plan
+from hwlat.spaces.fbnet import parse as fbnet_parse
 from hwlat.spaces.nb201 import OPS as NB201_SPACE_OPS
 from hwlat.spaces.nb201 import canonical_archs as nb201_space_archs
+from hwlat.spaces.nb201 import ops_to_str as nb201_ops_to_str
+from hwlat.spaces.nb201 import parse as nb201_parse
 
 
 @dataclass
@@ -93,23 +96,13 @@ _NB201_STAGES = ((16, 32), (32, 16), (64, 8))
 
 
 def _nb201_parse(arch: str) -> list[str]:
-    """Return the six edge ops in ``NB201_EDGES`` order; raise ``ArchError`` on anything else."""
-    if not isinstance(arch, str) or not arch.startswith("|") or not arch.endswith("|"):
-        raise ArchError(f"not an NB201 arch string: {arch!r}")
-    nodes = arch[1:-1].split("|+|")
-    if len(nodes) != 3:
-        raise ArchError(f"NB201 arch must have 3 nodes separated by '+': {arch!r}")
-    ops: list[str] = []
-    for i, node in enumerate(nodes, start=1):
-        toks = node.split("|")
-        if len(toks) != i:
-            raise ArchError(f"NB201 node {i} must have {i} edges: {arch!r}")
-        for j, tok in enumerate(toks):
-            op, _, src = tok.partition("~")
-            if op not in NB201_OPS or src != str(j):
-                raise ArchError(f"bad NB201 edge {tok!r} in {arch!r}")
-            ops.append(op)
-    return ops
+    """The six edge ops in ``NB201_EDGES`` order, by the space's own grammar (``ArchError`` otherwise)."""
+    return list(nb201_parse(arch))
+
+
+def nb201_canonical(arch: str) -> str:
+    """The canonical NB201 string (edges listed by source node), as the harness writes it."""
+    return nb201_ops_to_str(nb201_parse(arch))
 
 
 def _nb201_active(ops: list[str]) -> tuple[list[bool], bool]:
@@ -210,10 +203,8 @@ class NB201Encoder(SpaceEncoder):
         index, flat, nodes, adj = table
         try:
             rows = np.fromiter((index[a] for a in archs), np.int64, count=len(archs))
-        except (KeyError, TypeError):
-            for a in archs:
-                _nb201_parse(a)  # raises ArchError with the offending string
-            raise
+        except (KeyError, TypeError):  # not all canonical: the space's grammar canonicalises or names the bad one
+            rows = np.fromiter((index[nb201_canonical(a)] for a in archs), np.int64, count=len(archs))
         return Encoded(flat[rows], nodes[rows], adj[rows])
 
 
@@ -328,11 +319,7 @@ class FBNetEncoder(SpaceEncoder):
         return "|".join(["k3_e1"] * FBNET_LAYERS)
 
     def encode_one(self, arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if not isinstance(arch, str):
-            raise ArchError(f"not an FBNet arch string: {arch!r}")
-        toks = arch.strip("|").split("|")
-        if len(toks) != FBNET_LAYERS or any(t not in FBNET_OPS for t in toks):
-            raise ArchError(f"FBNet arch must be {FBNET_LAYERS} ops from {', '.join(FBNET_OPS)}: {arch!r}")
+        toks = fbnet_parse(arch)  # the space's grammar: ArchError naming what is wrong
         k = len(FBNET_OPS)
         onehot = np.zeros((FBNET_LAYERS, k))
         layer_macs = np.zeros(FBNET_LAYERS)
@@ -397,16 +384,17 @@ def get_encoder(name: str) -> SpaceEncoder:
 
 
 def analytic_flops(space: str, archs: Sequence[str]) -> np.ndarray:
-    """Multiply-accumulates of each arch from the encoders' cost model, without building a torch model.
+    """FLOPs (2 x multiply-accumulates, the exporter's unit) of each arch from the encoders' cost model,
+    without building a torch model.
 
     Cheap enough for a whole space (15625 NB201 cells in well under a second), which is what reports that
     plot FLOPs against predicted latency need; exact per-model counts come from the exporter.
     """
     canon = canonical_space(space)
     if canon == "nb201":
-        return np.array([_nb201_flops_params(_nb201_parse(a))[0] for a in archs])
+        return 2 * np.array([_nb201_flops_params(_nb201_parse(a))[0] for a in archs])
     if canon == "fbnet":
-        return np.array([_FBNET_FIXED_MACS + sum(_fbnet_layer_cost(op, *shape)[0]
-                                     for op, shape in zip(a.strip("|").split("|"), _FBNET_SHAPES, strict=True))
-                         for a in archs])
+        return 2 * np.array([_FBNET_FIXED_MACS + sum(_fbnet_layer_cost(op, *shape)[0]
+                                         for op, shape in zip(fbnet_parse(a), _FBNET_SHAPES, strict=True))
+                             for a in archs])
     raise UnknownSpaceError(f"no analytic FLOPs for search space {space!r}")

@@ -59,12 +59,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict latencies of given archs (or the whole space) on one device into a Parquet file."""
-    import numpy as np
-    import pandas as pd
-
     from hwlat.spaces import read_arch_file
     from predictor.api import load
     from predictor.encode import canonical_space, get_encoder
+    from predictor.predictions import prediction_table, write_predictions
 
     _threads(args)
     model = load(args.model)
@@ -77,27 +75,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         archs = get_encoder(space).enumerate()
         if archs is None:
             raise UsageError(f"{space} is too large to enumerate; pass --archs FILE")
-        index = np.arange(len(archs))
+        index = list(range(len(archs)))
     t0 = time.perf_counter()
     ms, log_std = model.predict_with_uncertainty(archs, args.device, space)
     seconds = time.perf_counter() - t0
-    out = pd.DataFrame({"search_space": space, "arch": archs, "device": args.device, "latency_ms": ms,
-                        "log_std": log_std})
-    if index is not None:
-        out.insert(1, "arch_index", index)
-    out["rank"] = out["latency_ms"].rank(method="min").astype(int)
-    try:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        out.to_parquet(args.out, index=False)
-    except OSError as exc:
-        raise UsageError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
+    write_predictions(Path(args.out), prediction_table(space, args.device, archs, ms, log_std, arch_index=index))
     print(f"predicted {len(archs)} {space} archs on {args.device} in {seconds:.2f} s -> {args.out}")
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import numpy as np
     """Run the transfer benchmark (NASFLAT/HELP protocol) and print/write the figures."""
+    import numpy as np
     from rich.console import Console
     from rich.table import Table
 

@@ -19,7 +19,6 @@ in ``state.json`` before measuring; running the same command again re-plans noth
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from agents.errors import UsageError
+from agents.records import USABLE_STATUSES
 from harness.campaign import CampaignRequest, run_campaign
 from harness.devices import DeviceProfile
 from harness.shipped import shipped_dir
@@ -71,10 +71,6 @@ def candidate_pool(space: str, seed: int) -> list[str]:
     return sp.sample(POOL_SIZE, seed)
 
 
-#: Rows whose median trains the device's predictor: `unstable` rows keep a robust median (docs/timing.md).
-USABLE = ("ok", "unstable")
-
-
 def measured_latencies(folder: Path, device: str, config_id: str, space: str) -> tuple[dict[str, float], set[str]]:
     """(arch -> median latency of usable rows, every arch attempted) for this device configuration.
 
@@ -91,7 +87,7 @@ def measured_latencies(folder: Path, device: str, config_id: str, space: str) ->
         if (row["device"], row["config_id"], row["search_space"]) != (device, config_id, space):
             continue
         attempted.add(row["arch"])
-        if row["status"] in USABLE and row["latency_ms"]:
+        if row["status"] in USABLE_STATUSES and row["latency_ms"]:
             sums.setdefault(row["arch"], []).append(row["latency_ms"])
     return {arch: float(np.mean(v)) for arch, v in sums.items()}, attempted
 
@@ -292,10 +288,8 @@ def device_model(req: ProfileRequest, base_path: Path, model_path: Path, target:
 def finish(req: ProfileRequest, state: ProfileState, model: Any, model_path: Path, target: str, space: str,
            pool: list[str], device: DeviceProfile, measured: dict[str, float], say: Callable[[str], None]) -> dict:
     """Final predictor on every measurement, predictions for the whole space, and the report."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from hwlat.profiling.report import write_report
+    from predictor.predictions import prediction_table, write_predictions
 
     archs = list(measured)
     pred, unc = model.predict_with_uncertainty(pool, target, space=space)
@@ -305,18 +299,10 @@ def finish(req: ProfileRequest, state: ProfileState, model: Any, model_path: Pat
     from hwlat.spaces import get_space
 
     sp = get_space(space)
-    table = pa.table({
-        "arch": pool,
-        "arch_index": pa.array([sp.arch_index(a) for a in pool], pa.int64()),
-        "predicted_ms": pred.astype(np.float64),
-        "uncertainty": unc.astype(np.float64),
-        "flops": flops.astype(np.float64),
-        "measured_ms": pa.array([measured.get(a) for a in pool], pa.float64()),
-    })
+    table = prediction_table(space, device.name, pool, pred, unc, arch_index=[sp.arch_index(a) for a in pool],
+                             flops=flops, measured=measured)
     pred_path = req.out / "predictions.parquet"
-    tmp = pred_path.with_name(".predictions.parquet.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, pred_path)
+    write_predictions(pred_path, table)
     report = write_report(req.out, state, table, device.name, space)
     say(f"{state.stopped}; {len(archs)} archs measured on {device.name}")
     say(f"predictions for {len(pool)} archs: {pred_path}")

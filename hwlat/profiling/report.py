@@ -110,7 +110,7 @@ def _flops(flops: np.ndarray, pred: np.ndarray, path: Path) -> np.ndarray:
 def write_report(out: Path, state: ProfileState, table: pa.Table, device: str, space: str) -> Path:
     """Write report.html and its PNGs under ``out``; returns the HTML path."""
     archs = table.column("arch").to_pylist()
-    pred = table.column("predicted_ms").to_numpy()
+    pred = table.column("latency_ms").to_numpy()
     flops = table.column("flops").to_numpy()
     meas_col = table.column("measured_ms").to_pylist()
     measured = {a: m for a, m in zip(archs, meas_col, strict=True) if m is not None}
@@ -124,7 +124,7 @@ def write_report(out: Path, state: ProfileState, table: pa.Table, device: str, s
         f"<td>{'' if r.cv_kendall is None else f'{r.cv_kendall:.3f}'}</td>"
         f"<td>{'' if r.cv_mape is None else f'{r.cv_mape:.1f}'}</td><td>{html.escape(r.best_source)}</td></tr>"
         for r in state.rounds if r.done)
-    unc = table.column("uncertainty").to_numpy()
+    unc = table.column("log_std").to_numpy()
     fast_rows = "".join(
         f"<tr><td><code>{html.escape(archs[i])}</code></td><td>{pred[i]:.3f}</td><td>±{100 * unc[i]:.0f}%</td>"
         f"<td>{flops[i] / 1e6:.1f}</td><td>{'' if meas_col[i] is None else f'{meas_col[i]:.3f}'}</td></tr>"

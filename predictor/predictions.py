@@ -1,0 +1,62 @@
+"""The one prediction file: what ``hwlat predictor predict`` and ``hwlat profile`` write (``predictions.parquet``).
+
+One schema, one writer (atomic), so a script that reads one reads the other. ``latency_ms`` is the predicted
+median latency; ``log_std`` its uncertainty as a standard deviation of log latency (the predicted ±1σ interval
+is ``latency_ms * exp(±log_std)``); ``flops`` is 2 × multiply-accumulates where the space has an analytic count;
+``measured_ms`` is the measured median where the arch was measured on that device (``hwlat profile``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from agents.errors import UsageError
+from agents.files import atomic_path
+
+SCHEMA = pa.schema([
+    pa.field("search_space", pa.string()),
+    pa.field("device", pa.string()),
+    pa.field("arch", pa.string()),
+    pa.field("arch_index", pa.int64()),
+    pa.field("latency_ms", pa.float64()),
+    pa.field("log_std", pa.float64()),
+    pa.field("rank", pa.int64()),
+    pa.field("flops", pa.float64()),
+    pa.field("measured_ms", pa.float64()),
+])
+
+
+def prediction_table(space: str, device: str, archs: Sequence[str], latency_ms: np.ndarray, log_std: np.ndarray,
+                     arch_index: Sequence[int | None] | None = None, flops: np.ndarray | None = None,
+                     measured: Mapping[str, float] | None = None) -> pa.Table:
+    """Predictions of ``archs`` on ``device`` as a table of ``SCHEMA`` (rank 1 = fastest predicted)."""
+    n = len(archs)
+    ms = np.asarray(latency_ms, np.float64)
+    order = np.argsort(np.argsort(ms, kind="stable"), kind="stable") + 1
+    none = [None] * n
+    return pa.table({
+        "search_space": [space] * n,
+        "device": [device] * n,
+        "arch": list(archs),
+        "arch_index": pa.array(list(arch_index) if arch_index is not None else none, pa.int64()),
+        "latency_ms": ms,
+        "log_std": np.asarray(log_std, np.float64),
+        "rank": order.astype(np.int64),
+        "flops": pa.array(np.asarray(flops, np.float64) if flops is not None else none, pa.float64()),
+        "measured_ms": pa.array([measured.get(a) for a in archs] if measured is not None else none, pa.float64()),
+    }, schema=SCHEMA)
+
+
+def write_predictions(path: Path, table: pa.Table) -> None:
+    """Write a prediction table atomically (a kill never leaves half a file under the final name)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
