@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -104,26 +103,6 @@ def export_models(
         if progress:
             progress(artifact)
     return [ready[k] for k in keys]
-
-
-def export_throughput(n: int, workers: int, cache_dir: str | Path, fmt: str = "onnx", seed: int = 0) -> float:
-    """Models per second for exporting ``n`` sampled NB201 archs into a fresh cache.
-
-    The fresh cache is a new temporary directory inside ``cache_dir`` (removed afterwards); the
-    time includes starting the worker processes, as a real campaign pays it.
-    """
-    import shutil
-
-    archs = get_space("nb201").sample(n, seed)
-    specs = [ModelSpec("nb201", arch) for arch in archs]
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    fresh = tempfile.mkdtemp(prefix="throughput-", dir=cache_dir)
-    try:
-        start = time.perf_counter()
-        export_models(specs, fmt, fresh, workers=workers)
-        return n / (time.perf_counter() - start)
-    finally:
-        shutil.rmtree(fresh, ignore_errors=True)
 
 
 # -- cache ---------------------------------------------------------------------------------------

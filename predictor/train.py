@@ -9,7 +9,7 @@ of the same device, because NAS consumes the ranking.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -138,9 +138,6 @@ class SpaceModel:
             mean = w * mean + (1.0 - w) * np.log(cost)
             var = w**2 * var + (1.0 - w) ** 2 * (sd / cost) ** 2
         return mean, np.sqrt(var)
-
-    def config(self) -> dict:
-        return {"space": self.space, "devices": self.devices, "train": asdict(self.cfg)}
 
 
 def pretrain(space: str, archs: list[str], devices: list[str], lat_ms: np.ndarray, dev_of_row: np.ndarray,

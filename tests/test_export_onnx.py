@@ -10,7 +10,7 @@ import torch
 
 from agents.errors import ArchError, UsageError
 from harness import export as export_mod
-from harness.export import export_models, export_throughput
+from harness.export import export_models
 from harness.onnx_files import onnx_flops
 from harness.records import ModelSpec
 from hwlat.spaces import get_space
@@ -153,12 +153,6 @@ def test_errors_are_usage_errors(tmp_path, monkeypatch):
         export_models(spec, "onnx", tmp_path / "c", workers=1)
     assert str(exc.value) == f"exporting nb201 arch '{ALL_NONE}' to onnx failed: exporter exploded"
     assert not list((tmp_path / "c" / "models").iterdir())  # the temp file was cleaned up
-
-
-def test_export_throughput(tmp_path):
-    rate = export_throughput(2, workers=1, cache_dir=tmp_path)
-    assert rate > 0
-    assert list(tmp_path.iterdir()) == []  # the fresh cache is removed
 
 
 def test_default_workers_only_spawn_when_worth_it():
