@@ -19,16 +19,16 @@ Why a launcher rather than ``nohup setsid ... &`` in a shell string:
 """
 
 import fcntl
-import hashlib
 import json
 import os
-import re
 import signal
 import sys
 import time
 
+from agents.files import sha256_file
+from agents.records import RUN_ID_RE
+
 LOCK_NAME = "device.lock"
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 #: runtime -> (import names tried in order, pip package to install)
 RUNTIME_MODULES = {
@@ -43,7 +43,7 @@ def _emit(obj):
 
 
 def _run_dir(workdir, run_id):
-    if not _RUN_ID_RE.match(run_id):
+    if not RUN_ID_RE.match(run_id):
         raise SystemExit(f"invalid run id {run_id!r}")
     return os.path.join(workdir, "runs", run_id)
 
@@ -56,19 +56,29 @@ def _read_holder(workdir):
         return {}
 
 
+def is_agent_process(stat, cmdline, run_dir):
+    """True if ``/proc/<pid>/stat`` and ``/proc/<pid>/cmdline`` (bytes, None when unreadable) show a live,
+    non-zombie process whose command line names ``run_dir``.
+
+    Pure, so the launcher (reading /proc locally) and the SSH transport (reading it over SFTP, without starting
+    a process on a board that is timing a model) judge a pid the same way.
+    """
+    if not stat or stat.rsplit(b")", 1)[-1].split()[:1] == [b"Z"]:
+        return False
+    return os.fsencode(run_dir) in (cmdline or b"").split(b"\0")
+
+
+def _read_proc(pid, name):
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
 def _is_agent(pid, run_dir):
     """True if ``pid`` is a live (non-zombie) process whose command line names ``run_dir``."""
-    if not pid:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            if fh.read().rsplit(")", 1)[-1].split()[0] == "Z":
-                return False
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            argv = fh.read().split(b"\0")
-    except OSError:
-        return False
-    return os.fsencode(run_dir) in argv
+    return bool(pid) and is_agent_process(_read_proc(pid, "stat"), _read_proc(pid, "cmdline"), run_dir)
 
 
 def cmd_preflight(args):
@@ -92,8 +102,7 @@ def cmd_preflight(args):
             errors.append(f"{name}: {str(exc)[:200]}")
     else:
         missing.append({"module": names[0], "pip": pip_name, "error": "; ".join(errors)})
-    with open(sys.argv[0], "rb") as fh:
-        bundle_sha = hashlib.sha256(fh.read()).hexdigest()
+    bundle_sha = sha256_file(sys.argv[0])
     _emit({
         "python": ".".join(str(v) for v in sys.version_info[:3]),
         "executable": sys.executable,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,8 @@ from typing import Any
 #: to trust (pyperf's rule). ``failed``: could not load or run (includes a crashed runtime).
 #: ``timeout``: exceeded the per-model time limit and was killed.
 STATUSES = ("ok", "unstable", "failed", "timeout")
+#: What a run id may look like: it names a folder on the device, so no separators, no leading dot.
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 #: Statuses whose ``latency_ms`` trains predictors and counts as measured in ``hwlat profile``. An
 #: ``unstable`` row's median is still a robust estimate (its CI is in the row): dropping such rows would bias a
 #: dataset against the archs that are noisy to time (docs/timing.md). Every reader decides with this tuple.

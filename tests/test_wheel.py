@@ -4,6 +4,7 @@ an empty folder (the shipped profiles, bundled datasets and bundled predictor co
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -33,7 +34,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     pytest.importorskip("build")
     root = tmp_path_factory.mktemp("wheel")
     dist = root / "dist"
-    _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(REPO)], REPO,
+    # Build from a copy: setuptools leaves build/ behind in the source folder, and a stale build/lib would
+    # slip removed modules into later wheels.
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
+                                                                 "__pycache__", "out", ".pytest_cache", ".ruff_cache"))
+    _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)], source,
          dict(os.environ))
     wheels = list(dist.glob("hwlat-*.whl"))
     assert len(wheels) == 1, wheels

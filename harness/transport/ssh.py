@@ -50,7 +50,8 @@ from typing import Any
 import paramiko
 
 from agents.errors import DeviceBusyError, ProfileError, TransportError, UsageError
-from agents.records import RunSpec
+from agents.launcher import is_agent_process
+from agents.records import RUN_ID_RE, RunSpec
 from harness.devices import DeviceProfile
 from harness.records import ModelArtifact
 from harness.transport.base import Transport
@@ -58,7 +59,6 @@ from harness.transport.bundle import Bundle, current_bundle
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _FMT_RE = re.compile(r"^[a-z0-9]{1,16}$")
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Partial uploads older than this are removed (a live upload from this coordinator is younger).
 _STALE_PART_S = 3600.0
@@ -522,7 +522,7 @@ class SSHTransport(Transport):
                     sftp.remove(posixpath.join(models, attr.filename))
 
     def _run_dir(self, run_id: str) -> str:
-        if not _RUN_ID_RE.match(run_id):
+        if not RUN_ID_RE.match(run_id):
             raise UsageError(f"invalid run id {run_id!r}")
         return posixpath.join(self.workdir, "runs", run_id)
 
@@ -593,11 +593,8 @@ class SSHTransport(Transport):
             pid = holder.get("pid")
             if holder.get("run_id") != run_id or not isinstance(pid, int):
                 return False
-            stat_line = self._sftp_read(f"/proc/{pid}/stat")
-            if not stat_line or stat_line.rsplit(b")", 1)[-1].split()[:1] == [b"Z"]:
-                return False
-            cmdline = self._sftp_read(f"/proc/{pid}/cmdline") or b""
-        return run_dir.encode() in cmdline.split(b"\0")
+            stat, cmdline = self._sftp_read(f"/proc/{pid}/stat"), self._sftp_read(f"/proc/{pid}/cmdline")
+        return is_agent_process(stat, cmdline, run_dir)
 
     def device_lock_holder(self) -> dict[str, Any]:
         """Who holds the device lock (``run_id``, ``pid``, ``started``), or {} if the device is free."""
@@ -607,7 +604,7 @@ class SSHTransport(Transport):
         except ValueError:
             return {}
         run_id = str(holder.get("run_id", ""))
-        return holder if _RUN_ID_RE.match(run_id) and self.agent_alive(run_id) else {}
+        return holder if RUN_ID_RE.match(run_id) and self.agent_alive(run_id) else {}
 
     def stop_run(self, run_id: str) -> None:
         self._agent_json("stop", self.workdir, run_id, timeout=30.0)
