@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from scipy.stats import rankdata
 
 from agents.errors import UsageError
 from agents.files import atomic_path
@@ -37,7 +38,6 @@ def prediction_table(space: str, device: str, archs: Sequence[str], latency_ms: 
     """Predictions of ``archs`` on ``device`` as a table of ``SCHEMA`` (rank 1 = fastest predicted)."""
     n = len(archs)
     ms = np.asarray(latency_ms, np.float64)
-    order = np.argsort(np.argsort(ms, kind="stable"), kind="stable") + 1
     none = [None] * n
     return pa.table({
         "search_space": [space] * n,
@@ -46,7 +46,7 @@ def prediction_table(space: str, device: str, archs: Sequence[str], latency_ms: 
         "arch_index": pa.array(list(arch_index) if arch_index is not None else none, pa.int64()),
         "latency_ms": ms,
         "log_std": np.asarray(log_std, np.float64),
-        "rank": order.astype(np.int64),
+        "rank": rankdata(ms, method="min").astype(np.int64),
         "flops": pa.array(np.asarray(flops, np.float64) if flops is not None else none, pa.float64()),
         "measured_ms": pa.array([measured.get(a) for a in archs] if measured is not None else none, pa.float64()),
     }, schema=SCHEMA)

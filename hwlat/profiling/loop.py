@@ -114,15 +114,12 @@ def load_base(req: ProfileRequest) -> Any:
 def cross_validate(base_path: Path, target: str, space: str, archs: list[str], lat: np.ndarray, folds: int,
                    seed: int) -> dict[str, float]:
     """Held-out predictions for every measured arch (k-fold transfer), for the stopping rule and the report."""
+    from sklearn.model_selection import KFold
+
     import predictor
 
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(archs))
-    k = min(folds, len(archs))
     out: dict[str, float] = {}
-    for f in range(k):
-        test = order[f::k]
-        train = np.setdiff1d(order, test)
+    for train, test in KFold(min(folds, len(archs)), shuffle=True, random_state=seed).split(archs):
         if len(train) < 2:
             continue
         model = predictor.load(base_path)
