@@ -100,7 +100,7 @@ class DeviceOutcome:
 
 
 def model_summary(row: dict[str, Any]) -> dict[str, Any]:
-    """What the end-of-campaign table shows of one stored row (docs/cli-json.md, ``hwlat measure --json``)."""
+    """What the end-of-campaign table shows of one stored row (docs/cli.md, ``hwlat measure --json``)."""
     low, high = row.get("ci95_low_ms"), row.get("ci95_high_ms")
     return {
         "space": row.get("search_space"), "arch": row["arch"], "arch_index": row.get("arch_index"),

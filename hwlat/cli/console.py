@@ -75,7 +75,7 @@ def _plain(value: Any) -> Any:
 
 
 def emit_json(document: Any) -> None:
-    """Print ``document`` as the one JSON document of a ``--json`` run (keys documented in docs/cli-json.md)."""
+    """Print ``document`` as the one JSON document of a ``--json`` run (keys documented in docs/cli.md)."""
     sys.stdout.write(json.dumps(_plain(document), indent=2, sort_keys=True, allow_nan=False) + "\n")
     sys.stdout.flush()
 
@@ -83,7 +83,7 @@ def emit_json(document: Any) -> None:
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     """The same ``--json`` flag on every command that has results."""
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON document on stdout instead of the tables (keys: docs/cli-json.md)")
+                        help="print one JSON document on stdout instead of the tables (keys: docs/cli.md)")
 
 
 def add_wait_flag(parser: argparse.ArgumentParser) -> None:

@@ -31,7 +31,10 @@ def build_parser() -> Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        return _run(argv)
+        try:
+            return _run(argv)
+        finally:  # flush here, where a closed pipe can still be caught (also after --help's SystemExit)
+            sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (`hwlat ... | head`): stop quietly. Python would flush stdout again at exit
         # and fail once more, so point stdout at devnull first (the Python docs' recipe, "Note on SIGPIPE").

@@ -81,7 +81,7 @@ class RowWatcher:
             fingerprint = json.loads(row.get("fingerprint_json") or "{}")
             for warning in fingerprint.get("warnings") or []:
                 self.say(f"warning {device}: {warning}")
-        name = _short(row["arch"], 60)
+        name = row["arch"]  # whole: a cut arch string cannot be looked up
         if row["status"] == "unstable":
             load = row.get("load1_before")
             self.say(f"warning {device}: unstable timing of {name}: robust CV {100 * (row['robust_cv'] or 0):.0f}%"
@@ -94,10 +94,6 @@ class RowWatcher:
         if before and after and after < 0.9 * before:
             self.say(f"warning {device}: CPU clock fell from {before:.0f} to {after:.0f} MHz while timing {name} "
                      "(throttling?)")
-
-
-def _short(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _ms(value: float | None) -> str:
@@ -167,7 +163,7 @@ def summary_line(o: Any) -> str:
 
 
 def campaign_document(result: Any, code: int) -> dict[str, Any]:
-    """``hwlat measure --json`` (docs/cli-json.md)."""
+    """``hwlat measure --json`` (docs/cli.md)."""
     return {
         "session_id": result.session_id, "out": str(result.out), "exit_code": code,
         "wall_s": result.wall_s, "export_s": result.export_s, "measure_s": result.measure_s,

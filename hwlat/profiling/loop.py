@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from agents.errors import UsageError
+from agents.errors import DeviceBusyError, UsageError
 from harness.campaign import CampaignRequest, run_campaign
 from harness.devices import DeviceProfile
 from harness.shipped import shipped_dir
@@ -176,8 +176,9 @@ def sync_rows(src: Path, dst: Path) -> int:
     return len(new)
 
 
-def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factory: Callable[[], Any]) -> dict:
-    """Run (or resume) the loop; returns the paths of what it wrote."""
+def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factory: Callable[[], Any],
+                on_row: Callable[[str, dict[str, Any]], None] | None = None) -> dict:
+    """Run (or resume) the loop; returns the paths of what it wrote. ``on_row`` hears each stored row."""
     import predictor
     from harness.campaign import configure_device
     from predictor.samplers import sample
@@ -238,10 +239,11 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
         with progress_factory() as progress:
             result = run_campaign(CampaignRequest(devices=[device], out=meas_dir, space=space, archs=pending.batch,
                                                   seed=req.seed + pending.round, cache_dir=req.cache_dir),
-                                  progress=progress)
-        errors = [o.error for o in result.outcomes if o.error]
-        if errors:
-            raise UsageError(f"measuring on {device.name} failed: {errors[0]}")
+                                  progress=progress, on_row=on_row)
+        failed = [o for o in result.outcomes if o.error]
+        if failed:
+            raise (DeviceBusyError if failed[0].busy else UsageError)(
+                f"measuring on {device.name} failed: {failed[0].error}")
         if req.dataset is not None:
             sync_rows(meas_dir, req.dataset)
         measured, attempted = measured_latencies(meas_dir, device.name, config_id, space)
@@ -301,7 +303,7 @@ def finish(req: ProfileRequest, state: ProfileState, model: Any, model_path: Pat
     pred, unc = model.predict_with_uncertainty(pool, target, space=space)
     from predictor.encode import analytic_flops
 
-    flops = analytic_flops(space, pool)
+    flops = 2.0 * analytic_flops(space, pool)  # it counts multiply-accumulates; FLOPs = 2 x MACs (docs/spaces.md)
     from hwlat.spaces import get_space
 
     sp = get_space(space)
