@@ -32,7 +32,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def console(stderr: bool = False):  # rich types stay local to the CLI
-    """A rich console as wide as the terminal; 160 columns when the stream is a pipe or a file.
+    """A rich console as wide as the terminal; 200 columns when the stream is a pipe or a file.
 
     rich falls back to 80 columns without a terminal, which wrapped every progress line and table of a
     logged run; a log is read in an editor, where long lines cost nothing.
@@ -40,7 +40,7 @@ def console(stderr: bool = False):  # rich types stay local to the CLI
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else 160, highlight=False)
+    return Console(stderr=stderr, width=None if stream.isatty() else 200, highlight=False)
 
 
 def progress_bar():

@@ -119,25 +119,33 @@ def shown_rows(models: list[dict[str, Any]], limit: int = TABLE_ROWS) -> tuple[l
 
 
 def print_models(out: Any, result: Any) -> None:
-    """The end of ``hwlat measure``: per-model latencies, then one summary line per device."""
+    """The end of ``hwlat measure``: per-model latencies, then one summary line per device.
+
+    Numbers never shrink: on a narrow terminal the arch column folds onto more lines instead.
+    """
     from rich.table import Table
 
+    several = len(result.outcomes) > 1
     table = Table(title=f"session {result.session_id} -> {result.out}", title_justify="left", box=None,
                   pad_edge=False)
-    for col, justify in (("device", "left"), ("arch / model", "left"), ("median ms", "right"), ("p90 ms", "right"),
-                         ("p99 ms", "right"), ("±CI95 ms", "right"), ("runs", "right"), ("status", "left")):
-        table.add_column(col, justify=justify, no_wrap=True, overflow="ellipsis")
+    columns = [("device", "left")] if several else []
+    columns += [("arch / model", "left"), ("median ms", "right"), ("p90 ms", "right"), ("p99 ms", "right"),
+                ("±CI95 ms", "right"), ("CV", "right"), ("runs", "right"), ("status", "left")]
+    for col, justify in columns:
+        if col == "arch / model":
+            table.add_column(col, justify=justify, overflow="fold", ratio=1)
+        else:
+            table.add_column(col, justify=justify, no_wrap=True, min_width=len(col))
     left_out = 0
     for o in result.outcomes:
         rows, hidden = shown_rows(o.models)
         left_out += hidden
         for m in rows:
-            if m is None:
-                table.add_row(o.device, f"… {hidden} more …", "", "", "", "", "", "")
-                continue
-            status = m["status"] if m["status"] != "unstable" else f"unstable (CV {100 * (m['robust_cv'] or 0):.0f}%)"
-            table.add_row(o.device, m["arch"], _ms(m["median_ms"]), _ms(m["p90_ms"]), _ms(m["p99_ms"]),
-                          _ms(m["ci95_half_ms"]), str(m["n_runs"] or ""), status)
+            cells = [f"… {hidden} more …", "", "", "", "", "", "", ""] if m is None else [
+                m["arch"], _ms(m["median_ms"]), _ms(m["p90_ms"]), _ms(m["p99_ms"]), _ms(m["ci95_half_ms"]),
+                "" if m["robust_cv"] is None else f"{100 * m['robust_cv']:.0f}%", str(m["n_runs"] or ""),
+                m["status"]]
+            table.add_row(*([o.device] if several else []), *cells)
     if any(o.models for o in result.outcomes):
         out.print(table)
     if left_out:
