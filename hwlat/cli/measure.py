@@ -27,7 +27,7 @@ TABLE_ROWS = 20
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from harness.campaign import CampaignRequest, run_campaign
+    from harness.campaign import CampaignRequest, configure_device, plan_models, run_campaign
     from harness.devices import resolve_devices
     from harness.transport.local import reserve_machine
     from hwlat.spaces import read_arch_file
@@ -47,6 +47,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
         reference_every=args.reference_every, cache_dir=Path(args.cache) if args.cache else None,
         workers=args.workers, max_reconnect_s=args.max_reconnect,
     )
+    for profile in profiles:
+        configure_device(profile, req.fmt, req.threads)  # bad --threads / --format: exit 2, even when busy
+    plan_models(req)  # bad space, arch strings or model files: exit 2 before waiting for the machine
     err = console(stderr=True)
     local = next((p for p in profiles if p.is_local), None)
     # The local machine lock is taken before exporting: a busy machine is refused (or queued for) at once.

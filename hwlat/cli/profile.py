@@ -26,13 +26,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
         fmt=args.format, threads=args.threads, seed=args.seed, min_measured=args.min_measured,
         patience=args.patience, cache_dir=Path(args.cache) if args.cache else None,
     )
-    # A busy machine is refused (or queued for, --wait) before anything is exported or trained.
-    hold = reserve_machine(req.device.name, args.wait, on_wait=lambda m: err.print(m, markup=False)) \
-        if req.device.is_local else contextlib.nullcontext()
-    with hold:
+    with contextlib.ExitStack() as stack:
+        def hold() -> None:
+            """Valid arguments: a busy machine is now refused (or queued for, --wait) before anything is written."""
+            if req.device.is_local:
+                stack.enter_context(reserve_machine(req.device.name, args.wait,
+                                                    on_wait=lambda m: err.print(m, markup=False)))
+
         paths = run_profile(req, say=lambda msg: err.print(msg, markup=False, soft_wrap=True),
                             progress_factory=progress_bar,
-                            on_row=RowWatcher(lambda m: err.print(m, markup=False, soft_wrap=True)))
+                            on_row=RowWatcher(lambda m: err.print(m, markup=False, soft_wrap=True)),
+                            before_writing=hold)
     if args.json:
         emit_json(profile_document(req.out, paths))
     return 0

@@ -177,22 +177,26 @@ def sync_rows(src: Path, dst: Path) -> int:
 
 
 def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factory: Callable[[], Any],
-                on_row: Callable[[str, dict[str, Any]], None] | None = None) -> dict:
-    """Run (or resume) the loop; returns the paths of what it wrote. ``on_row`` hears each stored row."""
+                on_row: Callable[[str, dict[str, Any]], None] | None = None,
+                before_writing: Callable[[], None] | None = None) -> dict:
+    """Run (or resume) the loop; returns the paths of what it wrote. ``on_row`` hears each stored row;
+    ``before_writing`` is called once the arguments are valid, before anything is written or exported (the
+    CLI takes the device lock there, so bad input is still exit 2 and a busy device writes nothing)."""
     import predictor
     from harness.campaign import configure_device
+    from predictor.encode import canonical_space
     from predictor.samplers import sample
 
     if req.budget < 2 or req.batch < 1:
         raise UsageError("--budget must be >= 2 and --batch >= 1")
     device = configure_device(req.device, req.fmt, req.threads)
+    space = canonical_space(req.space)
+    if before_writing is not None:
+        before_writing()
     req.out.mkdir(parents=True, exist_ok=True)
     meas_dir = req.out / "measurements"
     state_path = req.out / "state.json"
     base = load_base(req)
-    from predictor.encode import canonical_space
-
-    space = canonical_space(req.space)
     if space not in base.spaces():
         raise UsageError(f"the base predictor has no {space} data (it covers {', '.join(base.spaces())}); "
                          "pass --data with measurements of that space")
