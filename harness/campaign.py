@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from agents import __version__
-from agents.errors import TransportError, UsageError
+from agents.errors import DeviceBusyError, TransportError, UsageError
 from agents.records import USABLE_STATUSES, Job, MeasureResult, RunSpec
 from harness.devices import DeviceProfile
 from harness.records import ModelArtifact, ModelSpec
@@ -93,6 +93,22 @@ class DeviceOutcome:
     #: seconds the agent spent inside timed loops (candidates and drift references)
     timed_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    #: the error was "another campaign holds the device" (the CLI's busy exit code), not a failure
+    busy: bool = False
+    #: one ``model_summary`` per row stored in this campaign, in measuring order
+    models: list[dict[str, Any]] = field(default_factory=list)
+
+
+def model_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """What the end-of-campaign table shows of one stored row (docs/cli.md, ``hwlat measure --json``)."""
+    low, high = row.get("ci95_low_ms"), row.get("ci95_high_ms")
+    return {
+        "space": row.get("search_space"), "arch": row["arch"], "arch_index": row.get("arch_index"),
+        "status": row["status"], "median_ms": row["latency_ms"], "p90_ms": row["p90_ms"], "p99_ms": row["p99_ms"],
+        "ci95_half_ms": (high - low) / 2 if low is not None and high is not None else None,
+        "robust_cv": row["robust_cv"], "n_runs": row["n_runs"], "stop_reason": row["stop_reason"],
+        "error": row["error"], "ref_drift_pct": row["ref_drift_pct"],
+    }
 
 
 @dataclass
@@ -309,7 +325,7 @@ class DeviceRunner:
     """
 
     def __init__(self, *, profile: DeviceProfile, transport: Transport, store: DatasetStore, session_id: str,
-                 space: str, max_reconnect_s: float, on_row: Callable[[str, str], None],
+                 space: str, max_reconnect_s: float, on_row: Callable[[str, dict[str, Any]], None],
                  store_lock: threading.Lock) -> None:
         self.profile = profile
         self.transport = transport
@@ -459,7 +475,8 @@ class DeviceRunner:
         self.outcome.rows += 1
         self.outcome.status_counts[result.status] = self.outcome.status_counts.get(result.status, 0) + 1
         self.outcome.timed_s += sum(result.raw_ms) / 1000.0
-        self.on_row(self.profile.name, result.status)
+        self.outcome.models.append(model_summary({**row, "search_space": art.search_space}))
+        self.on_row(self.profile.name, row)
 
     def measure(self, slots: list[Slot], chunk_jobs: int, make_spec: Callable[[int, list[Job]], RunSpec]) -> None:
         """Push and measure a device's whole order: one run locally, chunks with background uploads remotely.
@@ -553,8 +570,11 @@ def export_plan(req: CampaignRequest, plan: ModelPlan, formats: set[str], progre
     return candidates, references
 
 
-def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
+def run_campaign(req: CampaignRequest, progress: Any = None,
+                 on_row: Callable[[str, dict[str, Any]], None] | None = None) -> CampaignResult:
     """Measure the requested models on every device; returns per-device outcomes.
+
+    ``on_row(device, row)`` hears every stored row as it is stored (the CLI warns of unstable rows with it).
 
     Bad input raises ``UsageError`` before anything is measured. A device that cannot be reached (or drops
     for longer than ``max_reconnect_s``) is reported in its outcome while the other devices finish.
@@ -574,9 +594,11 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
     store_lock = threading.Lock()
     bars: dict[str, Any] = {}
 
-    def on_row(device: str, _status: str) -> None:
+    def stored(device: str, row: dict[str, Any]) -> None:
         if progress is not None:
             progress.advance(bars[device])
+        if on_row is not None:
+            on_row(device, row)
 
     runners: list[tuple[DeviceRunner, list[ModelArtifact], ModelArtifact | None]] = []
     for dev in devices:
@@ -585,7 +607,7 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
                 if MeasuredKey(dev.name, dev.config_id(), a.sha256) not in done]
         runner = DeviceRunner(profile=dev, transport=open_transport(dev), store=store, session_id=session_id,
                               space=todo[0].search_space if todo else req.space,
-                              max_reconnect_s=req.max_reconnect_s, on_row=on_row, store_lock=store_lock)
+                              max_reconnect_s=req.max_reconnect_s, on_row=stored, store_lock=store_lock)
         runner.outcome.skipped = len(candidates[dev.format]) - len(todo)
         if progress is not None:
             bars[dev.name] = progress.add_task(f"measure {dev.name}", total=len(todo))
@@ -604,6 +626,7 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
             runner.measure(plan_order(todo, reference, req.seed, req.reference_every), req.chunk_jobs, make_spec)
         except (TransportError, UsageError) as exc:
             runner.outcome.error = str(exc)
+            runner.outcome.busy = isinstance(exc, DeviceBusyError)
         finally:
             with contextlib.suppress(TransportError):
                 runner.transport.close()

@@ -266,7 +266,7 @@ def summarize(path: Path | str) -> dict[str, Any]:
     """What ``hwlat datasets show`` prints: devices, spaces, rows, failures, unstable rows, date range."""
     table = read_dataset(path)
     if table.num_rows == 0:
-        return {"rows": 0, "devices": {}, "spaces": {}, "status": {}, "first": None, "last": None}
+        return {"rows": 0, "devices": {}, "spaces": {}, "status": {}, "first": None, "last": None, "configs": []}
     cols = table.column_names
     need = {"device", "search_space"}
     if not need <= set(cols):
@@ -298,7 +298,46 @@ def summarize(path: Path | str) -> dict[str, Any]:
                 models.setdefault(str(dev), cpu)
         for dev, cpu in models.items():
             summary["devices"][dev]["cpu_model"] = cpu
+    summary["configs"] = _latency_summaries(table)
     return summary
+
+
+def _latency_summaries(table: pa.Table) -> list[dict[str, Any]]:
+    """Per (device, configuration, space): the spread of the models' medians, the unstable share, the drift.
+
+    Medians of ``ok`` and ``unstable`` rows (an unstable row keeps a robust median, docs/timing.md);
+    ``drift_pct`` is the largest drift of the session's reference model (``ref_drift_pct``) in either
+    direction: how far the device itself moved while it was measured.
+    """
+    import numpy as np
+
+    cols = set(table.column_names)
+    if not {"latency_ms", "status"} <= cols:
+        return []
+    wanted = [c for c in ("device", "config_id", "search_space", "status", "latency_ms", "ref_drift_pct",
+                          "runtime", "runtime_version", "threads", "provider") if c in cols]
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in table.select(wanted).to_pylist():
+        key = (str(row["device"]), str(row.get("config_id") or ""), str(row["search_space"]))
+        groups.setdefault(key, []).append(row)
+    out = []
+    for (device, config_id, space), rows in sorted(groups.items()):
+        usable = [r for r in rows if r["status"] in ("ok", "unstable") and r["latency_ms"] is not None]
+        lat = np.array([r["latency_ms"] for r in usable], dtype=float)
+        drifts = [r["ref_drift_pct"] for r in rows if r.get("ref_drift_pct") is not None]
+        first = rows[0]
+        out.append({
+            "device": device, "config_id": config_id, "space": space,
+            "runtime": first.get("runtime"), "runtime_version": first.get("runtime_version"),
+            "provider": first.get("provider"), "threads": first.get("threads"),
+            "rows": len(rows), "usable": len(usable),
+            "median_ms": float(np.median(lat)) if len(lat) else None,
+            "p10_ms": float(np.percentile(lat, 10)) if len(lat) else None,
+            "p90_ms": float(np.percentile(lat, 90)) if len(lat) else None,
+            "unstable_share": sum(r["status"] == "unstable" for r in rows) / len(rows),
+            "drift_pct": max(drifts, key=abs) if drifts else None,
+        })
+    return out
 
 
 def dumps_compact(obj: Any) -> str:

@@ -63,7 +63,7 @@ def test_profile_budget_report_and_rerun(tmp_path: Path, base_model: Path) -> No
     assert read_dataset(user_ds).num_rows == 6
     preds = pq.read_table(out / "predictions.parquet")
     assert preds.num_rows == 15625
-    assert (preds.column("predicted_ms").to_numpy() > 0).all()
+    assert (preds.column("latency_ms").to_numpy() > 0).all()
     assert sum(m is not None for m in preds.column("measured_ms").to_pylist()) == 6
     state = json.loads((out / "state.json").read_text())
     assert [r["sampler"] for r in state["rounds"]] == ["diversity", "default"]

@@ -177,6 +177,6 @@ def test_devices_list_shows_shipped_and_user_profiles(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
     assert {"local", "rpi4", "jetson-orin", "x86-gpu", "mine", "broken"} <= set(rows)
-    assert rows["mine"]["host"] == "pi@10.9.9.9:22" and rows["mine"]["tags"] == "edge"
+    assert rows["mine"]["host"] == "pi@10.9.9.9:22" and rows["mine"]["tags"] == ["edge"]
     assert rows["rpi4"]["runtime"] == "litert" and "TensorrtExecutionProvider" in rows["jetson-orin"]["providers"]
     assert "key 'port'" in rows["broken"]["error"], "one bad profile must not hide the others"

@@ -50,6 +50,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
                 rel = path.relative_to(REPO).as_posix()
                 assert any(n.endswith(f".data/data/share/hwlat/{rel}") for n in names), f"{rel} missing from wheel"
     assert any(n.endswith("predictor/pretrained/hwlat-bundled.pt") for n in names)
+    assert "hwlat/profiling/templates/report.html.j2" in names  # the report's template is package data
 
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], root, dict(os.environ))

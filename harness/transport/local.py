@@ -7,12 +7,14 @@ not copied: jobs point at the exporter's content-addressed cache. The agent is s
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from agents.errors import DeviceBusyError, TransportError, UsageError
@@ -38,6 +40,57 @@ def split_journal(data: bytes) -> tuple[list[dict], int]:
 LOCAL_LOCK = Path(tempfile.gettempdir()) / "hwlat-local-device.lock"
 
 
+#: Lock descriptors reserved by this process with ``reserve_machine`` (transports then take no lock of their own).
+_RESERVED: list[int] = []
+
+
+def lock_machine(device: str, wait_s: float | None = None,
+                 on_wait: Callable[[str], None] | None = None) -> int:
+    """Take the machine-wide measurement lock; returns its descriptor (closing it releases the lock).
+
+    Machine-wide, not per profile, because every local profile shares the same CPUs. flock dies with
+    the process, so a killed coordinator never leaves the machine locked. ``wait_s``: None or 0 refuses
+    at once, a number waits at most that many seconds, ``math.inf`` waits as long as it takes; ``on_wait``
+    hears once who is being waited for. Raises ``DeviceBusyError`` when the lock stays taken.
+    """
+    fd = os.open(LOCAL_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    deadline = time.monotonic() + (wait_s or 0.0)
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                advice = f"waited {wait_s:.0f} s" if wait_s else "queue with --wait [SECONDS], or stop it"
+                raise DeviceBusyError(f"device {device}: another hwlat campaign (pid {holder}) is measuring on "
+                                      f"this machine; {advice}") from None
+            if on_wait is not None and not told:
+                on_wait(f"device {device}: another hwlat campaign (pid {holder}) is measuring on this machine; "
+                        "waiting for it to finish")
+                told = True
+            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+@contextlib.contextmanager
+def reserve_machine(device: str, wait_s: float | None = None,
+                    on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the machine lock for a whole command (before exporting, so a busy machine is refused at once,
+    or queued for with ``wait_s``); local transports opened meanwhile in this process share it."""
+    fd = lock_machine(device, wait_s, on_wait)
+    _RESERVED.append(fd)
+    try:
+        yield
+    finally:
+        _RESERVED.remove(fd)
+        os.close(fd)
+
+
 class LocalTransport(Transport):
     """Run the agent on this machine under ``<workdir>/runs/<run_id>``."""
 
@@ -52,26 +105,12 @@ class LocalTransport(Transport):
             (self.workdir / "runs").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"device {self.profile.name}: cannot create workdir {self.workdir}: {exc}") from None
-        if self._lock_fd is None:
+        if self._lock_fd is None and not _RESERVED:  # a reservation of this process already holds it
             self._lock_fd = self._take_machine_lock()
 
     def _take_machine_lock(self) -> int:
-        """One campaign at a time on this machine: two would time each other's load.
-
-        Machine-wide, not per profile, because every local profile shares the same CPUs. flock dies with
-        the process, so a killed coordinator never leaves the machine locked.
-        """
-        fd = os.open(LOCAL_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise DeviceBusyError(f"device {self.profile.name}: another hwlat campaign (pid {holder}) is measuring "
-                                  "on this machine; wait for it to finish or stop it") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        return fd
+        """One campaign at a time on this machine: two would time each other's load (see ``lock_machine``)."""
+        return lock_machine(self.profile.name)
 
     def close(self) -> None:
         for run_id in list(self._procs):

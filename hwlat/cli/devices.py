@@ -16,6 +16,7 @@ from typing import Any
 
 from agents.errors import ProfileError, TransportError, UsageError
 from harness.devices import DeviceProfile, available_profiles, load_profile_file, resolve_devices
+from hwlat.cli.console import EXIT_FAILED, EXIT_OK, add_json_flag, emit_json
 
 #: Fingerprint keys in the order ``check`` prints them; anything else follows alphabetically.
 _FINGERPRINT_ORDER = (
@@ -30,6 +31,13 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _cell(value: Any) -> str:
+    """A list as the text table shows it: comma-joined, ``-`` when empty."""
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    return str(value)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     rows = []
     for name, path in sorted(available_profiles().items()):
@@ -41,16 +49,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows.append({
             "name": p.name, "host": "local" if p.is_local else f"{p.user}@{p.host}:{p.port}",
             "runtime": p.runtime.runtime,
-            "providers": ",".join(p.runtime.providers) if p.runtime.runtime == "onnxruntime" else "-",
-            "threads": p.runtime.threads, "affinity": ",".join(map(str, p.cpu_affinity)) or "-",
-            "tags": ",".join(p.tags), "source": str(path),
+            "providers": list(p.runtime.providers) if p.runtime.runtime == "onnxruntime" else [],
+            "threads": p.runtime.threads, "affinity": list(p.cpu_affinity), "tags": list(p.tags),
+            "source": str(path),
         })
     if args.json:
-        print(json.dumps(rows, indent=2))
+        emit_json(rows)
         return 0
     # Plain columns, never truncated (a rich table clips at 80 columns when piped).
     cols = ("name", "host", "runtime", "providers", "threads", "affinity", "tags", "source")
-    cells = [[str(row.get(c, "")) for c in cols] if "error" not in row
+    cells = [[_cell(row.get(c, "")) for c in cols] if "error" not in row
              else [row["name"], f"INVALID: {row['error']}", "", "", "", "", "", row["source"]] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(cols)]
     for line in [list(cols), *cells]:
@@ -121,8 +129,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not args.json:
             _print_report(report)
     if args.json:
-        print(json.dumps(reports, indent=2, sort_keys=True, default=str))
-    return 1 if failed else 0
+        emit_json(reports)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
@@ -142,7 +150,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
             continue
         print(f"{profile.name}: {action} host key {key_fingerprint(key)} for {host_key_name(profile)} "
               f"in {default_known_hosts(profile)}")
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -153,12 +161,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dsub.required = True
 
     ls = dsub.add_parser("list", help="the known device profiles (no connection)")
-    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_flag(ls)
     ls.set_defaults(func=cmd_list)
 
     check = dsub.add_parser("check", help="connect and print the fingerprint and timing warnings (measures nothing)")
     check.add_argument("devices", nargs="+", metavar="DEV", help="profile name, .toml path or tag:TAG")
-    check.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_flag(check)
     check.set_defaults(func=cmd_check)
 
     trust = dsub.add_parser("trust", help="record the device's SSH host key in its known_hosts file")

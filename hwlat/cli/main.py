@@ -2,6 +2,8 @@
 
 Every command has ``--help``. Bad input ends with one line ``hwlat: <what is wrong>`` on stderr and exit
 code 2, never a traceback; results already written stay written (the store is append-only and atomic).
+Exit codes live in ``hwlat.cli.console`` (0 ok, 1 failed, 2 bad input, 3 device busy); a closed pipe
+(``hwlat ... | head``) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from agents import __version__
-from agents.errors import UsageError
+from agents.errors import DeviceBusyError, UsageError
 from hwlat.cli import datasets, devices, measure, predictor, profile
-from hwlat.cli.console import EXIT_USAGE, Parser
+from hwlat.cli.console import EXIT_BUSY, EXIT_FAILED, EXIT_USAGE, Parser
 
 
 def build_parser() -> Parser:
@@ -28,20 +30,42 @@ def build_parser() -> Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:  # flush here, where a closed pipe can still be caught (also after --help's SystemExit)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`hwlat ... | head`): stop quietly. Python would flush stdout again at exit
+        # and fail once more, so point stdout at devnull first (the Python docs' recipe, "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except DeviceBusyError as exc:
+        print(f"hwlat: {_first_line(exc)}", file=sys.stderr)
+        return EXIT_BUSY
     except UsageError as exc:
-        print(f"hwlat: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        print(f"hwlat: {_first_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("hwlat: interrupted; what was measured is saved, run the same command to continue", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
     except Exception as exc:
         if os.environ.get("HWLAT_DEBUG"):
             raise
-        print(f"hwlat: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+        print(f"hwlat: internal error: {type(exc).__name__}: {_first_line(exc) if str(exc) else ''} "
               "(set HWLAT_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

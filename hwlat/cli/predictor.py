@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agents.errors import UsageError
+from hwlat.cli.console import add_json_flag, emit_json
 
 
 @contextmanager
@@ -59,6 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict latencies of given archs (or the whole space) on one device into a Parquet file."""
+    import numpy as np
+
     from hwlat.spaces import read_arch_file
     from predictor.api import load
     from predictor.encode import canonical_space, get_encoder
@@ -79,8 +82,51 @@ def cmd_predict(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     ms, log_std = model.predict_with_uncertainty(archs, args.device, space)
     seconds = time.perf_counter() - t0
-    write_predictions(Path(args.out), prediction_table(space, args.device, archs, ms, log_std, arch_index=index))
+    table = prediction_table(space, args.device, archs, ms, log_std, arch_index=index)
+    write_predictions(Path(args.out), table)
+    if args.json:
+        emit_json({"out": str(args.out), "space": space, "device": args.device, "archs": len(archs),
+                   "seconds": seconds, "median_ms": float(np.median(ms)), "min_ms": float(np.min(ms)),
+                   "max_ms": float(np.max(ms))})
+        return 0
     print(f"predicted {len(archs)} {space} archs on {args.device} in {seconds:.2f} s -> {args.out}")
+    return 0
+
+
+def model_info(path: Path) -> dict:
+    """What ``hwlat predictor info`` shows: spaces, devices (pretrained / transferred), data fingerprint, size."""
+    from predictor.api import FORMAT, load
+
+    model = load(path)
+    spaces = {}
+    for space, m in sorted(model.models.items()):
+        spaces[space] = {
+            "pretrained": [d for d, src in zip(m.devices, m.source, strict=True) if src],
+            "transferred": [d for d, src in zip(m.devices, m.source, strict=True) if not src],
+            "ensemble": len(m.nets),
+        }
+    return {"model": str(path), "format": FORMAT, "bytes": Path(path).stat().st_size,
+            "fingerprint": model.fingerprint, "meta": model.meta, "spaces": spaces}
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Which spaces and devices a model knows, without reading them from an error message."""
+    from predictor.api import BUNDLED_MODEL
+
+    info = model_info(Path(args.model) if args.model else BUNDLED_MODEL)
+    if args.json:
+        emit_json(info)
+        return 0
+    meta = info["meta"]
+    print(f"{info['model']}  ({info['bytes'] / 1e6:.1f} MB, training data fingerprint {info['fingerprint']}"
+          + (f", created {meta['created']}" if meta.get("created") else "")
+          + (f", {meta['rows']} rows" if meta.get("rows") else "") + ")")
+    for space, entry in info["spaces"].items():
+        print(f"{space}: {len(entry['pretrained'])} pretrained devices, {len(entry['transferred'])} transferred, "
+              f"ensemble of {entry['ensemble']}")
+        print(f"  pretrained:  {', '.join(entry['pretrained']) or '-'}")
+        if entry["transferred"]:
+            print(f"  transferred: {', '.join(entry['transferred'])}")
     return 0
 
 
@@ -135,7 +181,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predictor", help="train, use and benchmark latency predictors",
                               description="Latency predictor: pretrain on measured devices, predict, benchmark "
                                           "transfer to new devices.")
-    sub = p.add_subparsers(dest="predictor_command", metavar="{train,predict,bench}", required=True)
+    sub = p.add_subparsers(dest="predictor_command", metavar="{train,predict,info,bench}", required=True)
 
     t = sub.add_parser("train", help="pretrain a predictor on Parquet latency data",
                        description="Pretrain on every device of every search space found in the data.")
@@ -156,7 +202,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="one arch per line, or CSV/Parquet with an 'arch' column (default: the whole space)")
     q.add_argument("--out", required=True, metavar="PRED.parquet")
     q.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    add_json_flag(q)
     q.set_defaults(func=cmd_predict)
+
+    i = sub.add_parser("info", help="spaces, devices and training data of a model (default: the bundled one)",
+                       description="Print what a predictor model covers: its search spaces, the devices it was "
+                                   "pretrained on and those transferred to it, its training data fingerprint and "
+                                   "size. Without MODEL: the pretrained predictor bundled with hwlat.")
+    i.add_argument("model", nargs="?", metavar="MODEL",
+                   help="model file (default: the bundled predictor/pretrained/hwlat-bundled.pt)")
+    add_json_flag(i)
+    i.set_defaults(func=cmd_info)
 
     b = sub.add_parser("bench", help="benchmark few-shot transfer to new devices",
                        description="Per task and seed: pretrain on the train devices, transfer to each test "

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 from pathlib import Path
+from typing import Any
+
+from hwlat.cli.console import add_json_flag, add_wait_flag, console, emit_json
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from harness.devices import resolve_device
+    from harness.transport.local import reserve_machine
     from hwlat.cli.console import progress_bar
+    from hwlat.cli.measure import RowWatcher
     from hwlat.profiling.loop import ProfileRequest, run_profile
 
-    console = Console(stderr=True)
+    err = console(stderr=True)
     req = ProfileRequest(
         device=resolve_device(args.device), space=args.space, budget=args.budget, batch=args.batch,
         out=Path(args.out), data=[Path(p) for p in args.data or []],
@@ -21,8 +26,29 @@ def cmd_profile(args: argparse.Namespace) -> int:
         fmt=args.format, threads=args.threads, seed=args.seed, min_measured=args.min_measured,
         patience=args.patience, cache_dir=Path(args.cache) if args.cache else None,
     )
-    run_profile(req, say=lambda msg: console.print(msg), progress_factory=progress_bar)
+    with contextlib.ExitStack() as stack:
+        def hold() -> None:
+            """Valid arguments: a busy machine is now refused (or queued for, --wait) before anything is written."""
+            if req.device.is_local:
+                stack.enter_context(reserve_machine(req.device.name, args.wait,
+                                                    on_wait=lambda m: err.print(m, markup=False)))
+
+        paths = run_profile(req, say=lambda msg: err.print(msg, markup=False, soft_wrap=True),
+                            progress_factory=progress_bar,
+                            on_row=RowWatcher(lambda m: err.print(m, markup=False, soft_wrap=True)),
+                            before_writing=hold)
+    if args.json:
+        emit_json(profile_document(req.out, paths))
     return 0
+
+
+def profile_document(out: Path, paths: dict[str, Any]) -> dict[str, Any]:
+    """``hwlat profile --json`` (docs/cli.md): where everything is, and how each round went."""
+    state = json.loads((out / "state.json").read_text())
+    rounds = [{k: r[k] for k in ("round", "sampler", "measured", "cv_spearman", "cv_kendall", "cv_mape",
+                                 "best_source")} for r in state["rounds"] if r["done"]]
+    return {"device": state["device"], "space": state["space"], "stopped": state["stopped"],
+            "rounds": rounds, **{k: str(v) for k, v in paths.items()}}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,4 +74,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=int, default=2,
                    help="stop when CV Spearman improved < 0.005 in this many rounds in a row (default 2)")
     p.add_argument("--cache", metavar="DIR", help="export cache (default $HWLAT_CACHE or ~/.cache/hwlat/exports)")
+    add_wait_flag(p)
+    add_json_flag(p)
     p.set_defaults(func=cmd_profile)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from agents.errors import UsageError
+from agents.errors import DeviceBusyError, UsageError
 from agents.records import USABLE_STATUSES
 from harness.campaign import CampaignRequest, run_campaign
 from harness.devices import DeviceProfile
@@ -169,22 +169,27 @@ def sync_rows(src: Path, dst: Path) -> int:
     return len(new)
 
 
-def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factory: Callable[[], Any]) -> dict:
-    """Run (or resume) the loop; returns the paths of what it wrote."""
+def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factory: Callable[[], Any],
+                on_row: Callable[[str, dict[str, Any]], None] | None = None,
+                before_writing: Callable[[], None] | None = None) -> dict:
+    """Run (or resume) the loop; returns the paths of what it wrote. ``on_row`` hears each stored row;
+    ``before_writing`` is called once the arguments are valid, before anything is written or exported (the
+    CLI takes the device lock there, so bad input is still exit 2 and a busy device writes nothing)."""
     import predictor
     from harness.campaign import configure_device
+    from predictor.encode import canonical_space
     from predictor.samplers import sample
 
     if req.budget < 2 or req.batch < 1:
         raise UsageError("--budget must be >= 2 and --batch >= 1")
     device = configure_device(req.device, req.fmt, req.threads)
+    space = canonical_space(req.space)
+    if before_writing is not None:
+        before_writing()
     req.out.mkdir(parents=True, exist_ok=True)
     meas_dir = req.out / "measurements"
     state_path = req.out / "state.json"
     base = load_base(req)
-    from predictor.encode import canonical_space
-
-    space = canonical_space(req.space)
     if space not in base.spaces():
         raise UsageError(f"the base predictor has no {space} data (it covers {', '.join(base.spaces())}); "
                          "pass --data with measurements of that space")
@@ -231,10 +236,11 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
         with progress_factory() as progress:
             result = run_campaign(CampaignRequest(devices=[device], out=meas_dir, space=space, archs=pending.batch,
                                                   seed=req.seed + pending.round, cache_dir=req.cache_dir),
-                                  progress=progress)
-        errors = [o.error for o in result.outcomes if o.error]
-        if errors:
-            raise UsageError(f"measuring on {device.name} failed: {errors[0]}")
+                                  progress=progress, on_row=on_row)
+        failed = [o for o in result.outcomes if o.error]
+        if failed:
+            raise (DeviceBusyError if failed[0].busy else UsageError)(
+                f"measuring on {device.name} failed: {failed[0].error}")
         if req.dataset is not None:
             sync_rows(meas_dir, req.dataset)
         measured, attempted = measured_latencies(meas_dir, device.name, config_id, space)
@@ -292,7 +298,7 @@ def finish(req: ProfileRequest, state: ProfileState, model: Any, model_path: Pat
     pred, unc = model.predict_with_uncertainty(pool, target, space=space)
     from predictor.encode import analytic_flops
 
-    flops = analytic_flops(space, pool)
+    flops = analytic_flops(space, pool)  # FLOPs = 2 x MACs, as the exporter counts them
     from hwlat.spaces import get_space
 
     sp = get_space(space)

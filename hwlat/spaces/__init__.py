@@ -67,6 +67,10 @@ class SearchSpace(ABC):
     def sample(self, count: int, seed: int) -> list[str]:
         """``count`` distinct canonical arch strings, the same for the same ``seed``."""
 
+    def degenerate(self, arch: str) -> bool:
+        """True for archs the space knows to be no real network (reports leave them out of "fastest" lists)."""
+        return False
+
     def arch_index(self, arch: str) -> int | None:
         """The arch's index in the space's canonical order, or None where the space has none."""
         self.validate(arch)

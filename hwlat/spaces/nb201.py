@@ -136,6 +136,10 @@ class NB201Space(SearchSpace):
         archs = canonical_archs()
         return [archs[i] for i in random.Random(seed).sample(range(len(archs)), count)]
 
+    def degenerate(self, arch: str) -> bool:
+        """A cell whose output is cut off from its input (``output_disconnected``): zeros at any latency."""
+        return output_disconnected(arch)
+
     def arch_index(self, arch: str) -> int:
         return _index_of()[self.validate(arch)]
 
