@@ -17,9 +17,12 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
 
     summary = summarize(Path(args.path))
     console = Console(width=None if sys.stdout.isatty() else 140)  # a pipe or a log file: no truncated columns
+    for damaged in summary["damaged"]:  # named on stderr, counted in the exit code; the rest is shown
+        print(f"hwlat: {damaged}", file=sys.stderr)
+    status = 1 if summary["damaged"] else 0
     if summary["rows"] == 0:
-        console.print(f"{args.path}: empty dataset")
-        return 0
+        console.print(f"{args.path}: {'no readable rows' if summary['damaged'] else 'empty dataset'}")
+        return status
     table = Table(title=f"{args.path}: {summary['rows']} rows, {summary['first']} .. {summary['last']}")
     table.add_column("device", no_wrap=True)
     for col in ("cpu", "spaces", "rows", "ok", "unstable", "failed", "timeout"):
@@ -30,7 +33,7 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
     console.print(table)
     spaces = ", ".join(f"{k}: {v}" for k, v in sorted(summary["spaces"].items()))
     console.print(f"spaces: {spaces}")
-    return 0
+    return status
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

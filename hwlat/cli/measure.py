@@ -53,7 +53,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
         if o.error:  # whole, on one line: the table may wrap it, logs and greps should not have to
             console.print(f"error {o.device}: {o.error}", soft_wrap=True, markup=False)
     console.print(f"wall {result.wall_s:.1f} s (export {result.export_s:.1f} s, measure {result.measure_s:.1f} s)")
-    return 1 if failed_devices else 0
+    for was, now, why in result.quarantined:  # rows lost before this run: say so, and do not exit 0
+        console.print(f"error damaged part file {was} ({why}) moved to {now}; its rows are no longer in the "
+                      "dataset (this command measured again those it covers)", soft_wrap=True, markup=False)
+    return 1 if failed_devices or result.quarantined else 0
 
 
 def _preflight_runtime(profiles: list, fmt: str | None) -> None:
