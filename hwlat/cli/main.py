@@ -6,6 +6,7 @@ code 2, never a traceback; results already written stay written (the store is ap
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Sequence
@@ -27,10 +28,31 @@ def build_parser() -> Parser:
     return parser
 
 
+def _option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """dest -> how the user wrote it (``--out``, or the positional's name), over every subcommand."""
+    names: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                names.update(_option_names(sub))
+        elif action.dest not in names:
+            names[action.dest] = action.option_strings[-1] if action.option_strings else action.dest
+    return names
+
+
+def refuse_empty_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """No hwlat option means anything as an empty string: ``--out ""`` would be the current folder."""
+    for dest, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            raise UsageError(f"{_option_names(parser).get(dest, dest)} is empty; give a value")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        refuse_empty_values(parser, args)
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"hwlat: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
