@@ -62,7 +62,6 @@ from harness.transport.known_hosts import KnownHosts
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _FMT_RE = re.compile(r"^[a-z0-9]{1,16}$")
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Partial uploads older than this are removed (a live upload from this coordinator is younger).
 _STALE_PART_S = 3600.0
 _HASH_CHUNK = 200
@@ -183,10 +182,7 @@ class SSHTransport(Transport):
     """Drive an agent on a remote Linux board over SSH (see module docstring)."""
 
     def __init__(self, profile: DeviceProfile) -> None:
-        super().__init__(profile)
-        for key in profile.env:
-            if not _ENV_KEY_RE.match(key):
-                raise ProfileError(f"{profile.source}: key 'env.{key}': not a valid environment variable name")
+        super().__init__(profile)  # env names, like every profile value, are checked by harness.devices
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._poll_sftp: paramiko.SFTPClient | None = None
