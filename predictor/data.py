@@ -22,6 +22,17 @@ from agents.errors import ArchError, UsageError
 from .encode import canonical_space, get_encoder
 
 REQUIRED = ("search_space", "arch", "device", "latency_ms")
+#: Latencies outside this range are refused (ms): 1 ns is below any timer, 10^7 ms (2.8 h) above any timed
+#: network. Beyond them a value is a unit or data error, and near 1e308 it overflows the means and cost
+#: models to inf (and the training to NaN).
+MIN_LATENCY_MS, MAX_LATENCY_MS = 1e-6, 1e7
+
+
+def bad_latencies(values: np.ndarray) -> np.ndarray:
+    """Mask of latencies that are missing, not finite or outside [MIN_LATENCY_MS, MAX_LATENCY_MS]."""
+    values = np.asarray(values, np.float64)
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(values) | (values < MIN_LATENCY_MS) | (values > MAX_LATENCY_MS)
 
 
 @dataclass
@@ -89,11 +100,12 @@ def reduce_frame(df: pd.DataFrame) -> LatencyTable:
                          f"{', '.join(REQUIRED)})")
     df = df.copy()
     lat = pd.to_numeric(df["latency_ms"], errors="coerce")
-    bad = ~np.isfinite(lat.to_numpy(np.float64)) | (lat.to_numpy(np.float64) <= 0)
+    bad = bad_latencies(lat.to_numpy(np.float64))
     if bad.any():
-        raise UsageError(f"{int(bad.sum())} row(s) have a missing, NaN or non-positive latency_ms "
-                         "(first: device {!r}, arch {!r})".format(df["device"].iloc[int(np.argmax(bad))],
-                                                                 df["arch"].iloc[int(np.argmax(bad))]))
+        first = int(np.argmax(bad))
+        raise UsageError(f"{int(bad.sum())} row(s) have a missing, NaN or implausible latency_ms (need "
+                         f"{MIN_LATENCY_MS:g} to {MAX_LATENCY_MS:g} ms; first: device {df['device'].iloc[first]!r}, "
+                         f"arch {df['arch'].iloc[first]!r}, {lat.iloc[first]!r})")
     df["latency_ms"] = lat.astype(np.float64)
     for col in ("search_space", "device", "arch"):
         if df[col].isna().any():
