@@ -60,7 +60,7 @@ class Task:
 
 def load_tasks(path: str | Path, names: list[str] | None = None) -> list[Task]:
     """Read a NASFLAT-style task file; ``names`` selects tasks by ``paper_name``."""
-    def names(value: object) -> list[str]:
+    def device_list(value: object) -> list[str]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise TypeError(f"device lists must be lists of names, got {value!r}")
         return list(value)
@@ -68,7 +68,8 @@ def load_tasks(path: str | Path, names: list[str] | None = None) -> list[Task]:
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
         tasks = [Task(t.get("paper_name") or f"task{t.get('task_index', i)}", canonical_space(t["search_space"]),
-                      names(t["train_devices"]), names(t["test_devices"])) for i, t in enumerate(raw["tasks"])]
+                      device_list(t["train_devices"]), device_list(t["test_devices"]))
+                 for i, t in enumerate(raw["tasks"])]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"cannot read tasks file {path}: {exc}") from exc
     if names:
