@@ -356,7 +356,7 @@ class DatasetStore:
             if folder.name.split("=")[0] in PARTITIONS and "=" in folder.name:
                 raise UsageError(f"{self.root} is inside a dataset's partition folder ({folder.name}); give the "
                                  f"dataset folder itself ({folder.parent if folder != here else here.parent})")
-            if folder != here and (folder / LOCK_FILE).exists():
+            if folder != here and ((folder / LOCK_FILE).exists() or any(folder.glob("device=*/search_space=*"))):
                 raise UsageError(f"{self.root} is inside the dataset {folder}; give that folder or one outside it")
         if not here.is_dir():
             return

@@ -306,8 +306,8 @@ def _foreign_in_layout(folder: Path) -> None:
     pd.DataFrame({"arch": ["a"], "latency_ms": [1.0]}).to_parquet(part / "part-x.parquet")
 
 
-@pytest.mark.parametrize("case", ["partition", "device-folder", "inside-dataset", "foreign", "foreign-layout",
-                                  "empty"])
+@pytest.mark.parametrize("case", ["partition", "device-folder", "inside-dataset", "inside-unlocked-dataset",
+                                  "foreign", "foreign-layout", "empty"])
 def test_out_inside_a_dataset_or_over_foreign_parquet_is_refused(tmp_path: Path, case: str) -> None:
     ds = tmp_path / "ds"
     store = DatasetStore(ds)
@@ -318,10 +318,13 @@ def test_out_inside_a_dataset_or_over_foreign_parquet_is_refused(tmp_path: Path,
         "partition": ds / "device=dev-a" / "search_space=nb201",
         "device-folder": ds / "device=dev-a",
         "inside-dataset": ds / "sub",
+        "inside-unlocked-dataset": ds / "sub",
         "foreign": tmp_path / "theirs",
         "foreign-layout": tmp_path / "theirs2",
         "empty": "",
     }[case]
+    if case == "inside-unlocked-dataset":  # written by an hwlat without the writer lock
+        (ds / LOCK_FILE).unlink()
     if case == "foreign":
         _foreign_pandas(tmp_path / "theirs")
     if case == "foreign-layout":
