@@ -63,18 +63,33 @@ class LatencyTable:
 
 
 def _read_one(path: Path) -> pd.DataFrame:
-    """Read a single Parquet file or a (hive-partitioned) folder of them."""
+    """Read a single Parquet file or a (hive-partitioned) folder of them, page checksums verified.
+
+    A damaged file is named (not only the folder), and rows seen twice with one ``row_id`` (an hwlat merge
+    killed before it deleted the merged small files) count once.
+    """
     if not path.exists():
         raise UsageError(f"data not found: {path}")
+    fmt = pads.ParquetFileFormat(
+        default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
     try:
-        if path.is_dir():
-            table = pads.dataset(str(path), format="parquet", partitioning="hive").to_table()
-        else:
-            table = pads.dataset(str(path), format="parquet").to_table()
+        dataset = pads.dataset(str(path), format=fmt, partitioning="hive" if path.is_dir() else None)
+        table = dataset.to_table()
     except Exception as exc:  # pyarrow raises several types for unreadable input
+        culprit = path
+        if path.is_dir():
+            for file in sorted(path.rglob("*.parquet")):
+                if any(part.startswith((".", "_")) for part in file.relative_to(path).parts):
+                    continue
+                try:
+                    pads.dataset(str(file), format=fmt).to_table()
+                except Exception:  # the first file that fails alone is the one to name
+                    culprit = file
+                    break
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(f"cannot read Parquet data {path}: {msg}") from exc
-    return table.to_pandas()
+        raise UsageError(f"cannot read Parquet data {culprit}: {msg}") from exc
+    frame = table.to_pandas()
+    return frame.drop_duplicates("row_id") if "row_id" in frame.columns else frame
 
 
 def load_table(paths: Sequence[str | Path]) -> LatencyTable:

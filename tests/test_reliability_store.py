@@ -306,15 +306,19 @@ def _foreign_in_layout(folder: Path) -> None:
     pd.DataFrame({"arch": ["a"], "latency_ms": [1.0]}).to_parquet(part / "part-x.parquet")
 
 
-@pytest.mark.parametrize("case", ["partition", "device-folder", "inside-dataset", "inside-unlocked-dataset",
-                                  "foreign", "foreign-layout", "empty"])
-def test_out_inside_a_dataset_or_over_foreign_parquet_is_refused(tmp_path: Path, case: str) -> None:
+def _refused_target(tmp_path: Path, case: str) -> str | Path:
     ds = tmp_path / "ds"
     store = DatasetStore(ds)
     store.ensure_writable()
     store.append("dev-a", "nb201", "s1", [_row(0)])
     store.close()
-    target = {
+    if case == "inside-unlocked-dataset":  # written by an hwlat without the writer lock
+        (ds / LOCK_FILE).unlink()
+    if case == "foreign":
+        _foreign_pandas(tmp_path / "theirs")
+    if case == "foreign-layout":
+        _foreign_in_layout(tmp_path / "theirs2")
+    return {
         "partition": ds / "device=dev-a" / "search_space=nb201",
         "device-folder": ds / "device=dev-a",
         "inside-dataset": ds / "sub",
@@ -323,21 +327,29 @@ def test_out_inside_a_dataset_or_over_foreign_parquet_is_refused(tmp_path: Path,
         "foreign-layout": tmp_path / "theirs2",
         "empty": "",
     }[case]
-    if case == "inside-unlocked-dataset":  # written by an hwlat without the writer lock
-        (ds / LOCK_FILE).unlink()
-    if case == "foreign":
-        _foreign_pandas(tmp_path / "theirs")
-    if case == "foreign-layout":
-        _foreign_in_layout(tmp_path / "theirs2")
-    before = sorted(p for p in tmp_path.rglob("*") if "cache" not in p.parts)
+
+
+@pytest.mark.parametrize("case", ["partition", "device-folder", "inside-dataset", "inside-unlocked-dataset",
+                                  "foreign", "foreign-layout", "empty"])
+def test_out_inside_a_dataset_or_over_foreign_parquet_is_refused(tmp_path: Path, case: str) -> None:
+    target = _refused_target(tmp_path, case)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(UsageError) as info:
+        DatasetStore(target).ensure_writable()  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+    assert sorted(tmp_path.rglob("*")) == before  # nothing created, nothing moved
+
+
+@pytest.mark.parametrize("case", ["partition", "foreign"])
+def test_refused_out_at_the_cli_exit_2_before_export(tmp_path: Path, case: str) -> None:
+    target = _refused_target(tmp_path, case)
+    before = sorted(tmp_path.rglob("*"))
     proc = _run(_measure("--device", "local", "--count", "1", "--out", str(target), "--cache",
                          str(tmp_path / "cache")))
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("hwlat: ") and len(proc.stderr.strip().splitlines()) == 1
-    assert sorted(p for p in tmp_path.rglob("*") if "cache" not in p.parts) == before  # nothing written
-    assert not (tmp_path / "cache").exists()  # refused before exporting
-    with pytest.raises(UsageError):
-        DatasetStore(Path(target) if target else target).ensure_writable()
+    err = proc.stderr.strip()  # the progress bar, already started, may leave an empty line before it
+    assert err.startswith("hwlat: ") and len(err.splitlines()) == 1, err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, nothing exported (no cache folder)
 
 
 # -------------------------------------------------------------------------------------------- machine lock
@@ -364,3 +376,20 @@ def test_local_machine_lock_does_not_depend_on_tmpdir(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "flipped page bytes"])
+def test_predictor_reader_names_the_damaged_part(tmp_path: Path, kind: str) -> None:
+    """The predictor reads datasets with its own reader (it may not import the store): same promise."""
+    from predictor.data import load_table
+
+    arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+    root = tmp_path / "ds"
+    store = DatasetStore(root)
+    store.ensure_writable()
+    store.append("dev-a", "nb201", "s1", [{**_row(0), "arch": arch}])
+    bad = store.append("dev-a", "nb201", "s2", [{**_row(1, "s2"), "arch": arch}])
+    store.close()
+    _damage(kind, bad)
+    with pytest.raises(UsageError, match=f"cannot read Parquet data {bad}"):
+        load_table([root])
