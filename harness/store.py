@@ -352,10 +352,11 @@ class DatasetStore:
     def _refuse_foreign(self) -> None:
         """``--out`` inside another dataset, or a folder whose Parquet files are not an hwlat dataset: refused."""
         here = self.root.resolve()
+        partitions = [f for f in (here, *here.parents) if "=" in f.name and f.name.split("=")[0] in PARTITIONS]
+        if partitions:
+            raise UsageError(f"{self.root} is inside a dataset's partition folder ({partitions[-1].name}); give the "
+                             f"dataset folder itself ({partitions[-1].parent})")
         for folder in (here, *here.parents):
-            if folder.name.split("=")[0] in PARTITIONS and "=" in folder.name:
-                raise UsageError(f"{self.root} is inside a dataset's partition folder ({folder.name}); give the "
-                                 f"dataset folder itself ({folder.parent if folder != here else here.parent})")
             if folder != here and ((folder / LOCK_FILE).exists() or any(folder.glob("device=*/search_space=*"))):
                 raise UsageError(f"{self.root} is inside the dataset {folder}; give that folder or one outside it")
         if not here.is_dir():
