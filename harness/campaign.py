@@ -119,6 +119,8 @@ class CampaignResult:
     wall_s: float
     export_s: float
     measure_s: float
+    #: damaged part files moved aside before measuring: (was, now, why); their rows are gone from the dataset
+    quarantined: list[tuple[Path, Path, str]] = field(default_factory=list)
 
 
 def configure_device(profile: DeviceProfile, fmt: str | None, threads: int | None) -> DeviceProfile:
@@ -649,5 +651,7 @@ def run_campaign(req: CampaignRequest, progress: Any = None,
     finally:
         with store_lock:
             store.compact_session(session_id)
+            store.close()
     return CampaignResult(session_id, req.out, [r.outcome for r, _, _ in runners],
-                          wall_s=time.monotonic() - t0, export_s=export_s, measure_s=time.monotonic() - t1)
+                          wall_s=time.monotonic() - t0, export_s=export_s, measure_s=time.monotonic() - t1,
+                          quarantined=store.quarantined)

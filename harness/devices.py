@@ -8,6 +8,7 @@ on purpose: key authentication (identity file or the user's ssh-agent) only.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -28,6 +29,31 @@ _TOP_KEYS = {
     "cpu_affinity", "env", "tags", "timing", "timeouts", "description", "format", "custom_op_libraries",
 }
 _TIMEOUT_KEYS = {"connect_s", "model_s", "command_s"}
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DAY_S = 86400.0
+
+#: Every number a profile may hold: (type, smallest, largest, smallest excluded). Floats must also be finite.
+#: The ranges are what the agent can act on: a negative run count, a zero timeout or a NaN CI target would
+#: reach the device's timed loop or its watchdog and fail there, after the campaign has started.
+_NUMBERS: dict[str, tuple[type, float, float, bool]] = {
+    "port": (int, 1, 65535, False),
+    "threads": (int, 0, 4096, False),
+    "inter_op_threads": (int, 0, 4096, False),
+    "cpu_affinity": (int, 0, 65535, False),
+    "timing.warmup_min_runs": (int, 0, 10**7, False),
+    "timing.warmup_min_s": (float, 0.0, _DAY_S, False),
+    "timing.warmup_max_runs": (int, 0, 10**7, False),
+    "timing.min_runs": (int, 1, 10**7, False),
+    "timing.min_time_s": (float, 0.0, _DAY_S, False),
+    "timing.max_runs": (int, 1, 10**7, False),
+    "timing.max_time_s": (float, 0.0, _DAY_S, True),
+    "timing.ci_rel_target": (float, 0.0, 1.0, True),
+    "timing.unstable_cv": (float, 0.0, 100.0, True),
+    "timing.seed": (int, 0, 2**32 - 1, False),
+    "timeouts.connect_s": (float, 0.0, _DAY_S, True),
+    "timeouts.model_s": (float, 0.0, 7 * _DAY_S, True),
+    "timeouts.command_s": (float, 0.0, _DAY_S, True),
+}
 
 
 @dataclass
@@ -101,6 +127,36 @@ def _expect(source: str, data: dict[str, Any], key: str, kind: type | tuple[type
     return value
 
 
+def _check_number(source: str, key: str, value: float) -> None:
+    """``value`` (already of the right type) lies in ``_NUMBERS[key]``; NaN and infinities never do."""
+    _kind, lo, hi, lo_open = _NUMBERS[key]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _fail(source, key, f"must be a finite number, got {value}")
+    if value < lo or value > hi or (lo_open and value == lo):
+        raise _fail(source, key, f"must be {'>' if lo_open else '>='} {lo:g} and <= {hi:g}, got {value!r}")
+
+
+def _number(source: str, data: dict[str, Any], key: str, default: Any, rule: str | None = None) -> Any:
+    """A number from the profile, type and range checked against ``_NUMBERS[rule or key]``."""
+    rule = rule or key
+    value = _expect(source, data, key, _NUMBERS[rule][0], default)
+    if key in data:
+        _check_number(source, rule, value)
+    return value
+
+
+def _check_text(source: str, data: dict[str, Any], prefix: str = "") -> None:
+    """No NUL anywhere (keys or values): it would cut a path, an argv or an environment entry short."""
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        items = value if isinstance(value, list) else [value]
+        if "\0" in key or any(isinstance(v, str) and "\0" in v for v in items):
+            raise _fail(source, name, "contains a NUL character")
+        for item in items:
+            if isinstance(item, dict):
+                _check_text(source, item, f"{name}.")
+
+
 def _expect_list(source: str, data: dict[str, Any], key: str, kind: type, default: list, what: str) -> list:
     """A list whose every item is ``kind`` (profiles are hand-written: say which key is wrong and how)."""
     value = _expect(source, data, key, list, default)
@@ -111,6 +167,7 @@ def _expect_list(source: str, data: dict[str, Any], key: str, kind: type, defaul
 
 def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
     """Validate a profile dict (already parsed TOML) and build a ``DeviceProfile``."""
+    _check_text(source, data)
     for key in data:
         if any(word in key.lower() for word in _FORBIDDEN):
             raise _fail(source, key, "passwords are not allowed in profiles; use identity_file or ssh-agent")
@@ -122,9 +179,7 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
     if not _NAME_RE.match(name):
         raise _fail(source, "name", f"{name!r} must be 1-64 letters, digits, '.', '_' or '-'")
     host = _expect(source, data, "host", str, "local")
-    port = _expect(source, data, "port", int, 22)
-    if not 0 < port < 65536:
-        raise _fail(source, "port", f"{port} is not a TCP port")
+    port = _number(source, data, "port", 22)
     runtime_name = _expect(source, data, "runtime", str, "onnxruntime")
     if runtime_name not in RUNTIMES:
         raise _fail(source, "runtime", f"{runtime_name!r} is not one of {', '.join(RUNTIMES)}")
@@ -133,9 +188,7 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
         raise _fail(source, "format", f"{fmt!r} cannot run on runtime {runtime_name!r}")
     providers = _expect_list(source, data, "providers", str, ["CPUExecutionProvider"], "execution provider names")
     provider_options = _expect_list(source, data, "provider_options", dict, [], "tables, one per provider")
-    threads = _expect(source, data, "threads", int, 1)
-    if threads < 0:
-        raise _fail(source, "threads", "must be >= 0 (0 = runtime default)")
+    threads = _number(source, data, "threads", 1)
     level = _expect(source, data, "graph_optimization_level", str, "all")
     if level not in ("disable", "basic", "extended", "all"):
         raise _fail(source, "graph_optimization_level", "must be disable, basic, extended or all")
@@ -146,7 +199,7 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
         providers=providers,
         provider_options=provider_options,
         threads=threads,
-        inter_op_threads=_expect(source, data, "inter_op_threads", int, 1),
+        inter_op_threads=_number(source, data, "inter_op_threads", 1),
         graph_optimization_level=level,
     )
     timing_data = _expect(source, data, "timing", dict, {})
@@ -154,21 +207,31 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
     for key in timing_data:
         if key not in known_timing:
             raise _fail(source, f"timing.{key}", f"unknown timing key (known: {', '.join(sorted(known_timing))})")
-    defaults = TimingConfig()
-    timing_values = {}
-    for key, _value in timing_data.items():
-        kind = type(getattr(defaults, key))
-        timing_values[key] = _expect(source, timing_data, key, kind, getattr(defaults, key))
+    timing_values = {key: _number(source, timing_data, key, None, f"timing.{key}") for key in timing_data}
+    timing = TimingConfig(**timing_values)
+    for low, high in (("min_runs", "max_runs"), ("warmup_min_runs", "warmup_max_runs")):
+        if getattr(timing, high) < getattr(timing, low):
+            raise _fail(source, f"timing.{high}", f"{getattr(timing, high)} is below timing.{low} "
+                                                  f"({getattr(timing, low)})")
     timeouts = _expect(source, data, "timeouts", dict, {})
     for key in timeouts:
         if key not in _TIMEOUT_KEYS:
             raise _fail(source, f"timeouts.{key}", f"unknown (known: {', '.join(sorted(_TIMEOUT_KEYS))})")
     affinity = _expect_list(source, data, "cpu_affinity", int, [], "CPU numbers")
-    if any(c < 0 for c in affinity):
-        raise _fail(source, "cpu_affinity", "must be a list of CPU numbers")
+    for cpu in affinity:
+        _check_number(source, "cpu_affinity", cpu)
     env = _expect(source, data, "env", dict, {})
     if not all(isinstance(v, str) for v in env.values()):
         raise _fail(source, "env", "values must be strings")
+    for key in env:
+        if not _ENV_KEY_RE.match(key):
+            raise _fail(source, f"env.{key}", "not an environment variable name (letters, digits and '_', "
+                                              "not starting with a digit)")
+    workdir = _expect(source, data, "workdir", str, "~/.cache/hwlat/agent")
+    python = _expect(source, data, "python", str, "python3")
+    for key, value in (("workdir", workdir), ("python", python)):
+        if not value.strip():
+            raise _fail(source, key, "is empty")
     tags = _expect_list(source, data, "tags", str, [], "strings")
     profile = DeviceProfile(
         name=name,
@@ -178,17 +241,17 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
         user=_expect(source, data, "user", str, ""),
         identity_file=os.path.expanduser(_expect(source, data, "identity_file", str, "")),
         known_hosts=os.path.expanduser(_expect(source, data, "known_hosts", str, "")),
-        python=_expect(source, data, "python", str, "python3"),
-        workdir=_expect(source, data, "workdir", str, "~/.cache/hwlat/agent"),
+        python=python,
+        workdir=workdir,
         runtime=runtime,
-        timing=TimingConfig(**timing_values),
+        timing=timing,
         cpu_affinity=affinity,
         env=env,
         tags=tags,
         format=fmt,
-        connect_timeout_s=float(_expect(source, timeouts, "connect_s", float, 15.0)),
-        model_timeout_s=float(_expect(source, timeouts, "model_s", float, 300.0)),
-        command_timeout_s=float(_expect(source, timeouts, "command_s", float, 120.0)),
+        connect_timeout_s=float(_number(source, timeouts, "connect_s", 15.0, "timeouts.connect_s")),
+        model_timeout_s=float(_number(source, timeouts, "model_s", 300.0, "timeouts.model_s")),
+        command_timeout_s=float(_number(source, timeouts, "command_s", 120.0, "timeouts.command_s")),
         description=_expect(source, data, "description", str, ""),
     )
     if not profile.is_local and not profile.user:
@@ -202,6 +265,8 @@ def load_profile_file(path: Path) -> DeviceProfile:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read profile ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{path}: not UTF-8 text (byte {exc.start}); profiles are TOML files") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -244,8 +309,20 @@ def resolve_device(spec: str) -> DeviceProfile:
 
 
 def resolve_devices(specs: list[str]) -> list[DeviceProfile]:
-    """Expand ``tag:NAME`` selectors and resolve each device; duplicates are dropped."""
+    """Expand ``tag:NAME`` selectors and resolve each device; the same profile twice counts once.
+
+    Two different profiles with one name are refused: rows are stored under the device name, so the two
+    devices' measurements would mix (and resume would skip one device's work as done by the other).
+    """
     result: dict[str, DeviceProfile] = {}
+
+    def add(profile: DeviceProfile) -> None:
+        other = result.setdefault(profile.name, profile)
+        if other.source != profile.source and \
+                Path(other.source).resolve() != Path(profile.source).resolve():
+            raise _fail(profile.source, "name", f"{profile.name!r} is also the name of {other.source}; device "
+                                                "names must be unique in one campaign")
+
     for spec in specs:
         if spec.startswith("tag:"):
             tag = spec[4:]
@@ -254,8 +331,7 @@ def resolve_devices(specs: list[str]) -> list[DeviceProfile]:
             if not matched:
                 raise ProfileError(f"no device profile has tag {tag!r}")
             for profile in matched:
-                result.setdefault(profile.name, profile)
+                add(profile)
         else:
-            profile = resolve_device(spec)
-            result.setdefault(profile.name, profile)
+            add(resolve_device(spec))
     return list(result.values())

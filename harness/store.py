@@ -6,13 +6,24 @@ pandas, polars and DuckDB read the folder unchanged. The partition columns live 
 Append-only and atomic: every write goes to a hidden temp file (readers ignore names starting with '.')
 and is renamed into place, so killing the process at any moment leaves a readable dataset. Each result is
 flushed as soon as it arrives; at the end of a session its small files are merged into one
-(``compact_session``) through a marker file, so a kill during the merge is finished on the next open.
+(``compact_session``): the merged file is renamed into place *before* the small files are removed, and a
+small file whose rows are all in its session's merged file is skipped by every reader here, so a kill at
+any point of a merge leaves every row visible (exactly once to these readers).
+
+One writer at a time: a writer holds ``flock`` on ``DIR/.hwlat-writer.lock`` from ``ensure_writable`` on,
+and only the holder cleans up (temp files, unfinished merges) or moves damaged files aside. Part files are
+written with Parquet page checksums; every read here verifies them, and a part that cannot be read is
+reported by name (``DamagedPartError``) instead of being skipped silently or hiding the rest of the data.
+The next writer moves it to ``DIR/.quarantine/`` (bytes kept, out of the readers' way) and resumes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
+import urllib.parse
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,13 +31,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from agents.errors import UsageError
 from agents.files import atomic_path, fsync_dir
 from agents.records import STATUSES
+from hwlat.spaces import one_line
 
 SCHEMA_VERSION = 1
 PARTITIONS = ("device", "search_space")
@@ -130,6 +142,29 @@ SCHEMA = pa.schema(
 #: Outcomes that count as "measured" for resume: re-running the same command skips these.
 DONE_STATUSES = STATUSES
 
+#: The writer lock, inside the dataset folder (hidden: readers skip it).
+LOCK_FILE = ".hwlat-writer.lock"
+#: Where a writer moves part files that cannot be read (hidden: readers skip it; bytes kept for forensics).
+QUARANTINE_DIR = ".quarantine"
+#: Columns every hwlat part file has, in any schema version: a readable Parquet file without them is foreign.
+IDENTITY_COLUMNS = ("row_id", "session_id", "config_id", "model_sha256", "status")
+#: A session's small part (``part-<session>-<seq>.parquet``); ``part-<session>.parquet`` is its merge.
+_SMALL_PART = re.compile(r"^part-(?P<session>.+)-\d{6}\.parquet$")
+
+
+class DamagedPartError(UsageError):
+    """A part file of a dataset cannot be read (truncated, zero bytes, bad checksum, not Parquet)."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"damaged part file {path} ({why}); the next `hwlat measure --out` on this dataset moves "
+                         f"it to {QUARANTINE_DIR}/ and measures its rows again")
+        self.path = path
+        self.why = why
+
+
+class DatasetBusyError(UsageError):
+    """Another process holds the dataset's writer lock."""
+
 
 @dataclass(frozen=True)
 class MeasuredKey:
@@ -164,18 +199,121 @@ def row_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 def _write_atomic(table: pa.Table, final: Path) -> None:
     with atomic_path(final) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
+
+
+def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file, page checksums verified; any failure to read it is a ``DamagedPartError`` naming it."""
+    try:
+        return pq.read_table(path, columns=columns, page_checksum_verification=True)
+    except (pa.ArrowException, OSError, ValueError) as exc:  # pyarrow raises several types for damage
+        raise DamagedPartError(path, one_line(exc, 160)) from None
+
+
+def _hidden(rel: Path) -> bool:
+    """pyarrow's, pandas' and DuckDB's rule: a path component starting with '.' or '_' is not data."""
+    return any(part.startswith((".", "_")) for part in rel.parts)
+
+
+def parquet_files(root: Path) -> list[Path]:
+    """Every data file under ``root`` as dataset readers see it (hidden folders and files skipped), sorted."""
+    return sorted(p for p in root.rglob("*.parquet") if p.is_file() and not _hidden(p.relative_to(root)))
+
+
+def _row_ids(path: Path) -> set[str] | None:
+    try:
+        return set(read_part(path, ["row_id"]).column("row_id").to_pylist())
+    except (DamagedPartError, KeyError):
+        return None
+
+
+def _superseded(files: list[Path]) -> set[Path]:
+    """Small parts whose rows are all in their session's merged file (a merge killed before its cleanup).
+
+    Decided by row_id, not by name alone: a part written after the merge, or next to a damaged merged
+    file, stays visible.
+    """
+    present = set(files)
+    out: set[Path] = set()
+    merged_ids: dict[Path, set[str] | None] = {}
+    for path in files:
+        match = _SMALL_PART.match(path.name)
+        merged = path.parent / f"part-{match['session']}.parquet" if match else None
+        if merged is None or merged not in present:
+            continue
+        if merged not in merged_ids:
+            merged_ids[merged] = _row_ids(merged)
+        mine, theirs = _row_ids(path), merged_ids[merged]
+        if mine is not None and theirs is not None and mine <= theirs:
+            out.add(path)
+    return out
+
+
+def _with_partitions(table: pa.Table, rel_dir: Path) -> pa.Table:
+    """Add the hive partition columns (``key=value`` folder names) the way pyarrow's dataset reader does."""
+    for part in rel_dir.parts:
+        key, sep, value = part.partition("=")
+        if sep and key not in table.column_names:
+            table = table.append_column(key, pa.array([urllib.parse.unquote(value)] * table.num_rows, pa.string()))
+    return table
+
+
+def scan_dataset(path: Path | str) -> tuple[pa.Table, list[DamagedPartError]]:
+    """Read a dataset folder (or one file): (every readable row, one error per damaged file).
+
+    Each file is read on its own, so one damaged file costs only its own rows, and is named.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"no dataset at {path}")
+    if path.is_file():
+        return read_part(path), []
+    files = parquet_files(path)
+    damaged: list[DamagedPartError] = []
+    readable: list[Path] = []
+    for file in files:
+        try:
+            pq.read_metadata(file)
+            readable.append(file)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            damaged.append(DamagedPartError(file, one_line(exc, 160)))
+    skip = _superseded(readable)
+    tables = []
+    for file in readable:
+        if file in skip:
+            continue
+        try:
+            tables.append(_with_partitions(read_part(file), file.parent.relative_to(path)))
+        except DamagedPartError as exc:
+            damaged.append(exc)
+    if not tables:
+        return pa.table({}), damaged
+    try:
+        return pa.concat_tables(tables, promote_options="default"), damaged
+    except (pa.ArrowException, ValueError) as exc:
+        raise UsageError(f"cannot read dataset {path}: files disagree on their columns ({one_line(exc, 160)})") \
+            from None
 
 
 class DatasetStore:
     """Append-only writer and reader of one dataset folder."""
 
     def __init__(self, root: Path) -> None:
+        if not str(root).strip():
+            raise UsageError("the dataset folder is an empty string; give a folder, e.g. --out data/latency")
         self.root = Path(root)
         self._seq = 0
+        self._lock: Any = None
+        #: Damaged part files this writer moved aside: (where they were, where they are now, why).
+        self.quarantined: list[tuple[Path, Path, str]] = []
 
     def ensure_writable(self) -> None:
-        """Create the folder and prove we can write there, before anything is measured."""
+        """Refuse a folder that is not a dataset, take the writer lock, then tidy up: before anything is measured.
+
+        Order matters: nothing is created in a refused folder, and nothing is deleted or moved before the
+        lock proves no other writer is using these files.
+        """
+        self._refuse_foreign()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".probe-{uuid.uuid4().hex[:8]}"
@@ -183,7 +321,80 @@ class DatasetStore:
             probe.unlink()
         except OSError as exc:
             raise UsageError(f"cannot write to output folder {self.root}: {exc.strerror or exc}") from None
+        self._take_lock()
+        self._quarantine_damaged()
         self.recover()
+
+    def close(self) -> None:
+        """Release the writer lock (it is also released when the process dies)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _take_lock(self) -> None:
+        """flock on ``DIR/.hwlat-writer.lock``: a second writer is refused at once, with the holder's pid."""
+        if self._lock is not None:
+            return
+        fh = open(self.root / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read(32).strip() or "?"
+            fh.close()
+            raise DatasetBusyError(f"another hwlat process (pid {holder}) is writing to {self.root}; wait for it "
+                                   "to finish or stop it") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock = fh
+
+    def _refuse_foreign(self) -> None:
+        """``--out`` inside another dataset, or a folder whose Parquet files are not an hwlat dataset: refused."""
+        here = self.root.resolve()
+        partitions = [f for f in (here, *here.parents) if "=" in f.name and f.name.split("=")[0] in PARTITIONS]
+        if partitions:
+            raise UsageError(f"{self.root} is inside a dataset's partition folder ({partitions[-1].name}); give the "
+                             f"dataset folder itself ({partitions[-1].parent})")
+        for folder in (here, *here.parents):
+            if folder != here and ((folder / LOCK_FILE).exists() or any(folder.glob("device=*/search_space=*"))):
+                raise UsageError(f"{self.root} is inside the dataset {folder}; give that folder or one outside it")
+        if not here.is_dir():
+            return
+        for file in parquet_files(here):
+            rel = file.relative_to(here)
+            if len(rel.parts) != 3 or not (rel.parts[0].startswith("device=") and
+                                           rel.parts[1].startswith("search_space=") and
+                                           rel.name.startswith("part-")):
+                raise UsageError(f"{self.root} holds Parquet files that are not an hwlat dataset (first: {rel}); "
+                                 "give an empty folder or an hwlat dataset")
+            try:
+                names = set(pq.read_schema(file).names)
+            except (pa.ArrowException, OSError, ValueError):
+                continue  # damaged, not foreign: moved aside once the lock is held
+            missing = [c for c in IDENTITY_COLUMNS if c not in names]
+            if missing:
+                raise UsageError(f"{self.root}: {rel} is not an hwlat part file (no column {missing[0]}); give an "
+                                 "empty folder or an hwlat dataset")
+
+    def _quarantine_damaged(self) -> None:
+        """Move every part file that cannot be read whole to ``DIR/.quarantine/`` (same relative path)."""
+        for file in parquet_files(self.root):
+            try:
+                read_part(file)
+            except DamagedPartError as exc:
+                rel = file.relative_to(self.root)
+                dest = self.root / QUARANTINE_DIR / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                n = 0
+                while dest.exists():
+                    n += 1
+                    dest = dest.with_name(f"{rel.name}.{n}")
+                os.replace(file, dest)
+                fsync_dir(file.parent)
+                fsync_dir(dest.parent)
+                self.quarantined.append((file, dest, exc.why))
 
     def partition_dir(self, device: str, space: str) -> Path:
         return self.root / f"device={device}" / f"search_space={space}"
@@ -197,34 +408,44 @@ class DatasetStore:
         _write_atomic(row_table(rows), final)
         return final
 
+    def _small_parts(self, folder: Path, session_id: str) -> list[Path]:
+        return sorted(p for p in folder.glob(f"part-{session_id}-*.parquet")
+                      if (m := _SMALL_PART.match(p.name)) and m["session"] == session_id)
+
     def compact_session(self, session_id: str) -> None:
         """Merge one session's part files per partition into one file.
 
-        Protocol: write the merged file hidden, rename it to a ``.ready`` marker (complete from here on),
-        delete the small parts, rename the marker into place. ``recover`` finishes an interrupted merge.
+        Protocol: write the merged file (with any earlier merge of the session) atomically under its final
+        name, *then* delete the small parts. Between the two steps every row is in two visible files; the
+        readers here skip a small part whose row_ids are all in the merged file, and ``recover`` deletes it.
         """
         for folder in self._partition_dirs():
-            parts = sorted(folder.glob(f"part-{session_id}-*.parquet"))
-            if len(parts) < 2:
+            parts = self._small_parts(folder, session_id)
+            merged = folder / f"part-{session_id}.parquet"
+            if len(parts) < 2 and not (parts and merged.exists()):
                 continue
-            table = pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in parts])
-            ready = folder / f".compact-{session_id}.ready"
-            _write_atomic(table, ready)
-            self._finish_compaction(ready, session_id)
+            tables = [read_part(p) for p in ([merged] if merged.exists() else []) + parts]
+            table = pa.concat_tables([t.select(SCHEMA.names).cast(SCHEMA) for t in tables])
+            _, first = np.unique(np.asarray(table.column("row_id").to_pylist(), dtype=object), return_index=True)
+            _write_atomic(table.take(sorted(first)), merged)
+            self._drop_superseded(folder)
 
-    def _finish_compaction(self, ready: Path, session_id: str) -> None:
-        folder = ready.parent
-        for part in folder.glob(f"part-{session_id}-*.parquet"):
+    def _drop_superseded(self, folder: Path) -> None:
+        """Delete small parts whose rows are all in their session's merged file (their merge finished)."""
+        for part in _superseded(sorted(folder.glob("part-*.parquet"))):
             part.unlink()
-        os.replace(ready, folder / f"part-{session_id}.parquet")
         fsync_dir(folder)
 
     def recover(self) -> None:
-        """Finish merges a kill interrupted and drop temp files left by killed writers."""
+        """Finish merges a kill interrupted and drop temp files left by killed writers (lock holder only)."""
+        if self._lock is None:
+            self._take_lock()
         for folder in self._partition_dirs():
-            for ready in folder.glob(".compact-*.ready"):
-                session_id = ready.name[len(".compact-") : -len(".ready")]
-                self._finish_compaction(ready, session_id)
+            for ready in folder.glob(".compact-*.ready"):  # an older hwlat's merge marker: complete data
+                merged = folder / f"part-{ready.name[len('.compact-'):-len('.ready')]}.parquet"
+                if not merged.exists():
+                    os.replace(ready, merged)
+            self._drop_superseded(folder)
             for tmp in folder.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
 
@@ -239,7 +460,7 @@ class DatasetStore:
         keys: set[MeasuredKey] = set()
         for folder in self.root.glob(f"device={device}/search_space=*"):
             for part in folder.glob("part-*.parquet"):
-                table = pq.read_table(part, columns=["config_id", "model_sha256", "status"])
+                table = read_part(part, columns=["config_id", "model_sha256", "status"])
                 for cfg, sha, status in zip(*(table.column(c).to_pylist() for c in table.column_names),
                                             strict=True):
                     if status in wanted:
@@ -248,25 +469,23 @@ class DatasetStore:
 
 
 def read_dataset(path: Path | str) -> pa.Table:
-    """Read a dataset folder (or one Parquet file) with the partition columns restored."""
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"no dataset at {path}")
-    try:
-        if path.is_file():
-            return pq.read_table(path)
-        partitioning = ds.partitioning(pa.schema([(name, pa.string()) for name in PARTITIONS]), flavor="hive")
-        dataset = ds.dataset(path, format="parquet", partitioning=partitioning, exclude_invalid_files=True)
-        return dataset.to_table()
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UsageError(f"cannot read dataset {path}: {exc}") from None
+    """Read a dataset folder (or one Parquet file) with the partition columns restored.
+
+    A damaged file is an error naming it (``DamagedPartError``): a table silently missing rows would lie.
+    """
+    table, damaged = scan_dataset(path)
+    if damaged:
+        raise damaged[0]
+    return table
 
 
 def summarize(path: Path | str) -> dict[str, Any]:
-    """What ``hwlat datasets show`` prints: devices, spaces, rows, failures, unstable rows, date range."""
-    table = read_dataset(path)
+    """What ``hwlat datasets show`` prints: devices, spaces, rows, failures, unstable rows, date range and
+    ``damaged`` (one ``DamagedPartError`` per part file that could not be read; the rest is counted)."""
+    table, damaged = scan_dataset(path)
     if table.num_rows == 0:
-        return {"rows": 0, "devices": {}, "spaces": {}, "status": {}, "first": None, "last": None, "configs": []}
+        return {"rows": 0, "devices": {}, "spaces": {}, "status": {}, "first": None, "last": None, "configs": [],
+                "damaged": damaged}
     cols = table.column_names
     need = {"device", "search_space"}
     if not need <= set(cols):
@@ -274,7 +493,8 @@ def summarize(path: Path | str) -> dict[str, Any]:
     devices = table.column("device").to_pylist()
     spaces = table.column("search_space").to_pylist()
     statuses = table.column("status").to_pylist() if "status" in cols else ["ok"] * table.num_rows
-    summary: dict[str, Any] = {"rows": table.num_rows, "devices": {}, "spaces": {}, "status": {}}
+    summary: dict[str, Any] = {"rows": table.num_rows, "devices": {}, "spaces": {}, "status": {},
+                               "damaged": damaged}
     for dev, space, status in zip(devices, spaces, statuses, strict=True):
         entry = summary["devices"].setdefault(str(dev), {"rows": 0, "ok": 0, "failed": 0, "unstable": 0,
                                                          "timeout": 0, "spaces": set()})

@@ -147,7 +147,13 @@ class Predictor:
 
 
 def load(path: str | Path) -> Predictor:
-    """Load a model saved by ``Predictor.save`` (or ``hwlat predictor train``)."""
+    """Load a model saved by ``Predictor.save`` (or ``hwlat predictor train``).
+
+    The file is data, never code: ``torch.load(weights_only=True)`` unpickles only tensors and plain
+    containers, and refuses storages larger than their bytes in the file. Everything in it is then checked
+    before it is used: a file that loads but was edited or damaged (a key missing, a tensor of the wrong
+    shape, net sizes that would allocate gigabytes, NaN parameters) is a one-line ``UsageError``.
+    """
     try:
         blob = torch.load(str(path), weights_only=True)
     except FileNotFoundError:
@@ -156,20 +162,57 @@ def load(path: str | Path) -> Predictor:
         raise UsageError(f"cannot read model {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise UsageError(f"{path} is not an hwlat predictor model ({FORMAT})")
+    try:
+        return _from_blob(blob)
+    except UsageError as exc:
+        raise UsageError(f"{path}: unusable model: {exc}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        why = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise UsageError(f"{path}: unusable model, damaged or edited ({type(exc).__name__}: {why})") from None
+
+
+def _check_shapes(kind: str, k: int, hidden: int, n_devices: int, enc: dict, state: dict) -> None:
+    """The saved tensors have exactly the shapes their config builds: compared on the meta device, so a
+    config asking for huge nets allocates nothing."""
+    with torch.device("meta"):
+        shell = build_net(kind, k, n_devices, enc["flat_dim"], enc["node_dim"], hidden)
+    want = {name: tuple(t.shape) for name, t in shell.state_dict().items()}
+    if not isinstance(state, dict) or set(state) != set(want):
+        raise UsageError(f"{kind} net parameters {sorted(state) if isinstance(state, dict) else state!r} are not "
+                         "the ones its config builds")
+    for name, shape in want.items():
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape:
+            got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise UsageError(f"{kind} net tensor {name} has shape {got}, its config builds {shape}")
+        if not bool(torch.isfinite(tensor).all()):
+            raise UsageError(f"{kind} net tensor {name} holds NaN or infinite values")
+
+
+def _from_blob(blob: dict) -> Predictor:
+    spaces = blob["spaces"]
+    if not isinstance(spaces, dict) or not spaces:
+        raise UsageError("no search space in the model")
     models = {}
-    for space, s in blob["spaces"].items():
+    for space, s in spaces.items():
         enc = _encoder_config(space)
         if enc != s["encoder"]:
-            raise UsageError(f"{path}: saved {space} encoder {s['encoder']} does not match this version's {enc}")
+            raise UsageError(f"saved {space} encoder {s['encoder']} does not match this version's {enc}")
         tr = dict(s["train"])
-        cfg = TrainConfig(**{**tr, "nets": [tuple(n) for n in tr["nets"]]})
+        cfg = TrainConfig(**{**tr, "nets": [tuple(n) for n in tr["nets"]]})  # validates the net sizes
+        devices = list(s["devices"])
+        if not devices or not all(isinstance(d, str) and d for d in devices) or len(set(devices)) != len(devices):
+            raise UsageError(f"{space}: the device list must be distinct non-empty names")
+        if len(s["nets"]) != len(cfg.nets):
+            raise UsageError(f"{space}: {len(s['nets'])} saved nets for {len(cfg.nets)} configured")
         nets = []
         for (kind, k, hidden), state in zip(cfg.nets, s["nets"], strict=True):
-            net = build_net(kind, k, state["emb"].shape[1], enc["flat_dim"], enc["node_dim"], hidden)
+            _check_shapes(kind, k, hidden, len(devices), enc, state)
+            net = build_net(kind, k, len(devices), enc["flat_dim"], enc["node_dim"], hidden)
             net.load_state_dict(state)
             net.eval()
             nets.append(net)
-        m = SpaceModel(space, list(s["devices"]), nets, cfg, s["mu"].numpy(), s["sigma"].numpy(),
+        m = SpaceModel(space, devices, nets, cfg, s["mu"].numpy(), s["sigma"].numpy(),
                        s["cost"].shape[1] - 1)
         m.cost = s["cost"].numpy().copy()
         m.cost_scale = s["cost_scale"].numpy().copy()
@@ -177,5 +220,21 @@ def load(path: str | Path) -> Predictor:
         m.cost_cov = {d: c.numpy().copy() for d, c in s["cost_cov"].items()}
         m.cost_floor = {d: float(v) for d, v in s["cost_floor"].items()}
         m.source = list(s["source"])
+        shapes = {"mu": m.mu.shape, "sigma": m.sigma.shape, "cost": m.cost.shape[:1], "cost_scale": m.cost_scale.shape,
+                  "nn_weight": m.nn_weight.shape}
+        n_members = sum(n.k for n in nets)
+        expected = {"mu": (n_members, len(devices)), "sigma": (n_members, len(devices)), "cost": (len(devices),),
+                    "cost_scale": (len(devices),), "nn_weight": (len(devices),)}
+        bad = [k for k in shapes if tuple(shapes[k]) != expected[k]]
+        if bad or len(m.source) != len(devices) or set(m.cost_cov) - set(devices):
+            raise UsageError(f"{space}: per-device arrays do not match its {len(devices)} devices "
+                             f"({', '.join(bad) or 'source/cost_cov'})")
+        example = [get_encoder(space).example()]
+        for device in devices:  # every device predicts a finite latency, or the file is not usable
+            mean, std = m.predict(example, device)
+            if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+                raise UsageError(f"{space}: device {device!r} predicts NaN or infinite latency")
         models[space] = m
+    if not isinstance(blob["fingerprint"], str):
+        raise UsageError("the data fingerprint is not a string")
     return Predictor(models, blob["fingerprint"], dict(blob.get("meta", {})))

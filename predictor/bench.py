@@ -60,10 +60,16 @@ class Task:
 
 def load_tasks(path: str | Path, names: list[str] | None = None) -> list[Task]:
     """Read a NASFLAT-style task file; ``names`` selects tasks by ``paper_name``."""
+    def device_list(value: object) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"device lists must be lists of names, got {value!r}")
+        return list(value)
+
     try:
-        raw = json.loads(Path(path).read_text())
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
         tasks = [Task(t.get("paper_name") or f"task{t.get('task_index', i)}", canonical_space(t["search_space"]),
-                      list(t["train_devices"]), list(t["test_devices"])) for i, t in enumerate(raw["tasks"])]
+                      device_list(t["train_devices"]), device_list(t["test_devices"]))
+                 for i, t in enumerate(raw["tasks"])]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"cannot read tasks file {path}: {exc}") from exc
     if names:
@@ -73,6 +79,30 @@ def load_tasks(path: str | Path, names: list[str] | None = None) -> list[Task]:
             raise UsageError(f"unknown task(s) {', '.join(unknown)}; the file has {', '.join(sorted(known))}")
         tasks = [t for t in tasks if t.name in names]
     return tasks
+
+
+def validate_tasks(table: LatencyTable, tasks: list[Task], samples: int) -> None:
+    """Refuse, before any training, a task the protocol cannot run: every task needs train and test devices
+    that are disjoint and in the data, and each test device more archs than ``samples`` plus 2 to score on."""
+    if samples < 2:
+        raise UsageError(f"samples must be at least 2, got {samples}")
+    for task in tasks:
+        if not task.train_devices or not task.test_devices:
+            which = "train" if not task.train_devices else "test"
+            raise UsageError(f"task {task.name}: no {which} devices")
+        both = sorted(set(task.train_devices) & set(task.test_devices))
+        if both:
+            raise UsageError(f"task {task.name}: {', '.join(both)} is both a train and a test device (a test "
+                             "device must be new to the pretrained model)")
+        have = set(table.devices(task.space))
+        missing = [d for d in (*task.train_devices, *task.test_devices) if d not in have]
+        if missing:
+            raise UsageError(f"task {task.name}: device(s) not in the data for {task.space}: {', '.join(missing)}")
+        for name in task.test_devices:
+            n = len(table.device_series(task.space, name))
+            if samples > n - 2:
+                raise UsageError(f"task {task.name}: {samples} samples on {name} leave {max(n - samples, 0)} of "
+                                 f"its {n} archs to score; use at most {max(n - 2, 0)} samples")
 
 
 def score(pred_ms: np.ndarray, true_ms: np.ndarray) -> dict[str, float]:
@@ -87,10 +117,7 @@ def run_task_seed(table: LatencyTable, task: Task, seed: int, samples: int, samp
                   progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, float]]:
     """One task, one seed: pretrain, transfer to each test device, score; returns {device: metrics}."""
     space = task.space
-    have = set(table.devices(space))
-    missing = [d for d in (*task.train_devices, *task.test_devices) if d not in have]
-    if missing:
-        raise UsageError(f"task {task.name}: device(s) not in the data for {space}: {', '.join(missing)}")
+    validate_tasks(table, [task], samples)
     cfg = TrainConfig(**{**(train_cfg.__dict__ if train_cfg else {}), "seed": seed})
     model = pretrain_protocol(table, space, list(task.train_devices), cfg, progress)
     out = {}
@@ -110,6 +137,7 @@ def run_bench(table: LatencyTable, tasks: list[Task], samples: int, seeds: int, 
               on_step: Callable[[str, int, dict], None] | None = None,
               progress: Callable[[int, int], None] | None = None) -> dict:
     """Run every task for seeds 0..seeds-1; returns the JSON report (means, per-device per-seed lists)."""
+    validate_tasks(table, tasks, samples)  # all of them, before hours of training on the first
     report: dict = {"samples": samples, "seeds": seeds, "sampler": sampler, "tasks": {}}
     for task in tasks:
         t0 = time.perf_counter()

@@ -23,6 +23,17 @@ from agents.records import USABLE_STATUSES
 from .encode import canonical_space, get_encoder
 
 REQUIRED = ("search_space", "arch", "device", "latency_ms")
+#: Latencies outside this range are refused (ms): 1 ns is below any timer, 10^7 ms (2.8 h) above any timed
+#: network. Beyond them a value is a unit or data error, and near 1e308 it overflows the means and cost
+#: models to inf (and the training to NaN).
+MIN_LATENCY_MS, MAX_LATENCY_MS = 1e-6, 1e7
+
+
+def bad_latencies(values: np.ndarray) -> np.ndarray:
+    """Mask of latencies that are missing, not finite or outside [MIN_LATENCY_MS, MAX_LATENCY_MS]."""
+    values = np.asarray(values, np.float64)
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(values) | (values < MIN_LATENCY_MS) | (values > MAX_LATENCY_MS)
 
 
 @dataclass
@@ -53,18 +64,33 @@ class LatencyTable:
 
 
 def _read_one(path: Path) -> pd.DataFrame:
-    """Read a single Parquet file or a (hive-partitioned) folder of them."""
+    """Read a single Parquet file or a (hive-partitioned) folder of them, page checksums verified.
+
+    A damaged file is named (not only the folder), and rows seen twice with one ``row_id`` (an hwlat merge
+    killed before it deleted the merged small files) count once.
+    """
     if not path.exists():
         raise UsageError(f"data not found: {path}")
+    fmt = pads.ParquetFileFormat(
+        default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
     try:
-        if path.is_dir():
-            table = pads.dataset(str(path), format="parquet", partitioning="hive").to_table()
-        else:
-            table = pads.dataset(str(path), format="parquet").to_table()
+        dataset = pads.dataset(str(path), format=fmt, partitioning="hive" if path.is_dir() else None)
+        table = dataset.to_table()
     except Exception as exc:  # pyarrow raises several types for unreadable input
+        culprit = path
+        if path.is_dir():
+            for file in sorted(path.rglob("*.parquet")):
+                if any(part.startswith((".", "_")) for part in file.relative_to(path).parts):
+                    continue
+                try:
+                    pads.dataset(str(file), format=fmt).to_table()
+                except Exception:  # the first file that fails alone is the one to name
+                    culprit = file
+                    break
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(f"cannot read Parquet data {path}: {msg}") from exc
-    return table.to_pandas()
+        raise UsageError(f"cannot read Parquet data {culprit}: {msg}") from exc
+    frame = table.to_pandas()
+    return frame.drop_duplicates("row_id") if "row_id" in frame.columns else frame
 
 
 def load_table(paths: Sequence[str | Path]) -> LatencyTable:
@@ -90,11 +116,12 @@ def reduce_frame(df: pd.DataFrame) -> LatencyTable:
                          f"{', '.join(REQUIRED)})")
     df = df.copy()
     lat = pd.to_numeric(df["latency_ms"], errors="coerce")
-    bad = ~np.isfinite(lat.to_numpy(np.float64)) | (lat.to_numpy(np.float64) <= 0)
+    bad = bad_latencies(lat.to_numpy(np.float64))
     if bad.any():
-        raise UsageError(f"{int(bad.sum())} row(s) have a missing, NaN or non-positive latency_ms "
-                         "(first: device {!r}, arch {!r})".format(df["device"].iloc[int(np.argmax(bad))],
-                                                                 df["arch"].iloc[int(np.argmax(bad))]))
+        first = int(np.argmax(bad))
+        raise UsageError(f"{int(bad.sum())} row(s) have a missing, NaN or implausible latency_ms (need "
+                         f"{MIN_LATENCY_MS:g} to {MAX_LATENCY_MS:g} ms; first: device {df['device'].iloc[first]!r}, "
+                         f"arch {df['arch'].iloc[first]!r}, {lat.iloc[first]!r})")
     df["latency_ms"] = lat.astype(np.float64)
     for col in ("search_space", "device", "arch"):
         if df[col].isna().any():

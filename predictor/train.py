@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from agents.errors import UsageError
+
 from .additive import Posterior, fit_source
 from .encode import Encoded, get_encoder
 from .models import LatencyNet, build_net
@@ -31,6 +33,33 @@ class TrainConfig:
     weight_decay: float = 1e-4
     rank_weight: float = 0.5
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse values training cannot use, from the CLI or from a model file, before anything is allocated.
+
+        ``steps`` >= 20: the one-cycle schedule needs a warm-up step (at 10 steps torch divides by zero).
+        The net sizes bound what a tampered model file can make ``load`` build (``k * hidden^2`` floats).
+        """
+        checks = [
+            ("steps", self.steps, int, 20, 10**7),
+            ("batch", self.batch, int, 1, 1 << 20),
+            ("lr", self.lr, float, 1e-12, 10.0),
+            ("weight_decay", self.weight_decay, float, 0.0, 10.0),
+            ("rank_weight", self.rank_weight, float, 0.0, 100.0),
+            ("seed", self.seed, int, 0, 2**63 - 1),
+        ]
+        for name, value, kind, lo, hi in checks:
+            ok_type = isinstance(value, int | float) if kind is float else isinstance(value, int)
+            if isinstance(value, bool) or not ok_type or not lo <= value <= hi:  # NaN fails the range
+                raise UsageError(f"training {name} must be a {kind.__name__} from {lo:g} to {hi:g}, got {value!r}")
+        if not isinstance(self.nets, list | tuple) or not 1 <= len(self.nets) <= 8:
+            raise UsageError(f"training nets must be 1 to 8 (kind, members, hidden) triples, got {self.nets!r}")
+        for net in self.nets:
+            ok = isinstance(net, list | tuple) and len(net) == 3 and net[0] in ("gnn", "mlp") and \
+                all(isinstance(v, int) and not isinstance(v, bool) for v in net[1:]) and \
+                1 <= net[1] <= 64 and 1 <= net[2] <= 1024
+            if not ok:
+                raise UsageError(f"training net {net!r} must be (gnn|mlp, 1..64 members, 1..1024 hidden)")
 
 
 def to_tensors(enc: Encoded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -35,6 +35,7 @@ from scipy.stats import rankdata
 from agents.errors import UsageError
 
 from .additive import fit_target
+from .data import MAX_LATENCY_MS, MIN_LATENCY_MS, bad_latencies
 from .encode import get_encoder
 from .models import LatencyNet
 from .train import SpaceModel, pairwise_rank_loss, to_tensors
@@ -161,8 +162,9 @@ def transfer(sm: SpaceModel, device: str, archs: list[str], lat_ms: np.ndarray,
     lat_ms = np.asarray(lat_ms, np.float64)
     if len(archs) < 2 or len(set(archs)) != len(archs):
         raise UsageError(f"transfer to {device!r} needs at least 2 distinct measured archs")
-    if not np.all(np.isfinite(lat_ms) & (lat_ms > 0)):
-        raise UsageError(f"transfer to {device!r}: latencies must be positive numbers")
+    if bad_latencies(lat_ms).any():
+        raise UsageError(f"transfer to {device!r}: latencies must be numbers from {MIN_LATENCY_MS:g} to "
+                         f"{MAX_LATENCY_MS:g} ms")
     if device in sm.devices:
         raise UsageError(f"device {device!r} is already in the model")
     torch.manual_seed(seed)

@@ -81,6 +81,7 @@ def test_leftover_temp_files_are_invisible_and_cleaned(tmp_path: Path) -> None:
     folder = store.partition_dir("dev-a", "nb201")
     (folder / ".part-s1-000009.parquet.abcd.tmp").write_bytes(b"PAR1 half written")
     assert read_dataset(tmp_path).num_rows == 1
+    store.close()  # the writer lock: recovery is for the next writer
     DatasetStore(tmp_path).recover()
     assert not list(folder.glob(".*.tmp"))
 
@@ -102,6 +103,7 @@ def test_compaction_merges_a_session_and_recovers_from_a_kill(tmp_path: Path) ->
     merged = pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in parts])
     pq.write_table(merged, folder / ".compact-s2.ready")
     parts[0].unlink()  # the kill happened while deleting
+    store.close()  # the writer lock: recovery is for the next writer
     DatasetStore(tmp_path).recover()
     names = sorted(p.name for p in folder.glob("*.parquet"))
     assert names == ["part-s1.parquet", "part-s2.parquet"]

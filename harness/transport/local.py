@@ -12,7 +12,6 @@ import fcntl
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -36,8 +35,35 @@ def split_journal(data: bytes) -> tuple[list[dict], int]:
     return events, end
 
 
-#: The lock every local campaign holds while it measures (see ``LocalTransport._take_machine_lock``).
-LOCAL_LOCK = Path(tempfile.gettempdir()) / "hwlat-local-device.lock"
+#: The lock every local campaign on this machine holds while it measures (``LocalTransport._take_machine_lock``).
+#: A fixed path, not $TMPDIR: two users (or a user and root, or a shell with another TMPDIR) share the CPUs,
+#: so they must find the same lock. /var/tmp exists on every Linux (FHS), is world-writable with the sticky
+#: bit for root and every user alike, and is not cleaned at boot the way /tmp is; /run/lock is root-only on
+#: some distributions (root:lock 0755 on Fedora).
+LOCAL_LOCK = Path("/var/tmp/hwlat-local-device.lock")
+#: Used only when LOCAL_LOCK cannot be opened at all (no /var/tmp, read-only): still one lock per user.
+LOCAL_LOCK_FALLBACK = Path("~/.cache/hwlat/local-device.lock")
+
+
+def open_machine_lock(path: Path = LOCAL_LOCK) -> int:
+    """A descriptor on the machine lock file, for flock; created world-writable so every user records its pid.
+
+    An existing file is opened without O_CREAT: with fs.protected_regular (Debian, Ubuntu) O_CREAT on another
+    user's file in a sticky folder fails even for root. flock works on a read-only descriptor too.
+    """
+    for _ in range(3):
+        try:
+            return os.open(path, os.O_RDWR)
+        except PermissionError:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue  # another process created it between our two opens
+            os.fchmod(fd, 0o666)  # past the umask: the next user must be able to write its pid
+            return fd
+    return os.open(path, os.O_RDONLY)
 
 
 #: Lock descriptors reserved by this process with ``reserve_machine`` (transports then take no lock of their own).
@@ -53,7 +79,12 @@ def lock_machine(device: str, wait_s: float | None = None,
     at once, a number waits at most that many seconds, ``math.inf`` waits as long as it takes; ``on_wait``
     hears once who is being waited for. Raises ``DeviceBusyError`` when the lock stays taken.
     """
-    fd = os.open(LOCAL_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = open_machine_lock()
+    except OSError:
+        fallback = LOCAL_LOCK_FALLBACK.expanduser()
+        fallback.parent.mkdir(parents=True, exist_ok=True)
+        fd = open_machine_lock(fallback)
     deadline = time.monotonic() + (wait_s or 0.0)
     told = False
     while True:
@@ -72,8 +103,11 @@ def lock_machine(device: str, wait_s: float | None = None,
                         "waiting for it to finish")
                 told = True
             time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    except OSError:
+        pass  # a read-only descriptor: the lock holds, only the pid shown to the next campaign is missing
     return fd
 
 

@@ -3,9 +3,11 @@
 Security and robustness choices (each one is a gap in the tools people use today):
 
 * **Authentication**: key only (``identity_file`` or the user's ssh-agent), and the device's host
-  key must already be in the profile's ``known_hosts``. Unknown keys are refused (paramiko
-  ``RejectPolicy``; never ``AutoAddPolicy``) with a pointer to ``hwlat devices trust NAME``; a
-  *changed* key is refused with a man-in-the-middle warning. TVM's RPC has no authentication at all.
+  key must already be in the profile's ``known_hosts``. Unknown keys are refused (never
+  ``AutoAddPolicy``) with a pointer to ``hwlat devices trust NAME``; a *changed* key is refused with a
+  man-in-the-middle warning, an ``@revoked`` one as revoked. known_hosts is read and edited line by line
+  by ``harness.transport.known_hosts`` (never through paramiko's ``HostKeys``, which drops or chokes on
+  lines it does not model). TVM's RPC has no authentication at all.
 * **Only JSON crosses the wire**; every remote command is an argv list joined with ``shlex.quote``.
 * **Model cache by sha256**: ``<workdir>/models/<sha256>.<fmt>``; names are built here from
   validated hex, never from user input, so nothing can escape the workdir. Cached files are hashed
@@ -56,10 +58,10 @@ from harness.devices import DeviceProfile
 from harness.records import ModelArtifact
 from harness.transport.base import Transport
 from harness.transport.bundle import Bundle, current_bundle
+from harness.transport.known_hosts import KnownHosts
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _FMT_RE = re.compile(r"^[a-z0-9]{1,16}$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Partial uploads older than this are removed (a live upload from this coordinator is younger).
 _STALE_PART_S = 3600.0
 _HASH_CHUNK = 200
@@ -127,45 +129,60 @@ def trust_host_key(profile: DeviceProfile, replace: bool = False) -> tuple[param
     """
     key = fetch_host_key(profile)
     path = default_known_hosts(profile)
-    keys = paramiko.HostKeys()
-    if path.exists():
-        try:
-            keys.load(str(path))
-        except (OSError, paramiko.SSHException) as exc:
-            raise ProfileError(f"{profile.source}: key 'known_hosts': cannot read {path} ({exc})") from None
+    hosts = _read_known_hosts(profile, path)
     name = host_key_name(profile)
-    known = keys.lookup(name) or {}
-    old = known.get(key.get_name())
-    if old is not None and old == key:
+    if hosts.is_revoked(name, key):
+        raise HostKeyError(f"{profile.name}: the host key of {name} ({key_fingerprint(key)}) is marked @revoked in "
+                           f"{path}; refusing to trust it")
+    known = hosts.keys_for(name)
+    if any(k == key for k in known):
         return key, "unchanged"
     if known and not replace:
-        olds = ", ".join(key_fingerprint(k) for k in known.values())
+        olds = ", ".join(key_fingerprint(k) for k in known)
         raise HostKeyError(
             f"{profile.name}: host key of {name} changed (known: {olds}; now: {key_fingerprint(key)}); "
             "refusing. If the device was re-installed, run `hwlat devices trust "
             f"{profile.name} --replace`"
         )
-    action = "replaced" if known else "added"
-    if known:
-        # Drop every old entry for this host (any key type): the new key is now the only truth.
-        keys._entries = [e for e in keys._entries if name not in e.hostnames]
-    keys.add(name, key.get_name(), key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    keys.save(str(tmp))
-    tmp.chmod(0o600)
-    tmp.replace(path)
-    return key, action
+    # Only the lines naming exactly this host change (plain or hashed); comments, markers, other hosts'
+    # lines and keys paramiko cannot read stay byte for byte.
+    hosts.replace_host(name, key)
+    try:
+        hosts.write()
+    except OSError as exc:
+        raise ProfileError(f"{profile.source}: key 'known_hosts': cannot write {path} ({exc.strerror or exc})") \
+            from None
+    return key, "replaced" if known else "added"
+
+
+def _read_known_hosts(profile: DeviceProfile, path: Path) -> KnownHosts:
+    try:
+        return KnownHosts.read(path)
+    except OSError as exc:
+        raise ProfileError(f"{profile.source}: key 'known_hosts': cannot read {path} ({exc.strerror or exc})") \
+            from None
+
+
+class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
+    """Called by paramiko when none of the host's recorded keys has the server key's type (or none is recorded)."""
+
+    def __init__(self, profile: DeviceProfile, hosts: KnownHosts) -> None:
+        self.profile, self.hosts = profile, hosts
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        p = self.profile
+        if self.hosts.is_revoked(hostname, key):
+            raise HostKeyError(f"{p.name}: the host key of {hostname} ({key_fingerprint(key)}) is marked @revoked "
+                               f"in {self.hosts.path}; refusing to connect")
+        raise HostKeyError(f"{p.name}: host key of {hostname} is not in {self.hosts.path}; verify the device and "
+                           f"run `hwlat devices trust {p.name}`")
 
 
 class SSHTransport(Transport):
     """Drive an agent on a remote Linux board over SSH (see module docstring)."""
 
     def __init__(self, profile: DeviceProfile) -> None:
-        super().__init__(profile)
-        for key in profile.env:
-            if not _ENV_KEY_RE.match(key):
-                raise ProfileError(f"{profile.source}: key 'env.{key}': not a valid environment variable name")
+        super().__init__(profile)  # env names, like every profile value, are checked by harness.devices
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._poll_sftp: paramiko.SFTPClient | None = None
@@ -204,12 +221,11 @@ class SSHTransport(Transport):
         p = self.profile
         client = paramiko.SSHClient()
         known = default_known_hosts(p)
-        if known.exists():
-            try:
-                client.load_host_keys(str(known))
-            except (OSError, paramiko.SSHException) as exc:
-                raise ProfileError(f"{p.source}: key 'known_hosts': cannot read {known} ({exc})") from None
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        # Our reader, not client.load_host_keys: paramiko raises on @cert-authority lines and ignores @revoked.
+        hosts = _read_known_hosts(p, known)
+        for key in reversed(hosts.keys_for(host_key_name(p))):  # paramiko keeps one key per type: last add wins
+            client.get_host_keys().add(host_key_name(p), key.get_name(), key)
+        client.set_missing_host_key_policy(_KnownHostsPolicy(p, hosts))
         identity = Path(p.identity_file).expanduser() if p.identity_file else None
         if identity is not None and not identity.is_file():
             raise ProfileError(f"{p.source}: key 'identity_file': {identity} does not exist")
@@ -227,6 +243,9 @@ class SSHTransport(Transport):
             )
         except paramiko.BadHostKeyException as exc:
             client.close()
+            if hosts.is_revoked(host_key_name(p), exc.key):
+                raise HostKeyError(f"{p.name}: the host key of {host_key_name(p)} ({key_fingerprint(exc.key)}) is "
+                                   f"marked @revoked in {known}; refusing to connect") from None
             raise HostKeyError(
                 f"{p.name}: host key for {host_key_name(p)} changed (expected "
                 f"{key_fingerprint(exc.expected_key)}, got {key_fingerprint(exc.key)}); refusing to connect "
@@ -239,13 +258,11 @@ class SSHTransport(Transport):
                 f"{p.name}: SSH authentication as {p.user!r} failed ({exc}); check identity_file in "
                 f"{p.source} or load the key into ssh-agent"
             ) from None
+        except HostKeyError:  # from _KnownHostsPolicy: unknown or revoked key
+            client.close()
+            raise
         except paramiko.SSHException as exc:
             client.close()
-            if "not found in known_hosts" in str(exc):
-                raise HostKeyError(
-                    f"{p.name}: host key of {host_key_name(p)} is not in {known}; verify the device and "
-                    f"run `hwlat devices trust {p.name}`"
-                ) from None
             raise TransportError(f"{p.name}: SSH connection to {p.host}:{p.port} failed ({exc})") from None
         except (OSError, EOFError) as exc:
             client.close()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from hwlat.cli.console import Parser, add_json_flag, console, emit_json
+from hwlat.cli.console import EXIT_FAILED, EXIT_OK, Parser, add_json_flag, console, emit_json
 
 
 def _ms(value: float | None) -> str:
@@ -18,13 +19,16 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
     from harness.store import summarize
 
     summary = summarize(Path(args.path))
+    for damaged in summary["damaged"]:  # named on stderr, counted in the exit code; the rest is shown
+        print(f"hwlat: {damaged}", file=sys.stderr)
+    status = EXIT_FAILED if summary["damaged"] else EXIT_OK
     if args.json:
-        emit_json({"path": str(args.path), **summary})
-        return 0
+        emit_json({"path": str(args.path), **summary, "damaged": [str(d) for d in summary["damaged"]]})
+        return status
     out = console()
     if summary["rows"] == 0:
-        out.print(f"{args.path}: empty dataset", markup=False)
-        return 0
+        out.print(f"{args.path}: {'no readable rows' if summary['damaged'] else 'empty dataset'}", markup=False)
+        return status
     table = Table(title=f"{args.path}: {summary['rows']} rows, {summary['first']} .. {summary['last']}",
                   title_justify="left")
     table.add_column("device", no_wrap=True)
@@ -49,7 +53,7 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
         out.print(lat)
     spaces = ", ".join(f"{k}: {v}" for k, v in sorted(summary["spaces"].items()))
     out.print(f"spaces: {spaces}", markup=False)
-    return 0
+    return status
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -8,6 +8,7 @@ Exit codes live in ``hwlat.cli.console`` (0 ok, 1 failed, 2 bad input, 3 device 
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Sequence
@@ -29,6 +30,26 @@ def build_parser() -> Parser:
     return parser
 
 
+def _option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """dest -> how the user wrote it (``--out``, or the positional's name), over every subcommand."""
+    names: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                names.update(_option_names(sub))
+        elif action.dest not in names:
+            names[action.dest] = action.option_strings[-1] if action.option_strings else action.dest
+    return names
+
+
+def refuse_empty_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """No hwlat option means anything as an empty string: ``--out ""`` would be the current folder."""
+    for dest, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            raise UsageError(f"{_option_names(parser).get(dest, dest)} is empty; give a value")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
@@ -47,6 +68,7 @@ def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        refuse_empty_values(parser, args)
         return int(args.func(args) or 0)
     except DeviceBusyError as exc:
         print(f"hwlat: {_first_line(exc)}", file=sys.stderr)

@@ -59,7 +59,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
         watch = RowWatcher(lambda m: progress.console.print(m, markup=False, soft_wrap=True))
         result = run_campaign(req, progress=progress, on_row=watch)
     failed = [o for o in result.outcomes if o.error and not o.busy]
-    code = EXIT_FAILED if failed else EXIT_BUSY if any(o.busy for o in result.outcomes) else EXIT_OK
+    # rows lost before this run (a damaged part file moved aside) also keep the exit code from saying 0
+    code = EXIT_FAILED if failed or result.quarantined else EXIT_BUSY if any(o.busy for o in result.outcomes) \
+        else EXIT_OK
     if args.json:
         emit_json(campaign_document(result, code))
         return code
@@ -67,6 +69,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
     for o in result.outcomes:
         if o.error:  # whole, on one line: logs and greps should not have to unwrap it
             err.print(f"{'busy' if o.busy else 'error'} {o.device}: {o.error}", soft_wrap=True, markup=False)
+    for was, now, why in result.quarantined:
+        err.print(f"error damaged part file {was} ({why}) moved to {now}; its rows are no longer in the dataset "
+                  "(this command measured again those it covers)", soft_wrap=True, markup=False)
     return code
 
 
@@ -178,6 +183,7 @@ def campaign_document(result: Any, code: int) -> dict[str, Any]:
     return {
         "session_id": result.session_id, "out": str(result.out), "exit_code": code,
         "wall_s": result.wall_s, "export_s": result.export_s, "measure_s": result.measure_s,
+        "quarantined": [{"file": str(was), "moved_to": str(now), "why": why} for was, now, why in result.quarantined],
         "devices": [{"device": o.device, "planned": o.planned, "already_there": o.skipped, "rows": o.rows,
                      "status_counts": o.status_counts, "error": o.error or None, "busy": o.busy,
                      "warnings": o.warnings, "timed_s": o.timed_s, "models": o.models} for o in result.outcomes],

@@ -206,6 +206,10 @@ def read_arch_file(path: Path) -> list[str]:
         raise UsageError(f"cannot read arch file {path}: {one_line(exc)}") from None
     if not archs:
         raise UsageError(f"arch file {path} holds no arch strings")
+    for n, arch in enumerate(archs, 1):  # NUL, escapes, other control bytes: not text someone wrote
+        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in arch):
+            raise UsageError(f"arch file {path} holds binary data (arch {n}: {arch[:40]!r}); give one arch "
+                             "string per line")
     return archs
 
 
