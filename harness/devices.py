@@ -159,6 +159,9 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
     for key, _value in timing_data.items():
         kind = type(getattr(defaults, key))
         timing_values[key] = _expect(source, timing_data, key, kind, getattr(defaults, key))
+    for key in ("cooldown_s", "cooldown_below_c", "cooldown_max_s"):
+        if timing_values.get(key, 0.0) < 0:
+            raise _fail(source, f"timing.{key}", f"must be >= 0, got {timing_values[key]}")
     timeouts = _expect(source, data, "timeouts", dict, {})
     for key in timeouts:
         if key not in _TIMEOUT_KEYS:

@@ -114,6 +114,11 @@ SCHEMA = pa.schema(
         ("governor", pa.string()),
         ("system_before_json", pa.string()),
         ("system_after_json", pa.string()),
+        # memory and cooldown (null in rows written before these columns existed)
+        ("base_rss_mb", pa.float64()),
+        ("peak_rss_mb", pa.float64()),
+        ("cooldown_s", pa.float64()),
+        ("start_temp_c", pa.float64()),
         # drift reference: the session's reference model, re-measured every K models
         ("ref_model_sha256", pa.string()),
         ("ref_latency_ms", pa.float64()),
@@ -256,7 +261,12 @@ def read_dataset(path: Path | str) -> pa.Table:
         if path.is_file():
             return pq.read_table(path)
         partitioning = ds.partitioning(pa.schema([(name, pa.string()) for name in PARTITIONS]), flavor="hive")
-        dataset = ds.dataset(path, format="parquet", partitioning=partitioning, exclude_invalid_files=True)
+        # Folders and files starting with '_' or '.' are not rows: '_ops/' (operator times), '_graphs/', temp files.
+        dataset = ds.dataset(path, format="parquet", partitioning=partitioning, exclude_invalid_files=True,
+                             ignore_prefixes=[".", "_"])
+        if "schema_version" in dataset.schema.names:
+            # pyarrow takes the schema from one file; rows written before a column was added read it as null.
+            dataset = dataset.replace_schema(pa.unify_schemas([SCHEMA, dataset.schema]))
         return dataset.to_table()
     except (pa.ArrowInvalid, OSError) as exc:
         raise UsageError(f"cannot read dataset {path}: {exc}") from None
