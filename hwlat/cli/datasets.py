@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from hwlat.cli import compare
 from hwlat.cli.console import Parser
 
 
@@ -40,3 +41,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show = dsub.add_parser("show", help="devices, spaces, rows, failures, unstable rows and date range")
     show.add_argument("path", help="dataset folder or Parquet file")
     show.set_defaults(func=cmd_datasets_show)
+    compare.register(dsub)
