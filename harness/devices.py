@@ -158,7 +158,7 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
     timing_values = {}
     for key, _value in timing_data.items():
         kind = type(getattr(defaults, key))
-        timing_values[key] = _expect(source, timing_data, key, kind, getattr(defaults, key))
+        timing_values[key] = _expect(source, {f"timing.{key}": _value}, f"timing.{key}", kind, getattr(defaults, key))
     for key in ("cooldown_s", "cooldown_below_c", "cooldown_max_s"):
         if timing_values.get(key, 0.0) < 0:
             raise _fail(source, f"timing.{key}", f"must be >= 0, got {timing_values[key]}")
