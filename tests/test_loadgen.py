@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -10,13 +11,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # spawn children inherit sys.path
-import loadgen  # noqa: E402
+import loadgen
 
 
 def test_plan_is_seeded_alternating_and_bounded() -> None:
     phases = loadgen.plan_phases(seed=3, total_s=100.0)
     assert phases == loadgen.plan_phases(seed=3, total_s=100.0) != loadgen.plan_phases(seed=4, total_s=100.0)
-    assert all(a.kind != b.kind and a.end_s == b.start_s for a, b in zip(phases, phases[1:], strict=False))
+    assert all(a.kind != b.kind and a.end_s == b.start_s for a, b in itertools.pairwise(phases))
     assert phases[0].start_s == 0 and phases[-1].end_s == 100.0
     assert all(5.0 <= p.end_s - p.start_s <= 20.0 for p in phases[:-1])
     with pytest.raises(ValueError):

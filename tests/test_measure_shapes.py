@@ -4,17 +4,14 @@ with its operator times (``--op-profile``), peak memory and a short cooldown rec
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pytest
+from test_measure_local import fast_profile, hwlat
 
 from harness.store import read_dataset
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_measure_local import fast_profile, hwlat  # noqa: E402
 
 SEQ, WIDTH = 64, 32
 
