@@ -28,8 +28,11 @@ def cmd_measure(args: argparse.Namespace) -> int:
     if args.input_shape and not args.models:
         raise UsageError("--input-shape sizes the inputs of --models ONNX files; the search spaces use --batch "
                          "and --resolution")
-    shapes = ShapeRequest(dict(parse_input_shape(text) for text in args.input_shape or []), args.batch,
-                          args.resolution)
+    given = [parse_input_shape(text) for text in args.input_shape or []]
+    twice = sorted({name for name, _ in given if sum(n == name for n, _ in given) > 1})
+    if twice:
+        raise UsageError(f"--input-shape {twice[0]} is given more than once")
+    shapes = ShapeRequest(dict(given), args.batch, args.resolution)
     archs = read_arch_file(Path(args.archs)) if args.archs else None
     _preflight_runtime(profiles, args.format)
     if args.op_profile:
