@@ -231,8 +231,9 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-#: Inferences of the profiled session in ``--op-profile``: the last one is recorded, the others warm it up.
-OP_PROFILE_RUNS = 5
+#: ``--op-profile``: warm-up and recorded inferences of the profiled session. One profiled inference on a busy
+#: machine can be 10x off (seen on the 2-core dev VM); the per-operator median of 10 is not.
+OP_PROFILE_WARMUP, OP_PROFILE_RUNS = 5, 10
 
 
 def measure_job(job: Job, model_path: str, runtime: RuntimeConfig, timing: TimingConfig,
@@ -294,7 +295,7 @@ def measure_job(job: Job, model_path: str, runtime: RuntimeConfig, timing: Timin
             result.status = "unstable" if unstable else "ok"
             if op_profile:
                 try:
-                    result.op_times = backend.profile_ops(inputs, OP_PROFILE_RUNS)
+                    result.op_times = backend.profile_ops(inputs, OP_PROFILE_WARMUP, OP_PROFILE_RUNS)
                 except Exception as exc:
                     result.op_profile_error = _one_line(exc)
     if not result.system_after:

@@ -1,10 +1,11 @@
 """Operator-level times (``hwlat measure --op-profile``): a table beside the dataset, ``DIR/_ops/``.
 
-One Parquet file per profiled model, ``_ops/part-<session>-<device>-<job>.parquet``, written atomically when its result
-arrives; one row per operator (graph node) of one profiled inference, run after the timed loop on a separate
-profiled session (agents/backends/onnxruntime.py). Keyed by ``model_sha256`` + ``op_name`` with the device and
-``config_id`` of the measurement. The folder starts with ``_`` so the dataset readers (``read_dataset``, pandas
-and pyarrow on ``DIR``) never take it for measurement rows; read it on its own (docs/dataset.md).
+One Parquet file per profiled model, ``_ops/part-<session>-<device>-<job>.parquet``, written atomically when
+its result arrives; one row per operator (graph node): its median kernel time over the recorded inferences of
+a separate profiled session run after the timed loop (agents/backends/onnxruntime.py). Keyed by
+``model_sha256`` + ``op_name`` with the device and ``config_id`` of the measurement. The folder starts with
+``_`` so the dataset readers (``read_dataset``, pandas and pyarrow on ``DIR``) never take it for measurement
+rows; read it on its own (docs/dataset.md).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ OPS_SCHEMA = pa.schema(
         ("op_type", pa.string()),
         ("provider", pa.string()),
         ("duration_us", pa.float64()),
+        ("runs", pa.int32()),
     ]
 )
 
@@ -45,7 +47,8 @@ def op_rows(row: dict[str, Any], device: str, search_space: str, op_times: list[
     keys = ("model_sha256", "config_id", "session_id", "run_id", "job_id", "arch", "runtime", "runtime_version")
     common = {k: row.get(k) for k in keys} | {"device": device, "search_space": search_space}
     return [common | {"node_index": i, "op_name": str(op.get("op_name", "")), "op_type": str(op.get("op_type", "")),
-                      "provider": str(op.get("provider", "")), "duration_us": float(op.get("duration_us", 0.0))}
+                      "provider": str(op.get("provider", "")), "duration_us": float(op.get("duration_us", 0.0)),
+                      "runs": op.get("runs")}
             for i, op in enumerate(op_times)]
 
 

@@ -45,6 +45,11 @@ def test_parse_keeps_the_last_model_run_only() -> None:
         {"cat": "Session", "name": "model_run", "ts": 0, "dur": 100}, node("a", 10, 50), node("a_fence", 11, 1),
         {"cat": "Session", "name": "model_run", "ts": 200, "dur": 100}, node("a", 210, 7), node("b", 220, 3),
         node("b", 230, 2),
+        {"cat": "Session", "name": "model_run", "ts": 400, "dur": 100}, node("a", 410, 9), node("b", 420, 4),
+        {"cat": "Session", "name": "model_run", "ts": 600, "dur": 100}, node("a", 610, 900), node("b", 620, 6),
     ]
-    ops = parse_ort_profile(events)
-    assert [(o["op_name"], o["duration_us"]) for o in ops] == [("a", 7.0), ("b", 5.0)]
+    ops = parse_ort_profile(events, runs=1)
+    assert [(o["op_name"], o["duration_us"]) for o in ops] == [("a", 900.0), ("b", 6.0)]
+    # median over the last three inferences: a 7, 9, 900 -> 9 (one slow inference does not move it); b 5, 4, 6
+    ops = parse_ort_profile(events, runs=3)
+    assert [(o["op_name"], o["duration_us"], o["runs"]) for o in ops] == [("a", 9.0, 3), ("b", 5.0, 3)]

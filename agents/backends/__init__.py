@@ -98,11 +98,12 @@ class Backend(ABC):
         """
         raise NotImplementedError(f"{self.name} cannot set input shapes")
 
-    def profile_ops(self, inputs: dict[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
-        """Per-operator times of one inference after ``runs - 1`` warm-up runs, on a separate profiled session.
+    def profile_ops(self, inputs: dict[str, np.ndarray], warmup: int, runs: int) -> list[dict[str, Any]]:
+        """Per-operator times on a separate profiled session: ``warmup`` inferences, then ``runs`` recorded ones.
 
-        One dict per node: ``op_name``, ``op_type``, ``provider``, ``duration_us``. Called after the timed
-        loop only. Raises ``NotImplementedError`` where the runtime offers no operator profiler to Python.
+        One dict per node: ``op_name``, ``op_type``, ``provider``, ``duration_us`` (its median over the recorded
+        inferences), ``runs``. Called after the timed loop only. Raises ``NotImplementedError`` where the
+        runtime offers no operator profiler to Python.
         """
         raise NotImplementedError(f"operator profiling is not available for runtime {self.name}")
 

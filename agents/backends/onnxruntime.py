@@ -139,23 +139,23 @@ class OnnxRuntimeBackend(Backend):
             check_shape(name, declared[name], shape)
         self._shapes = {name: list(shape) for name, shape in shapes.items()}
 
-    def profile_ops(self, inputs: dict[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
+    def profile_ops(self, inputs: dict[str, np.ndarray], warmup: int, runs: int) -> list[dict[str, Any]]:
         """onnxruntime's profiler (``SessionOptions.enable_profiling``) on a second session of the same model.
 
-        The timed session is never profiled. The profile covers every run of the profiled session; only the
-        node events inside the last ``model_run`` are kept, so the first runs serve as warm-up.
+        The timed session is never profiled. The profile covers every inference of the profiled session; only
+        the node events inside the last ``runs`` ``model_run`` events are kept, so the first ones warm it up.
         """
         with tempfile.TemporaryDirectory(prefix="hwlat-ops-") as tmp:
             so = self._options()
             so.enable_profiling = True
             so.profile_file_prefix = os.path.join(tmp, "ort")
             session = self._new_session(so)
-            for _ in range(max(runs, 1)):
+            for _ in range(warmup + max(runs, 1)):
                 session.run(None, inputs)
             path = session.end_profiling()
             with open(path, encoding="utf-8") as fh:
                 events = json.load(fh)
-        return parse_ort_profile(events)
+        return parse_ort_profile(events, runs)
 
     @property
     def session(self) -> Any:
@@ -181,21 +181,29 @@ class OnnxRuntimeBackend(Backend):
         return str(self._session.get_providers()[0]) if self._session is not None else ""
 
 
-def parse_ort_profile(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Node kernel times of the last ``model_run`` of an onnxruntime profile (Chrome trace JSON), in order.
+def parse_ort_profile(events: list[dict[str, Any]], runs: int = 1) -> list[dict[str, Any]]:
+    """Node kernel times of the last ``runs`` ``model_run`` events of an onnxruntime profile (Chrome trace JSON).
 
-    A node that runs more than once in that run (inside a loop) has its durations summed.
+    Per node, in first-seen order: its kernel time in each of those inferences (summed where it runs several
+    times in one, inside a loop), then the median over the inferences (a node missing from one counts 0 there).
     """
-    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    start, end = (runs[-1]["ts"], runs[-1]["ts"] + runs[-1]["dur"]) if runs else (float("-inf"), float("inf"))
-    ops: dict[str, dict[str, Any]] = {}
+    windows = [(e["ts"], e["ts"] + e["dur"]) for e in events
+               if e.get("cat") == "Session" and e.get("name") == "model_run"][-max(runs, 1):]
+    per_run: list[dict[str, float]] = [{} for _ in windows]
+    info: dict[str, dict[str, Any]] = {}
     for e in events:
         name = str(e.get("name", ""))
-        if e.get("cat") != "Node" or not name.endswith("_kernel_time") or not start <= e.get("ts", 0) <= end:
+        if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
             continue
-        args = e.get("args", {})
+        ts = e.get("ts", 0)
+        k = next((i for i, (start, end) in enumerate(windows) if start <= ts <= end), None)
+        if k is None:
+            continue
         node = name[: -len("_kernel_time")]
-        entry = ops.setdefault(node, {"op_name": node, "op_type": str(args.get("op_name", "")),
-                                      "provider": str(args.get("provider", "")), "duration_us": 0.0})
-        entry["duration_us"] += float(e.get("dur", 0))
-    return list(ops.values())
+        args = e.get("args", {})
+        info.setdefault(node, {"op_name": node, "op_type": str(args.get("op_name", "")),
+                               "provider": str(args.get("provider", ""))})
+        per_run[k][node] = per_run[k].get(node, 0.0) + float(e.get("dur", 0))
+    return [entry | {"duration_us": float(np.median([times.get(node, 0.0) for times in per_run])),
+                     "runs": len(per_run)}
+            for node, entry in info.items()]
