@@ -20,6 +20,7 @@ Figures (what a retest on another day, or after a change to the harness, must re
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,10 @@ def compare(path_a: Path | str, path_b: Path | str) -> dict[str, Any]:
                          "configuration (device, config_id, model_sha256); need at least 3 to compare")
     la, lb = both["latency_ms_a"].to_numpy(), both["latency_ms_b"].to_numpy()
     rel = lb / la - 1.0
-    spearman = stats.spearmanr(la, lb)
-    kendall = stats.kendalltau(la, lb)
+    with warnings.catch_warnings():  # constant input: the coefficient is NaN (reported as undefined), no warning
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        spearman = stats.spearmanr(la, lb)
+        kendall = stats.kendalltau(la, lb)
     log_ratio = np.log(lb / la)
     shift_p = float(stats.wilcoxon(log_ratio).pvalue) if np.any(log_ratio != 0) else 1.0
     out |= {
@@ -94,6 +97,8 @@ def compare(path_a: Path | str, path_b: Path | str) -> dict[str, Any]:
          "latency_ms_b": float(r.latency_ms_b), "rel_diff": float(r.rel_diff)}
         for r in both.head(TOP_MOVED).itertuples()
     ]
+    # a constant column (every model the same latency) leaves a correlation undefined: null, not NaN, in JSON
+    out = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
     out["verdict"] = verdict(out)
     return out
 
@@ -105,7 +110,9 @@ def verdict(result: dict[str, Any]) -> str:
         shift = f"B is {ratio:.3f}x {'slower' if ratio > 1 else 'faster'} than A (Wilcoxon p={p:.2g})"
     else:
         shift = f"no significant shift (B/A {ratio:.3f}x, Wilcoxon p={p:.2g})"
-    good = result["spearman"] >= SPEARMAN_MIN and result["median_abs_rel_diff"] <= MEDIAN_DIFF_MAX
+    rho = result["spearman"]
+    good = rho is not None and rho >= SPEARMAN_MIN and result["median_abs_rel_diff"] <= MEDIAN_DIFF_MAX
     head = "reproduces" if good else "does NOT reproduce"
-    return (f"{head}: Spearman {result['spearman']:.3f}, median |diff| {100 * result['median_abs_rel_diff']:.1f}% "
+    shown = "undefined (constant latencies)" if rho is None else f"{rho:.3f}"
+    return (f"{head}: Spearman {shown}, median |diff| {100 * result['median_abs_rel_diff']:.1f}% "
             f"over {result['matched']} models; {shift}")

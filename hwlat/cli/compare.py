@@ -20,8 +20,10 @@ def cmd_datasets_compare(args: argparse.Namespace) -> int:
     console = Console(width=None if sys.stdout.isatty() else 140)
     console.print(f"A = {result['a']}\nB = {result['b']}\n{result['matched']} models in both "
                   f"(only in A: {result['only_a']}, only in B: {result['only_b']})")
-    console.print(f"Spearman {result['spearman']:.4f}   Kendall {result['kendall']:.4f}   "
-                  f"ICC(2,1) {result['icc2_1']:.4f}   ICC(3,1) {result['icc3_1']:.4f}  (on log latency)")
+    figures = {k: "undefined" if result[k] is None else f"{result[k]:.4f}"
+               for k in ("spearman", "kendall", "icc2_1", "icc3_1")}
+    console.print(f"Spearman {figures['spearman']}   Kendall {figures['kendall']}   ICC(2,1) {figures['icc2_1']}   "
+                  f"ICC(3,1) {figures['icc3_1']}  (on log latency)")
     console.print(f"|B/A - 1|: median {100 * result['median_abs_rel_diff']:.2f}%, "
                   f"p90 {100 * result['p90_abs_rel_diff']:.2f}%   geometric mean B/A {result['geomean_ratio']:.4f}")
     table = Table(title="moved most")
