@@ -91,7 +91,7 @@ def read_model(path: str | Path, request: ShapeRequest | None = None) -> ModelAr
         raise UsageError(f"{path}: not a readable ONNX model ({one_line(exc)})") from None
     if not model.graph.node:
         raise UsageError(f"{path}: not an ONNX model (no graph nodes)")
-    if not graph_input_shapes(model)[0]:
+    if not _graph_dims(model):
         raise UsageError(f"{path}: the ONNX graph has no inputs")
     shapes = resolve_shapes(path, model, request or ShapeRequest())
     first = next(iter(shapes.values()))
@@ -142,14 +142,13 @@ def resolve_shapes(path: Path, model: onnx.ModelProto, request: ShapeRequest) ->
         flag: dict[int, str] = {}
         if request.batch is not None and dims:
             flag[0] = f"--batch {request.batch}"
-            wanted[0] = _agree(path, name, 0, wanted[0], request.batch, "--input-shape", "--batch")
+            wanted[0] = _agree(path, name, 0, wanted[0], request.batch, "--batch")
         if len(dims) == 4:
             four_d = True
             if request.resolution is not None:
                 for axis in (2, 3):
                     flag[axis] = f"--resolution {request.resolution}"
-                    wanted[axis] = _agree(path, name, axis, wanted[axis], request.resolution, "--input-shape",
-                                          "--resolution")
+                    wanted[axis] = _agree(path, name, axis, wanted[axis], request.resolution, "--resolution")
         shape = []
         for axis, (dim, want) in enumerate(zip(dims, wanted, strict=True)):
             if isinstance(dim, int):
@@ -171,9 +170,10 @@ def resolve_shapes(path: Path, model: onnx.ModelProto, request: ShapeRequest) ->
     return shapes
 
 
-def _agree(path: Path, name: str, axis: int, given: int | None, value: int, given_flag: str, flag: str) -> int:
+def _agree(path: Path, name: str, axis: int, given: int | None, value: int, flag: str) -> int:
+    """``value`` (from ``flag``), unless ``--input-shape`` gave this dimension another size."""
     if given is not None and given != value:
-        raise UsageError(f"{path.name}: input '{name}' dimension {axis}: {given_flag} says {given}, "
+        raise UsageError(f"{path.name}: input '{name}' dimension {axis}: --input-shape says {given}, "
                          f"{flag} says {value}")
     return value
 
