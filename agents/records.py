@@ -50,6 +50,12 @@ class TimingConfig:
     ci_rel_target: float = 0.01
     unstable_cv: float = 0.10
     seed: int = 0
+    #: seconds to wait before every model (0 = none); see agents/cooldown.py and docs/timing.md
+    cooldown_s: float = 0.0
+    #: then wait until the hottest thermal zone is below this many °C (0 = off) ...
+    cooldown_below_c: float = 0.0
+    #: ... for at most this many seconds
+    cooldown_max_s: float = 300.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TimingConfig:
@@ -89,6 +95,10 @@ class Job:
     sha256: str
     format: str = "onnx"
     role: str = "candidate"
+    #: {input name: shape} to feed; sizes the model's dynamic dimensions (its fixed ones must agree).
+    #: Empty: the model's own shapes (dynamic dimensions pinned to 1; the coordinator never sends a model
+    #: with dynamic dimensions without sizes, see harness/onnx_files.py).
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
@@ -106,6 +116,8 @@ class RunSpec:
     timeout_s: float = 300.0
     env: dict[str, str] = field(default_factory=dict)
     cpu_affinity: list[int] = field(default_factory=list)
+    #: after each job's timed loop, one extra profiled inference records per-operator times (``op_times``)
+    op_profile: bool = False
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -121,6 +133,7 @@ class RunSpec:
             timeout_s=float(data.get("timeout_s", 300.0)),
             env=dict(data.get("env", {})),
             cpu_affinity=list(data.get("cpu_affinity", [])),
+            op_profile=bool(data.get("op_profile", False)),
         )
 
 
@@ -166,6 +179,15 @@ class MeasureResult:
     finished_at: str = ""
     system_before: dict[str, Any] = field(default_factory=dict)
     system_after: dict[str, Any] = field(default_factory=dict)
+    #: worker RSS when the model started loading and its high-water mark through the timed loop (agents/memory.py)
+    base_rss_mb: float | None = None
+    peak_rss_mb: float | None = None
+    #: seconds the supervisor waited before the model (cooldown) and the hottest temperature it started at
+    cooldown_s: float | None = None
+    start_temp_c: float | None = None
+    #: ``RunSpec.op_profile``: one dict per operator (op_name, op_type, provider, duration_us), or why not
+    op_times: list[dict[str, Any]] = field(default_factory=list)
+    op_profile_error: str = ""
 
     def to_json(self) -> str:
         return json.dumps({"type": "result", **dataclasses.asdict(self)}, sort_keys=True)

@@ -11,7 +11,7 @@ most one torn last line. On start the supervisor drops a torn tail and skips eve
 has a result line, so re-running ``run`` measures exactly the remaining jobs.
 
 Wire protocol with the worker (one JSON object per line): the worker first prints
-``{"type": "ready", ...}``; then for each request ``{"job", "model_path", "runtime", "timing"}``
+``{"type": "ready", ...}``; then for each request ``{"job", "model_path", "runtime", "timing", "op_profile"}``
 on its stdin it prints one ``MeasureResult`` line on its stdout. Runtime chatter that C libraries
 write to fd 1 is redirected to stderr, which goes to ``worker.log`` in the run directory.
 """
@@ -37,7 +37,9 @@ from typing import Any
 import numpy as np
 
 import agents
+from agents import memory
 from agents.backends import BackendConfigError, MissingRuntimeError, backend_class, get_backend
+from agents.cooldown import cool_down
 from agents.files import fsync_dir, sha256_file
 from agents.records import Job, MeasureResult, RunSpec, RuntimeConfig, TimingConfig
 from agents.system import fingerprint, snapshot, utc_now
@@ -229,18 +231,29 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def measure_job(job: Job, model_path: str, runtime: RuntimeConfig, timing: TimingConfig) -> MeasureResult:
+#: ``--op-profile``: warm-up and recorded inferences of the profiled session. One profiled inference on a busy
+#: machine can be 10x off (seen on the 2-core dev VM); the per-operator median of 10 is not.
+OP_PROFILE_WARMUP, OP_PROFILE_RUNS = 5, 10
+
+
+def measure_job(job: Job, model_path: str, runtime: RuntimeConfig, timing: TimingConfig,
+                op_profile: bool = False) -> MeasureResult:
     """Load, time and summarise one model in this process. Never raises for model problems.
 
     A Python exception while loading (or preparing inputs) gives ``failed``/``load``, while
     running gives ``failed``/``run``; a missing runtime gives ``failed``/``missing_runtime``.
-    ``system_after`` is taken right after the last timed run, before the session is released.
+    ``system_after`` and the peak RSS are taken right after the last timed run, before the session is
+    released and before the optional operator profile (a second, profiled session: never inside the timed
+    loop; its failure is recorded in ``op_profile_error`` and leaves the timing valid).
     """
     result = MeasureResult(
         job_id=job.job_id, sha256=job.sha256, role=job.role, status="failed",
         runtime=runtime.runtime, threads=runtime.threads, started_at=utc_now(),
     )
     backend = None
+    gc.collect()  # what the previous model left is freed before the peak is reset
+    peak_known = memory.reset_peak()
+    result.base_rss_mb = memory.rss_mb()
     try:
         backend = get_backend(runtime)
         result.runtime_version = backend.version()
@@ -253,6 +266,8 @@ def measure_job(job: Job, model_path: str, runtime: RuntimeConfig, timing: Timin
         result.load_ms = round((time.perf_counter_ns() - t0) / 1e6, 6)
         result.provider = backend.provider()
         result.threads = backend.threads()
+        if job.input_shapes:
+            backend.set_input_shapes(job.input_shapes)
         specs = backend.input_specs()
         result.input_shapes = {name: shape for name, (shape, _) in specs.items()}
         result.input_dtypes = {name: dtype for name, (_, dtype) in specs.items()}
@@ -268,6 +283,7 @@ def measure_job(job: Job, model_path: str, runtime: RuntimeConfig, timing: Timin
             result.error, result.error_type = _one_line(exc), "run"
         else:
             result.system_after = snapshot()
+            result.peak_rss_mb = memory.peak_mb() if peak_known else None
             stats = summarize(outcome.raw_ms, timing.unstable_cv)
             unstable = stats.pop("unstable")
             for key, value in stats.items():
@@ -277,6 +293,11 @@ def measure_job(job: Job, model_path: str, runtime: RuntimeConfig, timing: Timin
             result.raw_ms = outcome.raw_ms
             result.stop_reason = outcome.stop_reason
             result.status = "unstable" if unstable else "ok"
+            if op_profile:
+                try:
+                    result.op_times = backend.profile_ops(inputs, OP_PROFILE_WARMUP, OP_PROFILE_RUNS)
+                except Exception as exc:
+                    result.op_profile_error = _one_line(exc)
     if not result.system_after:
         result.system_after = snapshot()
     result.finished_at = utc_now()
@@ -315,6 +336,7 @@ def worker_main(runtime: str, parent_pid: int, cpu_affinity: list[int]) -> int:
             request["model_path"],
             RuntimeConfig.from_dict(request["runtime"]),
             TimingConfig.from_dict(request["timing"]),
+            op_profile=bool(request.get("op_profile", False)),
         )
         proto.write(result.to_json() + "\n")
         proto.flush()
@@ -456,14 +478,18 @@ class Supervisor:
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         started = utc_now()
         before: dict[str, Any] = {}
+        waited: float | None = None
+        start_temp: float | None = None
         try:
             worker = self.start_worker()
+            waited, start_temp = cool_down(self.spec.timing, self.check_parent)
             before = snapshot()  # after the worker's start-up, so its imports do not count as load
             worker.send({
                 "job": dataclasses.asdict(job),
                 "model_path": self.resolve(job.model_path),
                 "runtime": dataclasses.asdict(self._runtime),
                 "timing": dataclasses.asdict(self.spec.timing),
+                "op_profile": self.spec.op_profile,
             })
             event = worker.read_event(time.monotonic() + self.spec.timeout_s, self.check_parent)
             result = MeasureResult.from_dict(event)
@@ -480,6 +506,7 @@ class Supervisor:
             result = self._failure(job, "failed", "crash", error)
             result.started_at = started
         result.system_before = before
+        result.cooldown_s, result.start_temp_c = waited, start_temp
         return result
 
     def _failure(self, job: Job, status: str, error_type: str, error: str) -> MeasureResult:

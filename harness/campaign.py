@@ -30,16 +30,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agents import __version__
 from agents.errors import DeviceBusyError, TransportError, UsageError
 from agents.records import USABLE_STATUSES, Job, MeasureResult, RunSpec
 from harness.devices import DeviceProfile
+from harness.ops import append_ops, op_rows
 from harness.records import ModelArtifact, ModelSpec
 from harness.store import DONE_STATUSES, DatasetStore, MeasuredKey, dumps_compact
 from harness.transport import open_transport
 from harness.transport.base import Transport
+
+if TYPE_CHECKING:
+    from harness.onnx_files import ShapeRequest
 
 #: Back-off between reconnect attempts to a device that dropped (seconds).
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
@@ -78,6 +82,10 @@ class CampaignRequest:
     max_reconnect_s: float = 300.0
     #: largest chunk of jobs per agent run on a remote device (see ``CHUNK_JOBS``)
     chunk_jobs: int = CHUNK_JOBS
+    #: input sizes for ``models_dir`` (``--input-shape``, and ``--batch``/``--resolution`` when given)
+    shapes: ShapeRequest | None = None
+    #: one extra profiled inference per model after its timed loop -> ``DIR/_ops/`` (harness/ops.py)
+    op_profile: bool = False
 
 
 @dataclass
@@ -203,7 +211,8 @@ def plan_order(candidates: list[ModelArtifact], reference: ModelArtifact | None,
 
 def build_jobs(slots: list[Slot], paths: dict[str, str]) -> list[Job]:
     """The agent's jobs for these slots; ``paths`` (sha256 -> path on the device) from ``push_models``."""
-    return [Job(s.job_id, paths[s.art.sha256], s.art.sha256, s.art.format, s.role) for s in slots]
+    return [Job(s.job_id, paths[s.art.sha256], s.art.sha256, s.art.format, s.role, dict(s.art.feed_shapes))
+            for s in slots]
 
 
 def chunk_slots(slots: list[Slot], largest: int) -> list[list[Slot]]:
@@ -308,6 +317,10 @@ def make_row(*, session_id: str, run_id: str, order_index: int, profile: DeviceP
         "governor": before.get("governor") if isinstance(before.get("governor"), str) else None,
         "system_before_json": dumps_compact(before),
         "system_after_json": dumps_compact(after),
+        "base_rss_mb": result.base_rss_mb,
+        "peak_rss_mb": result.peak_rss_mb,
+        "cooldown_s": result.cooldown_s,
+        "start_temp_c": result.start_temp_c,
         "ref_model_sha256": ref.get("sha256"),
         "ref_latency_ms": ref.get("latency_ms"),
         "ref_index": ref.get("index"),
@@ -474,6 +487,7 @@ class DeviceRunner:
                        ref=self.ref_state)
         with self.store_lock:
             self.store.append(self.profile.name, art.search_space, self.session_id, [row])
+            append_ops(self.store.root, op_rows(row, self.profile.name, art.search_space, result.op_times))
         self.outcome.rows += 1
         self.outcome.status_counts[result.status] = self.outcome.status_counts.get(result.status, 0) + 1
         self.outcome.timed_s += sum(result.raw_ms) / 1000.0
@@ -539,7 +553,7 @@ def plan_models(req: CampaignRequest) -> ModelPlan:
     if req.models_dir is not None:
         from harness.onnx_files import scan_models
 
-        return ModelPlan([], None, scan_models(req.models_dir))  # scan_models refuses an empty folder
+        return ModelPlan([], None, scan_models(req.models_dir, req.shapes))  # scan_models refuses an empty folder
     specs, reference = plan_specs(req)
     return ModelPlan(specs, reference)
 
@@ -622,7 +636,8 @@ def run_campaign(req: CampaignRequest, progress: Any = None,
 
         def make_spec(k: int, jobs: list[Job]) -> RunSpec:
             return RunSpec(run_id=f"{session_id}-{prof.name}-{k:03d}", runtime=prof.runtime, timing=prof.timing,
-                           jobs=jobs, timeout_s=prof.model_timeout_s, env=prof.env, cpu_affinity=prof.cpu_affinity)
+                           jobs=jobs, timeout_s=prof.model_timeout_s, env=prof.env, cpu_affinity=prof.cpu_affinity,
+                           op_profile=req.op_profile)
 
         try:
             runner.measure(plan_order(todo, reference, req.seed, req.reference_every), req.chunk_jobs, make_spec)

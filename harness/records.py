@@ -40,3 +40,6 @@ class ModelArtifact:
     params: int | None = None
     arch_index: int | None = None
     opset: int | None = None
+    #: shapes the agent must feed ({input: dims}); set for the user's ONNX files, whose graphs may have dynamic
+    #: dimensions sized by ``--input-shape``/``--batch``/``--resolution``. Empty: the model's own fixed shapes.
+    feed_shapes: dict[str, list[int]] = field(default_factory=dict)

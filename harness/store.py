@@ -126,6 +126,11 @@ SCHEMA = pa.schema(
         ("governor", pa.string()),
         ("system_before_json", pa.string()),
         ("system_after_json", pa.string()),
+        # memory and cooldown (null in rows written before these columns existed)
+        ("base_rss_mb", pa.float64()),
+        ("peak_rss_mb", pa.float64()),
+        ("cooldown_s", pa.float64()),
+        ("start_temp_c", pa.float64()),
         # drift reference: the session's reference model, re-measured every K models
         ("ref_model_sha256", pa.string()),
         ("ref_latency_ms", pa.float64()),
@@ -289,10 +294,15 @@ def scan_dataset(path: Path | str) -> tuple[pa.Table, list[DamagedPartError]]:
     if not tables:
         return pa.table({}), damaged
     try:
-        return pa.concat_tables(tables, promote_options="default"), damaged
+        table = pa.concat_tables(tables, promote_options="default")
     except (pa.ArrowException, ValueError) as exc:
         raise UsageError(f"cannot read dataset {path}: files disagree on their columns ({one_line(exc, 160)})") \
             from None
+    if "schema_version" in table.column_names:  # rows written before a column was added read it as null
+        for field in SCHEMA:
+            if field.name not in table.column_names:
+                table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table, damaged
 
 
 class DatasetStore:

@@ -153,10 +153,15 @@ def test_litert_backend_times_a_converted_torch_model(tmp_path: Path) -> None:
     ((name, (shape, dtype)),) = backend.input_specs().items()
     assert (shape, dtype) == ([1, 3, 16, 16], "float32")
     assert backend.provider() == "ai_edge_litert:CPU" and backend.threads() == 2
+    backend.set_input_shapes({name: [1, 3, 16, 16]})
+    with pytest.raises(ValueError, match="does not fit"):
+        backend.set_input_shapes({name: [1, 3, 32, 32]})
 
     sha = hashlib.sha256((tmp_path / "tiny.tflite").read_bytes()).hexdigest()
     job = Job("t", "tiny.tflite", sha, format="tflite")
-    result = measure_job(job, str(tmp_path / "tiny.tflite"), RuntimeConfig(runtime="litert", threads=1), FAST)
+    result = measure_job(job, str(tmp_path / "tiny.tflite"), RuntimeConfig(runtime="litert", threads=1), FAST,
+                         op_profile=True)
     assert result.status in ("ok", "unstable"), result.error
+    assert result.op_times == [] and "not available for runtime litert" in result.op_profile_error
     assert result.runtime == "litert" and result.runtime_version
     assert result.input_shapes == {name: [1, 3, 16, 16]} and result.n_runs >= 10

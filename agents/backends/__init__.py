@@ -90,6 +90,23 @@ class Backend(ABC):
     def provider(self) -> str:
         """What actually executes the model (e.g. the first onnxruntime execution provider)."""
 
+    def set_input_shapes(self, shapes: dict[str, list[int]]) -> None:
+        """Feed ``shapes`` from now on (call after ``load``): they size the model's dynamic dimensions.
+
+        Raises ``ValueError`` for an unknown input name or a size that contradicts a fixed dimension: the
+        job would otherwise time a different model size than the one recorded.
+        """
+        raise NotImplementedError(f"{self.name} cannot set input shapes")
+
+    def profile_ops(self, inputs: dict[str, np.ndarray], warmup: int, runs: int) -> list[dict[str, Any]]:
+        """Per-operator times on a separate profiled session: ``warmup`` inferences, then ``runs`` recorded ones.
+
+        One dict per node: ``op_name``, ``op_type``, ``provider``, ``duration_us`` (its median over the recorded
+        inferences), ``runs``. Called after the timed loop only. Raises ``NotImplementedError`` where the
+        runtime offers no operator profiler to Python.
+        """
+        raise NotImplementedError(f"operator profiling is not available for runtime {self.name}")
+
     def threads(self) -> int:
         """Configured intra-op thread count; 0 means the runtime's own default."""
         return int(self.config.threads)
@@ -115,6 +132,13 @@ class Backend(ABC):
                 raise TypeError(f"input {name!r} has dtype {dtype_name}, which the agent cannot generate")
             inputs[name] = np.ascontiguousarray(value)
         return inputs
+
+
+def check_shape(name: str, declared: list[int | None], wanted: list[int]) -> None:
+    """``ValueError`` unless ``wanted`` has ``declared``'s rank and agrees with its fixed (not None) sizes."""
+    if len(wanted) != len(declared) or any(d is not None and d != w for d, w in zip(declared, wanted, strict=False)):
+        shown = ["?" if d is None else d for d in declared]
+        raise ValueError(f"input {name!r}: shape {wanted} does not fit the model's {shown}")
 
 
 def backend_class(runtime: str) -> type[Backend]:

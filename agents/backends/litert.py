@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.backends import Backend, MissingRuntimeError
+from agents.backends import Backend, MissingRuntimeError, check_shape
 from agents.records import RuntimeConfig
 
 #: (module holding ``Interpreter``, distribution name for the version, flavour reported)
@@ -85,6 +85,18 @@ class LiteRTBackend(Backend):
         interpreter.allocate_tensors()
         self._interpreter = interpreter
         self._inputs = {d["name"]: d["index"] for d in interpreter.get_input_details()}
+
+    def set_input_shapes(self, shapes: dict[str, list[int]]) -> None:
+        details = {d["name"]: d for d in self._interpreter.get_input_details()}
+        for name, shape in shapes.items():
+            if name not in details:
+                raise ValueError(f"input {name!r} is not an input of the model (inputs: {', '.join(details)})")
+            signature = details[name].get("shape_signature")
+            if signature is None:
+                signature = details[name]["shape"]
+            check_shape(name, [int(v) if int(v) > 0 else None for v in signature], shape)
+            self._interpreter.resize_tensor_input(details[name]["index"], list(shape))
+        self._interpreter.allocate_tensors()
 
     def input_specs(self) -> dict[str, tuple[list[int], str]]:
         return {

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from hwlat.cli import compare
 from hwlat.cli.console import EXIT_FAILED, EXIT_OK, Parser, add_json_flag, console, emit_json
 
 
@@ -64,3 +65,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("path", help="dataset folder or Parquet file")
     add_json_flag(show)
     show.set_defaults(func=cmd_datasets_show)
+    compare.register(dsub)

@@ -29,6 +29,7 @@ TABLE_ROWS = 20
 def cmd_measure(args: argparse.Namespace) -> int:
     from harness.campaign import CampaignRequest, configure_device, plan_models, run_campaign
     from harness.devices import resolve_devices
+    from harness.onnx_files import ShapeRequest, parse_input_shape
     from harness.transport.local import reserve_machine
     from hwlat.spaces import read_arch_file
 
@@ -38,12 +39,26 @@ def cmd_measure(args: argparse.Namespace) -> int:
         raise UsageError("--models measures the given ONNX files; it cannot be combined with --archs or --count")
     if args.models and not Path(args.models).is_dir():
         raise UsageError(f"--models {args.models}: not a folder")
+    if args.input_shape and not args.models:
+        raise UsageError("--input-shape sizes the inputs of --models ONNX files; the search spaces use --batch "
+                         "and --resolution")
+    given = [parse_input_shape(text) for text in args.input_shape or []]
+    twice = sorted({name for name, _ in given if sum(n == name for n, _ in given) > 1})
+    if twice:
+        raise UsageError(f"--input-shape {twice[0]} is given more than once")
+    shapes = ShapeRequest(dict(given), args.batch, args.resolution)
     archs = read_arch_file(Path(args.archs)) if args.archs else None
     _preflight_runtime(profiles, args.format)
+    if args.op_profile:
+        others = [p.name for p in profiles if (args.format or p.format) != "onnx"]
+        if others:
+            raise UsageError(f"--op-profile needs onnxruntime (LiteRT's Python API has no operator profiler); "
+                             f"device {others[0]} runs LiteRT")
     req = CampaignRequest(
         devices=profiles, out=Path(args.out), space=args.space, count=args.count, seed=args.seed, archs=archs,
         models_dir=Path(args.models) if args.models else None, fmt=args.format, threads=args.threads,
-        batch=args.batch, resolution=args.resolution, remeasure=args.remeasure, retry_failed=args.retry_failed,
+        batch=1 if args.batch is None else args.batch, resolution=32 if args.resolution is None else args.resolution,
+        shapes=shapes, op_profile=args.op_profile, remeasure=args.remeasure, retry_failed=args.retry_failed,
         reference_every=args.reference_every, cache_dir=Path(args.cache) if args.cache else None,
         workers=args.workers, max_reconnect_s=args.max_reconnect,
     )
@@ -227,8 +242,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--out", required=True, metavar="DIR", help="dataset folder (created; appended to)")
     m.add_argument("--format", choices=("onnx", "tflite"), help="model format (default: the device profile's)")
     m.add_argument("--threads", type=int, help="runtime threads (overrides the profile; 0 = runtime default)")
-    m.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    m.add_argument("--resolution", type=int, default=32, help="input resolution (default 32)")
+    m.add_argument("--batch", type=int, help="batch size (default 1; with --models: sizes a dynamic first "
+                   "dimension, refused where the model fixes another)")
+    m.add_argument("--resolution", type=int, help="input resolution (default 32; with --models: sizes dynamic "
+                   "H/W of a 4-d input, refused where the model fixes others)")
+    m.add_argument("--input-shape", action="append", metavar="NAME=DIMS",
+                   help="with --models: shape of input NAME, e.g. input=1x3x224x224 (repeatable); a model with "
+                        "a dynamic dimension nobody sizes is refused")
+    m.add_argument("--op-profile", action="store_true",
+                   help="after each model's timed loop, one profiled inference records per-operator times "
+                        "into DIR/_ops/ (onnxruntime only)")
     m.add_argument("--remeasure", action="store_true", help="measure again even if the dataset has the rows")
     m.add_argument("--retry-failed", action="store_true", help="measure again models whose rows failed")
     m.add_argument("--reference-every", type=int, default=10, metavar="K",

@@ -1,0 +1,45 @@
+"""Cooldown and thermal gate before each model (agents/cooldown.py) and its profile keys."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from agents.cooldown import cool_down
+from agents.errors import ProfileError
+from agents.records import RunSpec, TimingConfig
+from agents.system import temperature_c
+from harness.devices import load_profile_file, parse_profile
+from harness.shipped import shipped_dir
+
+
+def test_fixed_pause_waits_and_reports_the_real_sensor() -> None:
+    polls = []
+    t0 = time.monotonic()
+    waited, temp = cool_down(TimingConfig(cooldown_s=0.3), poll=lambda: polls.append(1))
+    assert 0.3 <= waited <= time.monotonic() - t0 + 0.001 and polls
+    assert (temp is None) == (temperature_c() is None)  # this machine's hottest zone, or None without sensors
+
+
+def test_thermal_gate_waits_until_below_threshold_or_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    # This CI machine has no thermal zone, so the board's sensor is replaced by a cooling curve: 70, 65, 58 °C.
+    monkeypatch.setattr("agents.cooldown.POLL_S", 0.05)
+    readings = iter([70.0, 65.0, 58.0])
+    waited, temp = cool_down(TimingConfig(cooldown_below_c=60.0, cooldown_max_s=5.0), read_temp=lambda: next(readings))
+    assert temp == 58.0 and 0.1 <= waited < 5.0
+    waited, temp = cool_down(TimingConfig(cooldown_below_c=60.0, cooldown_max_s=0.2), read_temp=lambda: 75.0)
+    assert temp == 75.0 and 0.2 <= waited < 1.0  # the cap ends the wait on a board that never cools
+    assert cool_down(TimingConfig(cooldown_below_c=60.0), read_temp=lambda: None)[1] is None  # no sensor: no wait
+
+
+def test_profile_keys_validated_and_carried_in_the_run_spec() -> None:
+    with pytest.raises(ProfileError, match=r"^board\.toml: key 'timing\.cooldown_below_c': must be >= 0"):
+        parse_profile({"name": "b", "timing": {"cooldown_below_c": -5}}, "board.toml")
+    with pytest.raises(ProfileError, match=r"key 'timing\.cooldown_s': expected float"):
+        parse_profile({"name": "b", "timing": {"cooldown_s": "ten"}}, "board.toml")
+    rpi = load_profile_file(shipped_dir("device_profiles") / "rpi4.toml")
+    assert rpi.timing.cooldown_s > 0 and rpi.timing.cooldown_below_c > 0 and rpi.timing.cooldown_max_s > 0
+    spec = RunSpec("r", rpi.runtime, rpi.timing, [], op_profile=True)
+    again = RunSpec.from_json(spec.to_json())
+    assert again.timing == rpi.timing and again.op_profile

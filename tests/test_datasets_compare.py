@@ -1,0 +1,69 @@
+"""``hwlat datasets compare``: figures checked against values computed by hand on small real Parquet datasets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.compare import icc
+from harness.store import DatasetStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _dataset(root: Path, rows: list[tuple[str, str, float, str]]) -> Path:
+    """rows: (arch, config_id, latency_ms, status) on device ``dev``; the model's sha256 is derived from the arch."""
+    store = DatasetStore(root)
+    store.ensure_writable()
+    store.append("dev", "onnx", "s1", [
+        {"schema_version": 1, "row_id": f"{arch}-{cfg}", "session_id": "s1", "arch": arch, "config_id": cfg,
+         "model_sha256": f"sha-{arch}", "latency_ms": latency, "status": status}
+        for arch, cfg, latency, status in rows
+    ])
+    return root
+
+
+def _hwlat(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hwlat", *args], capture_output=True, text=True, cwd=REPO,
+                          check=False, timeout=120)
+
+
+def test_compare_figures_by_hand(tmp_path: Path) -> None:
+    a = _dataset(tmp_path / "a", [("m1", "c", 1.0, "ok"), ("m2", "c", 2.0, "ok"), ("m3", "c", 3.0, "unstable"),
+                                  ("m4", "c", 4.0, "ok"), ("m5", "c", 5.0, "ok"), ("m6", "c", 6.0, "ok")])
+    b = _dataset(tmp_path / "b", [("m1", "c", 1.0, "ok"), ("m2", "c", 2.2, "ok"), ("m3", "c", 1.8, "ok"),
+                                  ("m4", "c", 4.8, "ok"), ("m5", "c", 6.0, "ok"), ("m6", "c", 6.0, "failed"),
+                                  ("m1", "other-config", 9.0, "ok")])
+    proc = _hwlat("datasets", "compare", str(a), str(b), "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    # m6 failed in B; m1 on another configuration is another key
+    assert (r["matched"], r["only_a"], r["only_b"]) == (5, 1, 1)
+    # B ranks: m1 < m3 < m2 < m4 < m5, one swap: sum d^2 = 2 -> rho = 1 - 6*2/(5*24); 1 of 10 pairs discordant
+    assert r["spearman"] == pytest.approx(0.9) and r["kendall"] == pytest.approx(0.8)
+    # B/A - 1 = 0, +0.1, -0.4, +0.2, +0.2 -> |.| sorted 0, .1, .2, .2, .4
+    assert r["median_abs_rel_diff"] == pytest.approx(0.2) and r["p90_abs_rel_diff"] == pytest.approx(0.32)
+    assert r["geomean_ratio"] == pytest.approx((1.0 * 1.1 * 0.6 * 1.2 * 1.2) ** 0.2)
+    assert r["moved_most"][0]["arch"] == "m3" and r["moved_most"][0]["rel_diff"] == pytest.approx(-0.4)
+    assert r["verdict"].startswith("does NOT reproduce: Spearman 0.900, median |diff| 20.0% over 5 models")
+    text = _hwlat("datasets", "compare", str(a), str(a))
+    assert text.returncode == 0 and "reproduces: Spearman 1.000, median |diff| 0.0%" in text.stdout
+    assert "no significant shift" in text.stdout
+
+
+def test_icc_matches_shrout_fleiss_1979() -> None:
+    """The published example (6 targets x 4 judges): ICC(2,1) = 0.29, ICC(3,1) = 0.71."""
+    ratings = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]], float)
+    result = icc(ratings)
+    assert round(result["icc2_1"], 2) == 0.29 and round(result["icc3_1"], 2) == 0.71
+
+
+def test_too_few_matches_is_one_line_exit_2(tmp_path: Path) -> None:
+    a = _dataset(tmp_path / "a", [("m1", "c", 1.0, "ok"), ("m2", "c", 2.0, "ok")])
+    proc = _hwlat("datasets", "compare", str(a), str(a))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "need at least 3" in proc.stderr
