@@ -27,3 +27,8 @@ class DeviceBusyError(UsageError):
 
 class TransportError(Exception):
     """The device could not be reached or the agent could not be started (retryable)."""
+
+
+class ProtocolError(Exception):
+    """The device sent something that breaks the protocol: a corrupt, oversized or forged journal line or
+    reply (see ``agents.journal``). Not retryable: reconnecting brings back the same bytes."""

@@ -13,6 +13,7 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from agents.records import STATUSES
     from harness.store import summarize
 
     summary = summarize(Path(args.path))
@@ -22,11 +23,11 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"{args.path}: {summary['rows']} rows, {summary['first']} .. {summary['last']}")
     table.add_column("device", no_wrap=True)
-    for col in ("cpu", "spaces", "rows", "ok", "unstable", "failed", "timeout"):
+    for col in ("cpu", "spaces", "rows", *STATUSES):
         table.add_column(col)
     for dev, e in sorted(summary["devices"].items()):
-        table.add_row(dev, e.get("cpu_model", ""), ", ".join(e["spaces"]), str(e["rows"]), str(e["ok"]),
-                      str(e["unstable"]), str(e["failed"]), str(e["timeout"]))
+        table.add_row(dev, e.get("cpu_model", ""), ", ".join(e["spaces"]), str(e["rows"]),
+                      *(str(e[status]) for status in STATUSES))
     console.print(table)
     spaces = ", ".join(f"{k}: {v}" for k, v in sorted(summary["spaces"].items()))
     console.print(f"spaces: {spaces}")

@@ -14,8 +14,9 @@ import json
 import sys
 from typing import Any
 
-from agents.errors import ProfileError, TransportError, UsageError
+from agents.errors import ProfileError, ProtocolError, TransportError, UsageError
 from harness.devices import DeviceProfile, available_profiles, load_profile_file, resolve_devices
+from hwlat.cli.console import EXIT_DEVICE_FAILED, EXIT_OK
 
 #: Fingerprint keys in the order ``check`` prints them; anything else follows alphabetically.
 _FINGERPRINT_ORDER = (
@@ -117,12 +118,16 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"hwlat: {profile.name}: unreachable: {str(exc).splitlines()[0]}", file=sys.stderr)
             failed += 1
             continue
+        except ProtocolError as exc:
+            print(f"hwlat: {profile.name}: protocol error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            failed += 1
+            continue
         reports.append(report)
         if not args.json:
             _print_report(report)
     if args.json:
         print(json.dumps(reports, indent=2, sort_keys=True, default=str))
-    return 1 if failed else 0
+    return EXIT_DEVICE_FAILED if failed else EXIT_OK
 
 
 def cmd_trust(args: argparse.Namespace) -> int:

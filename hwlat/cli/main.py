@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from agents import __version__
 from agents.errors import UsageError
 from hwlat.cli import datasets, devices, measure, predictor, profile
-from hwlat.cli.console import EXIT_USAGE, Parser
+from hwlat.cli.console import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, Parser
 
 
 def build_parser() -> Parser:
@@ -37,11 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("hwlat: interrupted; what was measured is saved, run the same command to continue", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if os.environ.get("HWLAT_DEBUG"):
             raise
         print(f"hwlat: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
               "(set HWLAT_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
+        return EXIT_INTERNAL
 

@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 
 from agents.errors import UsageError
-from hwlat.cli.console import progress_bar
+from hwlat.cli.console import EXIT_DEVICE_FAILED, EXIT_OK, progress_bar
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from agents.records import STATUSES
     from harness.campaign import CampaignRequest, run_campaign
     from harness.devices import resolve_devices
     from hwlat.spaces import read_arch_file
@@ -38,13 +39,13 @@ def cmd_measure(args: argparse.Namespace) -> int:
         result = run_campaign(req, progress=progress)
     table = Table(title=f"session {result.session_id} -> {result.out}")
     table.add_column("device", no_wrap=True)
-    for col in ("measured", "already there", "ok", "unstable", "failed", "timeout", "error"):
+    for col in ("measured", "already there", *STATUSES, "error"):
         table.add_column(col)
     failed_devices = 0
     for o in result.outcomes:
         c = o.status_counts
-        table.add_row(o.device, str(o.rows), str(o.skipped), str(c.get("ok", 0)), str(c.get("unstable", 0)),
-                      str(c.get("failed", 0)), str(c.get("timeout", 0)), o.error or "")
+        measured = o.rows - c.get("export_failed", 0)
+        table.add_row(o.device, str(measured), str(o.skipped), *(str(c.get(s, 0)) for s in STATUSES), o.error or "")
         failed_devices += bool(o.error)
         for warning in o.warnings:
             console.print(f"[yellow]warning[/] {o.device}: {warning}")
@@ -53,7 +54,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
         if o.error:  # whole, on one line: the table may wrap it, logs and greps should not have to
             console.print(f"error {o.device}: {o.error}", soft_wrap=True, markup=False)
     console.print(f"wall {result.wall_s:.1f} s (export {result.export_s:.1f} s, measure {result.measure_s:.1f} s)")
-    return 1 if failed_devices else 0
+    if failed_devices:
+        console.print(f"hwlat: {failed_devices} of {len(result.outcomes)} devices failed; what they measured "
+                      f"is saved (log: {result.out}/_logs/{result.session_id}.log); run the same command to "
+                      "continue", soft_wrap=True, markup=False)
+        return EXIT_DEVICE_FAILED
+    return EXIT_OK
 
 
 def _preflight_runtime(profiles: list, fmt: str | None) -> None:

@@ -179,7 +179,7 @@ def sync_rows(src: Path, dst: Path) -> int:
 def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factory: Callable[[], Any]) -> dict:
     """Run (or resume) the loop; returns the paths of what it wrote."""
     import predictor
-    from harness.campaign import configure_device
+    from harness.plan import configure_device
     from predictor.samplers import sample
 
     if req.budget < 2 or req.batch < 1:
