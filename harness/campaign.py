@@ -21,7 +21,7 @@ import contextlib
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ class CampaignResult:
     wall_s: float
     export_s: float
     measure_s: float
+    #: what went wrong outside any device (the session's part files could not be merged, ...)
+    warnings: list[str] = field(default_factory=list)
 
 
 def new_session_id() -> str:
@@ -105,6 +107,8 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
                                make_spec)
         except Exception as exc:
             runner.outcome.error = describe_failure(exc)
+            with contextlib.suppress(Exception):  # best effort: leave a failed device idle, not timing for nobody
+                runner.stop_agent()
             with store_lock:
                 store.log(session_id, f"device {prof.name} failed after {runner.outcome.rows} rows: "
                                       f"{runner.outcome.error}")
@@ -129,10 +133,21 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
                 runner.transport.close()
         raise
     finally:
+        warnings = _compact(store, session_id, store_lock)
+    return CampaignResult(session_id, req.out, [r.outcome for r, _, _ in runners], wall_s=time.monotonic() - t0,
+                          export_s=export_s, measure_s=time.monotonic() - t1, warnings=warnings)
+
+
+def _compact(store: DatasetStore, session_id: str, store_lock: threading.Lock) -> list[str]:
+    """Merge the session's part files; a merge that fails (full disk) leaves them as they are, all readable."""
+    try:
         with store_lock:
             store.compact_session(session_id)
-    return CampaignResult(session_id, req.out, [r.outcome for r, _, _ in runners],
-                          wall_s=time.monotonic() - t0, export_s=export_s, measure_s=time.monotonic() - t1)
+    except OSError as exc:
+        message = f"the session's part files were not merged ({exc}); they stay as they are, every row readable"
+        store.log(session_id, message)
+        return [message]
+    return []
 
 
 def _store_export_failures(runner: DeviceRunner, failures: list[ExportFailure]) -> None:

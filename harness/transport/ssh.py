@@ -406,7 +406,7 @@ class SSHTransport(Transport):
         except FileNotFoundError:
             present = False
         report = self._run_preflight(path) if present else {}
-        if report.get("bundle_sha256") != bundle.sha256 and "error" not in report:
+        if report.get("bundle_sha256") != bundle.sha256:
             report = self._install_bundle(bundle, path)
         self._check_dependencies(report, bundle)
         self._preflight = report
@@ -459,9 +459,16 @@ class SSHTransport(Transport):
     def _upload_part(self, data: bytes, path: str) -> str:
         """Upload ``data`` beside ``path`` under a temporary ``.part-`` name; returns that name."""
         tmp = f"{path}.part-{uuid.uuid4().hex[:12]}"
-        with self._upload_sftp("upload") as sftp, sftp.open(tmp, "wb") as fh:
-            fh.set_pipelined(True)
-            fh.write(data)
+        with self._upload_sftp("upload") as sftp:
+            with sftp.open(tmp, "wb") as fh:
+                fh.set_pipelined(True)
+                fh.write(data)
+            # paramiko drops the error of a pipelined write still buffered at close (a full disk): check.
+            size = sftp.stat(tmp).st_size
+        if size != len(data):
+            self._remove(tmp)
+            raise TransportError(f"{self.profile.name}: upload of {posixpath.basename(path)} is incomplete "
+                                 f"({size} of {len(data)} bytes): is the device's disk full?")
         return tmp
 
     def _rename(self, tmp: str, path: str) -> None:

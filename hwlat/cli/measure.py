@@ -50,6 +50,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
         for warning in o.warnings:
             console.print(f"[yellow]warning[/] {o.device}: {warning}")
     console.print(table)
+    for warning in result.warnings:
+        console.print(f"warning: {warning}", soft_wrap=True, markup=False)
     for o in result.outcomes:
         if o.error:  # whole, on one line: the table may wrap it, logs and greps should not have to
             console.print(f"error {o.device}: {o.error}", soft_wrap=True, markup=False)
