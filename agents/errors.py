@@ -32,3 +32,9 @@ class TransportError(Exception):
 class ProtocolError(Exception):
     """The device sent something that breaks the protocol: a corrupt, oversized or forged journal line or
     reply (see ``agents.journal``). Not retryable: reconnecting brings back the same bytes."""
+
+
+class DeviceFailedError(Exception):
+    """A device could not do its part of a command (unreachable too long, busy, broken journal, full disk).
+
+    Not bad input: the CLI exits with ``EXIT_DEVICE_FAILED`` (3), not 2; what was measured is saved."""

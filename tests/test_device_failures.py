@@ -134,8 +134,11 @@ def journal_results(workdir: Path) -> dict[str, dict]:
 
 
 def assert_rows_were_measured(out: Path, device: str, workdir: Path, forged: set[str] = frozenset()) -> list[dict]:
-    """Every stored row of ``device`` is a result its agent really journaled: same job, model and numbers."""
-    rows = [r for r in read_dataset(out).to_pylist() if r["device"] == device] if out.exists() else []
+    """Every stored measurement of ``device`` is a result its agent really journaled: same job, model, numbers.
+
+    (``export_failed`` rows are not measurements: no device saw those models.)"""
+    rows = [r for r in read_dataset(out).to_pylist() if r["device"] == device and r["status"] != "export_failed"
+            ] if out.exists() else []
     measured = journal_results(workdir)
     for row in rows:
         assert row["job_id"] not in forged, f"a forged result was stored: {row['job_id']}"
@@ -321,3 +324,32 @@ def test_step_that_keeps_failing_after_each_connect_is_bounded(server: SSHServer
             landed = [p.name for p in mount.iterdir() if p.suffix == ".onnx"]
             assert not landed, f"an upload that failed landed under its final name: {landed}"
     assert not (tmp_path / "ds").exists() or read_dataset(tmp_path / "ds").num_rows == 0
+
+
+# ---------------------------------------------------------------------------------------------- export
+def test_failed_export_is_a_row_the_campaign_goes_on_and_a_rerun_retries(server: SSHServer, tmp_path: Path) -> None:
+    """The export cache's disk fills up after two models (~1.3 MB each): the rest are ``export_failed`` rows."""
+    prof = profile(server, tmp_path, "exp", FAST)
+    out = tmp_path / "ds"
+    args = ("--device", str(prof), "--count", "4", "--seed", "11", "--out", str(out), "--workers", "1",
+            "--reference-every", "0")
+    with tmpfs(tmp_path / "cachefs", "3m") as cachefs:
+        rc, err = finish(start_measure(*args, "--cache", str(cachefs)))
+        assert rc == 0, err[-3000:]
+        rows = read_dataset(out).to_pylist()
+        failed = [r for r in rows if r["status"] == "export_failed"]
+        measured = assert_rows_were_measured(out, "exp", tmp_path / "work-exp")
+        assert failed and measured and len(failed) + len(measured) == 4, [(r["arch"], r["status"]) for r in rows]
+        for r in failed:
+            assert "No space left on device" in r["error"] and r["error_type"] == "export"
+            assert r["model_sha256"] is None and r["latency_ms"] is None and r["raw_ms"] == []
+        show = subprocess.run([sys.executable, "-m", "hwlat", "datasets", "show", str(out)], cwd=REPO,
+                              capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "400"})
+        assert show.returncode == 0 and "export_failed" in show.stdout
+        subprocess.run(["mount", "-o", "remount,size=64m", str(cachefs)], check=True)
+        rc, err = finish(start_measure(*args, "--cache", str(cachefs)))
+        assert rc == 0, err[-3000:]
+    rows = read_dataset(out).to_pylist()
+    done = {r["arch"] for r in rows if r["status"] in ("ok", "unstable")}
+    assert done == {r["arch"] for r in rows}, "the rerun must export and measure what failed to export"
+    assert len(done) == 4

@@ -2,6 +2,7 @@
 
 Every command has ``--help``. Bad input ends with one line ``hwlat: <what is wrong>`` on stderr and exit
 code 2, never a traceback; results already written stay written (the store is append-only and atomic).
+Every exit code is defined in ``hwlat.cli.console`` and documented in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from agents import __version__
-from agents.errors import UsageError
+from agents.errors import DeviceFailedError, UsageError
 from hwlat.cli import datasets, devices, measure, predictor, profile
-from hwlat.cli.console import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, Parser
+from hwlat.cli.console import EXIT_DEVICE_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, Parser
 
 
 def build_parser() -> Parser:
@@ -35,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"hwlat: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return EXIT_USAGE
+    except DeviceFailedError as exc:
+        print(f"hwlat: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return EXIT_DEVICE_FAILED
     except KeyboardInterrupt:
         print("hwlat: interrupted; what was measured is saved, run the same command to continue", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from agents.errors import UsageError
+from agents.errors import DeviceFailedError, UsageError
 from harness.campaign import CampaignRequest, run_campaign
 from harness.devices import DeviceProfile
 from harness.shipped import shipped_dir
@@ -241,7 +241,7 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
                                   progress=progress)
         errors = [o.error for o in result.outcomes if o.error]
         if errors:
-            raise UsageError(f"measuring on {device.name} failed: {errors[0]}")
+            raise DeviceFailedError(f"measuring on {device.name} failed: {errors[0]}")
         if req.dataset is not None:
             sync_rows(meas_dir, req.dataset)
         measured, attempted = measured_latencies(meas_dir, device.name, config_id, space)
