@@ -262,9 +262,9 @@ def _check_measurement(event: dict[str, Any], raw: list[float], where: str, spec
 def _check_shapes(event: dict[str, Any], where: str) -> None:
     shapes = event.get("input_shapes", {})
     if not isinstance(shapes, dict) or not all(
-            isinstance(k, str) and isinstance(v, list) and all(_is_int(d) and 0 <= d < 2**31 for d in v)
+            isinstance(k, str) and isinstance(v, list) and all(_is_int(d) and -1 <= d < 2**31 for d in v)
             for k, v in shapes.items()):
-        raise ProtocolError(f"{where}: input_shapes must map names to lists of non-negative integers")
+        raise ProtocolError(f"{where}: input_shapes must map names to lists of dimensions (integers >= -1)")
     dtypes = event.get("input_dtypes", {})
     if not isinstance(dtypes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in dtypes.items()):
         raise ProtocolError(f"{where}: input_dtypes must map names to strings")
