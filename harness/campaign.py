@@ -30,7 +30,16 @@ from agents.errors import UsageError
 from agents.records import Job, RunSpec
 from harness.device_runner import DeviceOutcome, DeviceRunner, describe_failure
 from harness.export import ExportFailure
-from harness.plan import CampaignRequest, Exported, export_plan, pending, plan_models, plan_order
+from harness.plan import (
+    CampaignRequest,
+    Exported,
+    configure_device,
+    export_plan,
+    pending,
+    plan_models,
+    plan_order,
+)
+from harness.records import ModelArtifact
 from harness.rows import export_failure_row
 from harness.store import DatasetStore
 from harness.transport import open_transport
@@ -62,8 +71,6 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
     dataset disk fills up, ...) is reported in that device's outcome and in the dataset's session log,
     while the other devices finish.
     """
-    from harness.plan import configure_device
-
     t0 = time.monotonic()
     if req.chunk_jobs < 1:
         raise UsageError(f"chunk_jobs must be at least 1, got {req.chunk_jobs}")
@@ -81,7 +88,7 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
         if progress is not None:
             progress.advance(bars[device])
 
-    runners: list[tuple[DeviceRunner, list, Exported]] = []
+    runners: list[tuple[DeviceRunner, list[ModelArtifact], Exported]] = []
     for dev in devices:
         todo = pending(store, dev, exported[dev.format].candidates, req)
         runner = DeviceRunner(profile=dev, transport=open_transport(dev), store=store, session_id=session_id,
@@ -92,7 +99,7 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
             bars[dev.name] = progress.add_task(f"measure {dev.name}", total=len(todo))
         runners.append((runner, todo, exported[dev.format]))
 
-    def drive(runner: DeviceRunner, todo: list, formats: Exported) -> None:
+    def drive(runner: DeviceRunner, todo: list[ModelArtifact], formats: Exported) -> None:
         """One device's whole part; every exception ends here as the device's failure, never the thread's."""
         prof = runner.profile
 
