@@ -27,3 +27,14 @@ class DeviceBusyError(UsageError):
 
 class TransportError(Exception):
     """The device could not be reached or the agent could not be started (retryable)."""
+
+
+class ProtocolError(Exception):
+    """The device sent something that breaks the protocol: a corrupt, oversized or forged journal line or
+    reply (see ``agents.journal``). Not retryable: reconnecting brings back the same bytes."""
+
+
+class DeviceFailedError(Exception):
+    """A device could not do its part of a command (unreachable too long, busy, broken journal, full disk).
+
+    Not bad input: the CLI exits with ``EXIT_FAILED`` (4), not 2; what was measured is saved."""

@@ -20,8 +20,11 @@ from typing import Any
 
 #: Job outcome. ``ok``: stable measurement. ``unstable``: measured, but the spread is too large
 #: to trust (pyperf's rule). ``failed``: could not load or run (includes a crashed runtime).
-#: ``timeout``: exceeded the per-model time limit and was killed.
-STATUSES = ("ok", "unstable", "failed", "timeout")
+#: ``timeout``: exceeded the per-model time limit and was killed. ``export_failed``: the coordinator could
+#: not export the model, so no device saw it (written by the coordinator, never by an agent).
+STATUSES = ("ok", "unstable", "failed", "timeout", "export_failed")
+#: The statuses an agent may report in a result (``agents.journal`` rejects any other).
+AGENT_STATUSES = ("ok", "unstable", "failed", "timeout")
 #: What a run id may look like: it names a folder on the device, so no separators, no leading dot.
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 #: Statuses whose ``latency_ms`` trains predictors and counts as measured in ``hwlat profile``. An

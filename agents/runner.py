@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 import zipimport
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,9 @@ import agents
 from agents import memory
 from agents.backends import BackendConfigError, MissingRuntimeError, backend_class, get_backend
 from agents.cooldown import cool_down
+from agents.errors import ProtocolError
 from agents.files import fsync_dir, sha256_file
+from agents.journal import iter_journal, parse_line, validate_result
 from agents.records import Job, MeasureResult, RunSpec, RuntimeConfig, TimingConfig
 from agents.system import fingerprint, snapshot, utc_now
 from agents.timing import summarize, time_inference
@@ -133,32 +135,6 @@ def _one_line(exc: BaseException, limit: int = 500) -> str:
 # --------------------------------------------------------------------------------------------
 # Journal
 # --------------------------------------------------------------------------------------------
-
-
-def iter_journal(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Every complete, parseable event of a journal, streamed line by line.
-
-    A line without its newline (torn by a crash) or that is not a JSON object is skipped.
-    Streaming keeps memory flat: a long run's journal (every raw sample of every job) can be
-    hundreds of MB, more than a small board has to spare.
-    """
-    if not os.path.exists(path):
-        return
-    with open(path, "rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                yield event
-
-
-def read_journal(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """All complete events of a journal (see ``iter_journal``)."""
-    return list(iter_journal(path))
 
 
 class Journal:
@@ -379,7 +355,7 @@ class WorkerProcess:
                     raise WorkerDied(self._reap())
                 self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
-        return json.loads(line)
+        return parse_line(line, "worker reply")
 
     def send(self, request: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -492,7 +468,11 @@ class Supervisor:
                 "op_profile": self.spec.op_profile,
             })
             event = worker.read_event(time.monotonic() + self.spec.timeout_s, self.check_parent)
-            result = MeasureResult.from_dict(event)
+            result = validate_result(event, {job.job_id: job}, self.spec)
+        except ProtocolError as exc:  # never journal what the coordinator would have to reject
+            self.stop_worker()
+            result = self._failure(job, "failed", "invalid_result", f"the worker's result was rejected: {exc}")
+            result.started_at = started
         except WorkerTimeout:
             self.stop_worker()
             error = f"no result within timeout_s={self.spec.timeout_s:g}; worker killed (SIGKILL)"
@@ -594,10 +574,13 @@ def run_agent(run_dir: str | os.PathLike[str], exit_with_parent: bool = False) -
         journal = Journal(path / JOURNAL_FILE)
         measured: set[str] = set()
         already_done = False
-        for event in iter_journal(journal.path):
-            if event.get("type") == "result":
-                measured.add(str(event.get("job_id")))
-            already_done = already_done or event.get("type") == "done"
+        try:
+            for event in iter_journal(journal.path):
+                if event["type"] == "result":
+                    measured.add(str(event.get("job_id")))
+                already_done = already_done or event["type"] == "done"
+        except ProtocolError as exc:
+            raise AgentUsageError(f"{exc}; move the run directory away to measure it again") from None
         pending = [job for job in spec.jobs if job.job_id not in measured]
         supervisor = Supervisor(path, spec, exit_with_parent)
         worker: dict[str, Any] = {}

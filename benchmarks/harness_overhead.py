@@ -29,9 +29,10 @@ import time
 import uuid
 from pathlib import Path
 
-from harness.campaign import CampaignRequest, plan_specs, run_campaign
+from harness.campaign import CampaignRequest, run_campaign
 from harness.devices import DeviceProfile, resolve_device
 from harness.export import export_models
+from harness.plan import plan_specs
 from harness.records import ModelArtifact
 from harness.store import read_dataset
 from harness.transport.ssh import SSHTransport

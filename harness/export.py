@@ -50,6 +50,19 @@ OUTPUT_NAME = "output"
 
 
 @dataclasses.dataclass(frozen=True)
+class ExportFailure:
+    """A model that could not be exported (``export_models(keep_going=True)``): which one, and why."""
+
+    spec: ModelSpec
+    fmt: str
+    error: str
+
+
+class _ExportError(UsageError):
+    """One model's export failed (the model, not the environment): with ``keep_going`` the others go on."""
+
+
+@dataclasses.dataclass(frozen=True)
 class _Job:
     """One export to do, as sent to a worker (plain, picklable)."""
 
@@ -67,8 +80,9 @@ def export_models(
     fmt: str,
     cache_dir: str | Path,
     workers: int | None = None,
-    progress: Callable[[ModelArtifact], None] | None = None,
-) -> list[ModelArtifact]:
+    progress: Callable[[ModelArtifact | ExportFailure], None] | None = None,
+    keep_going: bool = False,
+) -> list[Any]:
     """Export every spec (or find it in the cache); artifacts come back in the order of ``specs``.
 
     ``workers``: processes for the exports still to do (default ``default_workers``: one per
@@ -76,7 +90,9 @@ def export_models(
     than one spawns worker processes, so a calling script needs the ``if __name__ == "__main__":``
     guard. ``progress`` is called once per distinct model,
     cache hits included, in the order they become ready. Raises ``UsageError`` for an unknown
-    format, space or arch, an unwritable cache directory, or a failed export.
+    format, space or arch, an unwritable cache directory, or a failed export; with ``keep_going`` a
+    model whose export failed comes back as an ``ExportFailure`` in its place and the rest are exported
+    (the list then holds ``ModelArtifact | ExportFailure``).
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format '{fmt}' (known: {', '.join(FORMATS)})")
@@ -98,11 +114,19 @@ def export_models(
             ready[job.key] = hit
             if progress:
                 progress(hit)
-    for artifact_key, artifact in _run_jobs(list(todo.values()), cache, workers):
+    failed: dict[str, str] = {}
+    for artifact_key, artifact in _run_jobs(list(todo.values()), cache, workers, keep_going):
+        if isinstance(artifact, str):
+            failed[artifact_key] = artifact
+            if progress:
+                progress(ExportFailure(ModelSpec(todo[artifact_key].search_space, todo[artifact_key].arch), fmt,
+                                       artifact))
+            continue
         ready[artifact_key] = artifact
         if progress:
             progress(artifact)
-    return [ready[k] for k in keys]
+    return [ready[k] if k in ready else ExportFailure(spec, fmt, failed[k]) for k, spec in zip(keys, specs,
+                                                                                                  strict=True)]
 
 
 # -- cache ---------------------------------------------------------------------------------------
@@ -197,8 +221,11 @@ def _make_job(spec: ModelSpec, fmt: str) -> _Job:
     return _Job(key, spec.search_space, arch, spec.batch, spec.resolution, fmt, index)
 
 
-def _run_jobs(jobs: list[_Job], cache: ExportCache, workers: int | None):
-    """Yield (key, artifact) as exports finish; in this process or in a spawned pool."""
+def _run_jobs(jobs: list[_Job], cache: ExportCache, workers: int | None, keep_going: bool = False):
+    """Yield (key, artifact) as exports finish; in this process or in a spawned pool.
+
+    With ``keep_going`` a model's failed export yields (key, error message) instead of raising.
+    """
     if not jobs:
         return
     if workers is None:
@@ -213,7 +240,12 @@ def _run_jobs(jobs: list[_Job], cache: ExportCache, workers: int | None):
         torch.set_num_threads(1)
         try:
             for job in jobs:
-                yield job.key, _export_one(job, str(cache.root))
+                try:
+                    yield job.key, _export_one(job, str(cache.root))
+                except _ExportError as exc:
+                    if not keep_going:
+                        raise
+                    yield job.key, str(exc)
         finally:
             torch.set_num_threads(previous)
         return
@@ -225,6 +257,10 @@ def _run_jobs(jobs: list[_Job], cache: ExportCache, workers: int | None):
             for fut in cf.as_completed(futures):
                 try:
                     artifact = fut.result()
+                except _ExportError as exc:
+                    if not keep_going:
+                        raise
+                    artifact = str(exc)
                 except BrokenProcessPool:
                     job = futures[fut]
                     raise UsageError(
@@ -299,8 +335,8 @@ def _export_one(job: _Job, cache_root: str) -> ModelArtifact:
         return cache.store(job.key, tmp, artifact)
     except UsageError:
         raise
-    except Exception as exc:
-        raise UsageError(
+    except Exception as exc:  # OSError included: a full cache disk fails this model, not the campaign
+        raise _ExportError(
             f"exporting {job.search_space} arch '{job.arch}' to {job.fmt} failed: {one_line(exc)}"
         ) from None
     finally:

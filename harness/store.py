@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from agents.errors import UsageError
 from agents.files import atomic_path, fsync_dir
-from agents.records import STATUSES
+from agents.records import AGENT_STATUSES, STATUSES
 from hwlat.spaces import one_line
 
 SCHEMA_VERSION = 1
@@ -144,8 +144,11 @@ SCHEMA = pa.schema(
     ]
 )
 
-#: Outcomes that count as "measured" for resume: re-running the same command skips these.
-DONE_STATUSES = STATUSES
+#: Outcomes that count as "measured" for resume: re-running the same command skips these. Every status an
+#: agent reports; not ``export_failed`` (no device saw the model, so a re-run tries the export again).
+DONE_STATUSES = AGENT_STATUSES
+#: Where ``DatasetStore.log`` writes: readers skip folders starting with ``_``.
+LOG_DIR = "_logs"
 
 #: The writer lock, inside the dataset folder (hidden: readers skip it).
 LOCK_FILE = ".hwlat-writer.lock"
@@ -478,6 +481,26 @@ class DatasetStore:
         return keys
 
 
+    def log(self, session_id: str, message: str) -> None:
+        """Append one line to the session's log, ``DIR/_logs/<session_id>.log`` (what failed, and why).
+
+        Best effort: the log must never hide the failure it reports, so a log that cannot be written (the
+        disk that just filled up) is given up silently; the message also reaches the terminal.
+        """
+        line = f"{datetime.now(UTC).isoformat(timespec='seconds')} {' '.join(message.split())}\n".encode()
+        try:
+            folder = self.root / LOG_DIR
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / f"{session_id}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+
 def read_dataset(path: Path | str) -> pa.Table:
     """Read a dataset folder (or one Parquet file) with the partition columns restored.
 
@@ -506,8 +529,7 @@ def summarize(path: Path | str) -> dict[str, Any]:
     summary: dict[str, Any] = {"rows": table.num_rows, "devices": {}, "spaces": {}, "status": {},
                                "damaged": damaged}
     for dev, space, status in zip(devices, spaces, statuses, strict=True):
-        entry = summary["devices"].setdefault(str(dev), {"rows": 0, "ok": 0, "failed": 0, "unstable": 0,
-                                                         "timeout": 0, "spaces": set()})
+        entry = summary["devices"].setdefault(str(dev), {"rows": 0, **dict.fromkeys(STATUSES, 0), "spaces": set()})
         entry["rows"] += 1
         entry[status if status in entry else "failed"] += 1
         entry["spaces"].add(str(space))

@@ -28,8 +28,8 @@ from fixtures.agent_models import (
     write_run,
 )
 
+from agents.journal import read_journal
 from agents.records import MeasureResult
-from agents.runner import read_journal
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fixtures.agent_models import REPO, matmul_model, write_run
 
-from agents.runner import read_journal
+from agents.journal import read_journal
 
 pytestmark = pytest.mark.slow
 

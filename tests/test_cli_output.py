@@ -16,7 +16,15 @@ import pytest
 from harness.campaign import CampaignResult, DeviceOutcome
 from harness.store import read_dataset
 from harness.transport.local import lock_machine
-from hwlat.cli.console import EXIT_BUSY, EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from hwlat.cli.console import (
+    EXIT_BUSY,
+    EXIT_CLOSED_PIPE,
+    EXIT_FAILED,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = ["|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
@@ -205,12 +213,12 @@ def test_closed_pipe_ends_quietly(args: list[str]) -> None:
     finally:
         os.close(write_end)
     assert proc.stderr == "", proc.stderr
-    assert proc.returncode in (EXIT_OK, EXIT_FAILED)
+    assert proc.returncode in (EXIT_OK, EXIT_CLOSED_PIPE)
 
 
 def test_exit_codes_are_distinct_and_documented() -> None:
-    codes = {EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY}
-    assert len(codes) == 4
+    codes = {EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_CLOSED_PIPE}
+    assert len(codes) == 7
     readme = (REPO / "README.md").read_text()
     for code in codes:
         assert f"| {code} |" in readme

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from harness.store import read_dataset
+from hwlat.cli.console import EXIT_BUSY
 
 REPO = Path(__file__).resolve().parents[1]
 NB201_ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
@@ -216,7 +217,7 @@ def test_one_local_campaign_at_a_time(tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "ds"
     try:
         busy = hwlat("measure", "--device", str(profile), "--count", "1", "--seed", "3", "--out", str(out),
-                     cache=cache, check_rc=3)  # EXIT_BUSY (hwlat/cli/console.py)
+                     cache=cache, check_rc=EXIT_BUSY)
         assert "another hwlat campaign" in busy.stderr and "Traceback" not in busy.stderr
         assert not list(out.rglob("*.parquet"))
     finally:

@@ -19,6 +19,7 @@ import pytest
 from sshkit import NetnsBoard, ensure_openssh, netns_unavailable
 
 from harness.store import read_dataset
+from hwlat.cli.console import EXIT_FAILED
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"warmup_min_runs": 2, "warmup_min_s": 0.0, "min_runs": 5, "min_time_s": 0.3, "max_runs": 100000,
@@ -154,7 +155,7 @@ def test_board_that_stays_down_is_reported_others_complete(boards: list[NetnsBoa
     out = tmp_path / "ds"
     rc, err = finish(measure(folder, "--devices", "tag:nsgone", "--count", "2", "--seed", "7", "--out", str(out),
                              "--cache", str(tmp_path / "cache"), "--max-reconnect", "5"))
-    assert rc == 1, err[-3000:]
+    assert rc == EXIT_FAILED, err[-3000:]
     assert "board2" in err and "cannot reach" in err
     by_device = check_rows(out, 2)
     assert sorted(by_device) == ["board0", "board1"]

@@ -52,8 +52,11 @@ class Transport(ABC):
         """Write ``jobs.json`` and start (or resume) the agent on that run, detached."""
 
     @abstractmethod
-    def read_journal(self, run_id: str, offset: int) -> tuple[list[dict], int]:
-        """Complete journal lines from byte ``offset``; returns (events, new offset)."""
+    def read_journal(self, run_id: str, offset: int, limit: int) -> bytes:
+        """At most ``limit`` bytes of the run's journal from byte ``offset`` (b"" while it does not exist).
+
+        Only bytes: the device runner parses and checks them with ``agents.journal``, the one parser.
+        """
 
     @abstractmethod
     def agent_alive(self, run_id: str) -> bool:

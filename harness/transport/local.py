@@ -18,22 +18,10 @@ from pathlib import Path
 
 from agents.errors import DeviceBusyError, TransportError, UsageError
 from agents.files import atomic_write
+from agents.journal import reply_object
 from agents.records import RunSpec
 from harness.records import ModelArtifact
 from harness.transport.base import Transport
-
-
-def split_journal(data: bytes) -> tuple[list[dict], int]:
-    """Complete JSON lines of ``data`` and how many bytes they span (a torn last line is left for later)."""
-    import json
-
-    end = data.rfind(b"\n") + 1
-    events = []
-    for line in data[:end].splitlines():
-        if line.strip():
-            events.append(json.loads(line))
-    return events, end
-
 
 #: The lock every local campaign on this machine holds while it measures (``LocalTransport._take_machine_lock``).
 #: A fixed path, not $TMPDIR: two users (or a user and root, or a shell with another TMPDIR) share the CPUs,
@@ -157,13 +145,11 @@ class LocalTransport(Transport):
         return [sys.executable, "-m", "agents", *args]
 
     def fingerprint(self) -> dict:
-        import json
-
         proc = subprocess.run(self._agent_cmd("fingerprint"), capture_output=True, text=True,
                               timeout=self.profile.command_timeout_s, check=False)
         if proc.returncode != 0:
             raise TransportError(f"agent fingerprint failed: {proc.stderr.strip()[-300:]}")
-        return json.loads(proc.stdout)
+        return reply_object(proc.stdout, "agent fingerprint")
 
     def push_models(self, artifacts: Iterable[ModelArtifact]) -> dict[str, str]:
         return {a.sha256: str(Path(a.path).resolve()) for a in artifacts}
@@ -186,26 +172,17 @@ class LocalTransport(Transport):
         finally:
             log.close()
 
-    def read_journal(self, run_id: str, offset: int) -> tuple[list[dict], int]:
-        path = self.run_dir(run_id) / "journal.jsonl"
-        if not path.exists():
-            return [], offset
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
-        events, used = split_journal(data)
-        return events, offset + used
+    def read_journal(self, run_id: str, offset: int, limit: int) -> bytes:
+        try:
+            with open(self.run_dir(run_id) / "journal.jsonl", "rb") as fh:
+                fh.seek(offset)
+                return fh.read(limit)
+        except FileNotFoundError:
+            return b""
 
     def agent_alive(self, run_id: str) -> bool:
         proc = self._procs.get(run_id)
         return proc is not None and proc.poll() is None
-
-    def agent_log_tail(self, run_id: str, limit: int = 400) -> str:
-        path = self.run_dir(run_id) / "agent.log"
-        try:
-            return path.read_text(encoding="utf-8", errors="replace")[-limit:]
-        except OSError:
-            return ""
 
     def stop_run(self, run_id: str) -> None:
         proc = self._procs.pop(run_id, None)

@@ -11,9 +11,13 @@ Security and robustness choices (each one is a gap in the tools people use today
 * **Only JSON crosses the wire**; every remote command is an argv list joined with ``shlex.quote``.
 * **Model cache by sha256**: ``<workdir>/models/<sha256>.<fmt>``; names are built here from
   validated hex, never from user input, so nothing can escape the workdir. Cached files are hashed
-  *on the device* before they are trusted; a missing, partial or corrupt file is sent again
-  (uploads go to a temporary name and are renamed into place only when complete). nn-Meter re-pushes
-  every model on every run.
+  *on the device* before they are trusted; a missing, partial or corrupt file is sent again.
+  Uploads (models and the agent bundle) go to a temporary name and are renamed into place only after
+  the device hashed them and the hash matched. nn-Meter re-pushes every model on every run.
+* **Everything the device says is untrusted**: journal bytes are handed to ``agents.journal`` (the one
+  parser and schema) by the device runner; replies to agent commands are parsed by
+  ``agents.journal.reply_object`` (one JSON object, size-bounded) and checked before use. A reply or a
+  journal read never holds more than ``MAX_LINE_BYTES`` (+ one byte) in memory.
 * **Detached agent + journal**: the agent runs under the bundle's launcher, detached from the SSH
   session, and appends results to ``journal.jsonl``. A dropped connection loses nothing: the
   campaign reconnects (every network failure surfaces as ``TransportError``, retryable) and resumes
@@ -51,7 +55,8 @@ from typing import Any
 
 import paramiko
 
-from agents.errors import DeviceBusyError, ProfileError, TransportError, UsageError
+from agents.errors import DeviceBusyError, ProfileError, ProtocolError, TransportError, UsageError
+from agents.journal import MAX_LINE_BYTES, reply_object
 from agents.launcher import is_agent_process
 from agents.records import RUN_ID_RE, RunSpec
 from harness.devices import DeviceProfile
@@ -68,6 +73,10 @@ _HASH_CHUNK = 200
 #: Minimum interval between two journal polls that found nothing new (seconds).
 POLL_S = 0.5
 _NETWORK_ERRORS = (paramiko.SSHException, OSError, EOFError, socket.timeout)
+#: Most stderr kept from a remote command (for its error message).
+_STDERR_KEEP = 64 * 1024
+#: Most bytes read from a small device file (the lock holder, /proc entries).
+_SMALL_FILE = 64 * 1024
 
 # paramiko's transport thread logs every failed handshake with a traceback; without a handler Python
 # prints it on stderr. Each failure already reaches the user as one TransportError/HostKeyError line.
@@ -338,8 +347,12 @@ class SSHTransport(Transport):
                     while channel.recv_ready():
                         out += channel.recv(65536)
                         progressed = True
+                        if len(out) > MAX_LINE_BYTES:
+                            raise ProtocolError(f"{self.profile.name}: {argv[0]!r} printed more than "
+                                                f"{MAX_LINE_BYTES} bytes")
                     while channel.recv_stderr_ready():
                         err += channel.recv_stderr(65536)
+                        del err[:-_STDERR_KEEP]
                         progressed = True
                     if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
                         break
@@ -352,21 +365,20 @@ class SSHTransport(Transport):
                 channel.close()
         return status, out.decode(errors="replace"), err.decode(errors="replace")
 
-    def _agent_argv(self, *args: str) -> list[str]:
+    def _agent_argv(self, *args: str, bundle: str | None = None) -> list[str]:
         env = [f"{k}={v}" for k, v in sorted(self.profile.env.items())]
-        assert self._agent_path is not None
-        return ["env", *env, self.profile.python, self._agent_path, *args]
+        path = bundle or self._agent_path
+        assert path is not None
+        return ["env", *env, self.profile.python, path, *args]
 
-    def _agent_json(self, *args: str, timeout: float | None = None) -> Any:
+    def _agent_json(self, *args: str, timeout: float | None = None) -> dict[str, Any]:
+        """The JSON object an agent command printed (``ProtocolError`` if it printed anything else)."""
         status, out, err = self._exec(self._agent_argv(*args), timeout=timeout, cwd=self._workdir)
         if status != 0:
             raise TransportError(
                 f"{self.profile.name}: agent {args[0]!r} exited with {status}: {_last_line(err) or _last_line(out)}"
             )
-        try:
-            return json.loads(out.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            raise TransportError(f"{self.profile.name}: agent {args[0]!r} printed no JSON: {out[-300:]!r}") from None
+        return reply_object(out, f"{self.profile.name}: agent {args[0]!r}")
 
     # ------------------------------------------------------------------ set-up
     def _resolve_workdir(self) -> str:
@@ -410,20 +422,28 @@ class SSHTransport(Transport):
                 present = sftp.stat(path).st_size == len(bundle.data)
         except FileNotFoundError:
             present = False
-        if not present:
-            self._upload_bytes(bundle.data, path)
-        report = self._run_preflight()
+        report = self._run_preflight(path) if present else {}
         if report.get("bundle_sha256") != bundle.sha256:
-            self._upload_bytes(bundle.data, path)
-            report = self._run_preflight()
-            if report.get("bundle_sha256") != bundle.sha256:
-                raise TransportError(f"{self.profile.name}: agent bundle hash mismatch after upload")
+            report = self._install_bundle(bundle, path)
         self._check_dependencies(report, bundle)
         self._preflight = report
 
-    def _run_preflight(self) -> dict[str, Any]:
+    def _install_bundle(self, bundle: Bundle, path: str) -> dict[str, Any]:
+        """Upload the bundle under a temporary name, let it hash itself (preflight), rename it only if it matches."""
+        tmp = self._upload_part(bundle.data, path)
+        report = self._run_preflight(tmp)
+        if report.get("bundle_sha256") == bundle.sha256:
+            self._rename(tmp, path)
+            return report
+        self._remove(tmp)
+        if "error" in report:
+            return report  # the interpreter cannot run it: ``_check_dependencies`` says what is missing
+        raise TransportError(f"{self.profile.name}: agent bundle hash mismatch after upload "
+                             f"(device: {report.get('bundle_sha256')!r:.80}, sent: {bundle.sha256})")
+
+    def _run_preflight(self, bundle: str) -> dict[str, Any]:
         status, out, err = self._exec(
-            self._agent_argv("preflight", self.profile.runtime.runtime), cwd=self._workdir
+            self._agent_argv("preflight", self.profile.runtime.runtime, bundle=bundle), cwd=self._workdir
         )
         if status == 127 or ("No such file or directory" in err and self.profile.python in err):
             raise MissingDependencyError(
@@ -431,8 +451,8 @@ class SSHTransport(Transport):
                 f"Python 3.8+ (e.g. `sudo apt install python3`) or set `python` in {self.profile.source}"
             )
         try:
-            return json.loads(out.strip().splitlines()[-1])
-        except (ValueError, IndexError):
+            return reply_object(out, "preflight")
+        except ProtocolError:
             return {"error": _last_line(err) or out[-300:], "status": status}
 
     def _check_dependencies(self, report: dict[str, Any], bundle: Bundle) -> None:
@@ -453,13 +473,32 @@ class SSHTransport(Transport):
                 f"`{p.python} -m pip install {pips}` (see docs/add-a-board.md)"
             )
 
-    def _upload_bytes(self, data: bytes, path: str) -> None:
+    def _upload_part(self, data: bytes, path: str) -> str:
+        """Upload ``data`` beside ``path`` under a temporary ``.part-`` name; returns that name."""
         tmp = f"{path}.part-{uuid.uuid4().hex[:12]}"
         with self._upload_sftp("upload") as sftp:
             with sftp.open(tmp, "wb") as fh:
                 fh.set_pipelined(True)
                 fh.write(data)
+            # paramiko drops the error of a pipelined write still buffered at close (a full disk): check.
+            size = sftp.stat(tmp).st_size
+        if size != len(data):
+            self._remove(tmp)
+            raise TransportError(f"{self.profile.name}: upload of {posixpath.basename(path)} is incomplete "
+                                 f"({size} of {len(data)} bytes): is the device's disk full?")
+        return tmp
+
+    def _rename(self, tmp: str, path: str) -> None:
+        with self._upload_sftp("renaming an upload") as sftp:
             sftp.posix_rename(tmp, path)
+
+    def _remove(self, path: str) -> None:
+        with self._upload_sftp("removing a bad upload") as sftp, contextlib.suppress(FileNotFoundError):
+            sftp.remove(path)
+
+    def _upload_bytes(self, data: bytes, path: str) -> None:
+        """Small files the agent validates itself (``jobs.json``): temporary name, then rename."""
+        self._rename(self._upload_part(data, path), path)
 
     # ------------------------------------------------------------------ Transport API
     @property
@@ -494,20 +533,25 @@ class SSHTransport(Transport):
                 listing = sftp.listdir_attr(models)
             present = {a.filename for a in listing}
             self._remove_stale_parts(models, listing)
-            cached = [sha for sha, (name, _) in names.items() if name in present]
-            good = self._verified(models, {sha: names[sha][0] for sha in cached})
+            cached = {posixpath.join(models, name): sha for sha, (name, _) in names.items() if name in present}
+            good = set(self._verified(cached).values())
             to_send = [sha for sha in names if sha not in good]
             sent_bytes = 0
+            parts: dict[str, str] = {}
             for sha in to_send:
                 name, art = names[sha]
                 data = Path(art.path).read_bytes()
-                self._upload_bytes(data, posixpath.join(models, name))
+                parts[self._upload_part(data, posixpath.join(models, name))] = sha
                 sent_bytes += len(data)
-            if to_send:
-                verified = self._verified(models, {sha: names[sha][0] for sha in to_send})
-                bad = [names[sha][0] for sha in to_send if sha not in verified]
-                if bad:
-                    raise TransportError(f"{self.profile.name}: uploaded model(s) failed the hash check: {bad}")
+            verified = self._verified(parts)
+            for part, sha in parts.items():
+                if part in verified:
+                    self._rename(part, posixpath.join(models, names[sha][0]))
+                else:
+                    self._remove(part)
+            bad = [names[sha][0] for part, sha in parts.items() if part not in verified]
+            if bad:
+                raise TransportError(f"{self.profile.name}: uploaded model(s) failed the hash check: {bad}")
             self.last_push = {
                 "models": len(names),
                 "cached": len(names) - len(to_send),
@@ -517,17 +561,16 @@ class SSHTransport(Transport):
             }
             return {sha: f"models/{name}" for sha, (name, _) in names.items()}
 
-    def _verified(self, models: str, expected: dict[str, str]) -> set[str]:
-        """Hash the given cached files on the device; return the shas whose content matches."""
-        good: set[str] = set()
+    def _verified(self, expected: dict[str, str]) -> dict[str, str]:
+        """Hash the given files (path -> expected sha256) on the device; the entries whose content matches."""
+        good: dict[str, str] = {}
         items = list(expected.items())
         for i in range(0, len(items), _HASH_CHUNK):
-            chunk = items[i:i + _HASH_CHUNK]
-            paths = {posixpath.join(models, name): sha for sha, name in chunk}
+            paths = dict(items[i:i + _HASH_CHUNK])
             result = self._agent_json("hash", *paths)
             for path, sha in paths.items():
                 if result.get(path) == sha:
-                    good.add(sha)
+                    good[path] = sha
         return good
 
     def _remove_stale_parts(self, models: str, listing: list[paramiko.SFTPAttributes]) -> None:
@@ -549,17 +592,19 @@ class SSHTransport(Transport):
         self._upload_bytes(spec.to_json().encode(), posixpath.join(run_dir, "jobs.json"))
         reply = self._agent_json("launch", self.workdir, spec.run_id)
         if reply.get("status") == "busy":
-            holder = reply.get("holder") or {}
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
+            holder = reply.get("holder") if isinstance(reply.get("holder"), dict) else {}
+            started = holder.get("started", 0)
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started if isinstance(started, int | float)
+                                                                     and 0 <= started < 2**40 else 0))
             raise DeviceBusyError(
                 f"{self.profile.name}: device is busy: run {holder.get('run_id', '?')} (agent pid "
                 f"{holder.get('pid', '?')}, since {since}) holds {self.workdir}/device.lock; wait for that "
                 "campaign to finish"
             )
         if reply.get("status") not in ("started", "running"):
-            raise TransportError(f"{self.profile.name}: agent did not start: {reply.get('error', reply)}")
+            raise TransportError(f"{self.profile.name}: agent did not start: {str(reply.get('error', reply))[:300]}")
 
-    def read_journal(self, run_id: str, offset: int) -> tuple[list[dict], int]:
+    def read_journal(self, run_id: str, offset: int, limit: int) -> bytes:
         path = posixpath.join(self._run_dir(run_id), "journal.jsonl")
         # Poll no faster than POLL_S when nothing is new: each poll is served by sshd on the board,
         # and the board is in the middle of timing a model.
@@ -567,22 +612,13 @@ class SSHTransport(Transport):
         if wait > 0:
             time.sleep(wait)
         with self._poll_lock:
-            data = self._sftp_read(path, offset)
-        if data is None:
-            data = b""
-        end = data.rfind(b"\n") + 1
-        events = []
-        for line in data[:end].splitlines():
-            if line.strip():
-                try:
-                    events.append(json.loads(line))
-                except ValueError:
-                    events.append({"type": "corrupt", "line": line.decode(errors="replace")[:500]})
-        self._last_empty_poll = 0.0 if events else time.monotonic()
-        return events, offset + end
+            data = self._sftp_read(path, offset, limit) or b""
+        self._last_empty_poll = 0.0 if b"\n" in data else time.monotonic()
+        return data
 
-    def _sftp_read(self, path: str, offset: int = 0) -> bytes | None:
-        """Bytes of a remote file from ``offset`` (None if it does not exist), on the polling session."""
+    def _sftp_read(self, path: str, offset: int = 0, limit: int = _SMALL_FILE) -> bytes | None:
+        """At most ``limit`` bytes of a remote file from ``offset`` (None if it does not exist), on the
+        polling session."""
         with self._wire(f"reading {posixpath.basename(path)}"):
             sftp = self._poll_sftp
             if sftp is None:
@@ -590,7 +626,7 @@ class SSHTransport(Transport):
             try:
                 with sftp.open(path, "rb") as fh:
                     fh.seek(offset)
-                    return fh.read()
+                    return fh.read(limit)
             except FileNotFoundError:
                 return None
 
@@ -602,11 +638,7 @@ class SSHTransport(Transport):
         """
         run_dir = self._run_dir(run_id)
         with self._poll_lock:
-            raw = self._sftp_read(posixpath.join(self.workdir, "device.lock"))
-            try:
-                holder = json.loads(raw or b"{}")
-            except ValueError:
-                return False
+            holder = _holder(self._sftp_read(posixpath.join(self.workdir, "device.lock")))
             pid = holder.get("pid")
             if holder.get("run_id") != run_id or not isinstance(pid, int):
                 return False
@@ -615,11 +647,7 @@ class SSHTransport(Transport):
 
     def device_lock_holder(self) -> dict[str, Any]:
         """Who holds the device lock (``run_id``, ``pid``, ``started``), or {} if the device is free."""
-        raw = self._sftp_read(posixpath.join(self.workdir, "device.lock"))
-        try:
-            holder = json.loads(raw or b"{}")
-        except ValueError:
-            return {}
+        holder = _holder(self._sftp_read(posixpath.join(self.workdir, "device.lock")))
         run_id = str(holder.get("run_id", ""))
         return holder if RUN_ID_RE.match(run_id) and self.agent_alive(run_id) else {}
 
@@ -645,6 +673,15 @@ class SSHTransport(Transport):
             raise TransportError(f"{self.profile.name}: rm -rf {workdir} failed: {_last_line(err) or _last_line(out)}")
         self.close()
         self._workdir = self._agent_path = self._preflight = None
+
+
+def _holder(raw: bytes | None) -> dict[str, Any]:
+    """The device lock's holder record; {} when absent or not a JSON object (never trusted further)."""
+    try:
+        holder = json.loads(raw or b"{}")
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
 
 
 def _last_line(text: str) -> str:

@@ -13,15 +13,25 @@ import math
 import sys
 from typing import Any, NoReturn
 
-#: Exit codes, the same in every command (README.md "Exit codes" lists them).
-#: Success: everything asked for was measured / computed (``unstable`` rows are results, not failures).
+#: The exit codes of every hwlat command, in one place (README.md "Exit codes", docs/reliability.md).
+#: Done: everything asked for was measured / computed (a model that failed or timed out on a device is a row,
+#: ``unstable`` rows are results: neither is an error of the command).
 EXIT_OK = 0
-#: Something ran but failed: a device could not be reached or its agent died; what was measured is kept.
-EXIT_FAILED = 1
+#: A bug in hwlat: ``hwlat: internal error: ...`` (HWLAT_DEBUG=1 shows the traceback).
+EXIT_INTERNAL = 1
 #: Bad input (one line ``hwlat: ...`` on stderr, nothing written).
 EXIT_USAGE = 2
-#: The device is busy: another hwlat campaign holds its lock (queue with ``--wait [SECONDS]``); nothing written.
+#: The device is busy: another hwlat campaign holds its lock (queue with ``--wait [SECONDS]``); nothing measured.
 EXIT_BUSY = 3
+#: Something failed after the input was accepted: at least one device (unreachable too long, corrupt or forged
+#: journal, full disk, ...) or the dataset (a damaged part file moved aside, its rows gone). Its error is in the
+#: table, on stderr and in the dataset's session log; the other devices finished and what was measured is saved.
+#: Re-running the same command measures what is missing.
+EXIT_FAILED = 4
+#: Interrupted (Ctrl-C / SIGINT); what was measured is saved.
+EXIT_INTERRUPTED = 130
+#: The reader closed stdout (``hwlat ... | head``): 128 + SIGPIPE, what a shell reports for a tool SIGPIPE ended.
+EXIT_CLOSED_PIPE = 141
 
 
 class Parser(argparse.ArgumentParser):

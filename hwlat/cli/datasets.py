@@ -17,6 +17,7 @@ def _ms(value: float | None) -> str:
 def cmd_datasets_show(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from agents.records import STATUSES
     from harness.store import summarize
 
     summary = summarize(Path(args.path))
@@ -33,11 +34,11 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
     table = Table(title=f"{args.path}: {summary['rows']} rows, {summary['first']} .. {summary['last']}",
                   title_justify="left")
     table.add_column("device", no_wrap=True)
-    for col in ("cpu", "spaces", "rows", "ok", "unstable", "failed", "timeout"):
+    for col in ("cpu", "spaces", "rows", *STATUSES):
         table.add_column(col)
     for dev, e in sorted(summary["devices"].items()):
-        table.add_row(dev, e.get("cpu_model", ""), ", ".join(e["spaces"]), str(e["rows"]), str(e["ok"]),
-                      str(e["unstable"]), str(e["failed"]), str(e["timeout"]))
+        table.add_row(dev, e.get("cpu_model", ""), ", ".join(e["spaces"]), str(e["rows"]),
+                      *(str(e.get(status, 0)) for status in STATUSES))
     out.print(table)
     if summary["configs"]:
         lat = Table(title="latency of the models' medians per device configuration and space", title_justify="left")

@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from agents.errors import ProfileError, TransportError, UsageError
+from agents.errors import ProfileError, ProtocolError, TransportError, UsageError
 from harness.devices import DeviceProfile, available_profiles, load_profile_file, resolve_devices
 from hwlat.cli.console import EXIT_FAILED, EXIT_OK, add_json_flag, emit_json
 
@@ -123,6 +123,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             report = check_device(profile)
         except TransportError as exc:
             print(f"hwlat: {profile.name}: unreachable: {str(exc).splitlines()[0]}", file=sys.stderr)
+            failed += 1
+            continue
+        except ProtocolError as exc:
+            print(f"hwlat: {profile.name}: protocol error: {str(exc).splitlines()[0]}", file=sys.stderr)
             failed += 1
             continue
         reports.append(report)

@@ -2,8 +2,8 @@
 
 Every command has ``--help``. Bad input ends with one line ``hwlat: <what is wrong>`` on stderr and exit
 code 2, never a traceback; results already written stay written (the store is append-only and atomic).
-Exit codes live in ``hwlat.cli.console`` (0 ok, 1 failed, 2 bad input, 3 device busy); a closed pipe
-(``hwlat ... | head``) ends the command quietly.
+Every exit code is defined in ``hwlat.cli.console`` and documented in README.md and docs/reliability.md; a
+closed pipe (``hwlat ... | head``) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -14,9 +14,17 @@ import sys
 from collections.abc import Sequence
 
 from agents import __version__
-from agents.errors import DeviceBusyError, UsageError
+from agents.errors import DeviceBusyError, DeviceFailedError, UsageError
 from hwlat.cli import datasets, devices, measure, predictor, profile
-from hwlat.cli.console import EXIT_BUSY, EXIT_FAILED, EXIT_USAGE, Parser
+from hwlat.cli.console import (
+    EXIT_BUSY,
+    EXIT_CLOSED_PIPE,
+    EXIT_FAILED,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Parser,
+)
 
 
 def build_parser() -> Parser:
@@ -61,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # and fail once more, so point stdout at devnull first (the Python docs' recipe, "Note on SIGPIPE").
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_FAILED
+        return EXIT_CLOSED_PIPE
 
 
 def _run(argv: Sequence[str] | None) -> int:
@@ -76,9 +84,12 @@ def _run(argv: Sequence[str] | None) -> int:
     except UsageError as exc:
         print(f"hwlat: {_first_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except DeviceFailedError as exc:
+        print(f"hwlat: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("hwlat: interrupted; what was measured is saved, run the same command to continue", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         raise
     except Exception as exc:
@@ -86,7 +97,7 @@ def _run(argv: Sequence[str] | None) -> int:
             raise
         print(f"hwlat: internal error: {type(exc).__name__}: {_first_line(exc) if str(exc) else ''} "
               "(set HWLAT_DEBUG=1 for the traceback)", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_INTERNAL
 
 
 def _first_line(exc: BaseException) -> str:

@@ -84,6 +84,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
     for o in result.outcomes:
         if o.error:  # whole, on one line: logs and greps should not have to unwrap it
             err.print(f"{'busy' if o.busy else 'error'} {o.device}: {o.error}", soft_wrap=True, markup=False)
+    for warning in result.warnings:
+        err.print(f"warning: {warning}", soft_wrap=True, markup=False)
+    if failed:
+        err.print(f"hwlat: {len(failed)} of {len(result.outcomes)} devices failed; what they measured is saved "
+                  f"(log: {result.out}/_logs/{result.session_id}.log); run the same command to continue",
+                  soft_wrap=True, markup=False)
     for was, now, why in result.quarantined:
         err.print(f"error damaged part file {was} ({why}) moved to {now}; its rows are no longer in the dataset "
                   "(this command measured again those it covers)", soft_wrap=True, markup=False)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from agents.errors import DeviceBusyError, UsageError
+from agents.errors import DeviceBusyError, DeviceFailedError, UsageError
 from agents.records import USABLE_STATUSES
 from harness.campaign import CampaignRequest, run_campaign
 from harness.devices import DeviceProfile
@@ -176,7 +176,7 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
     ``before_writing`` is called once the arguments are valid, before anything is written or exported (the
     CLI takes the device lock there, so bad input is still exit 2 and a busy device writes nothing)."""
     import predictor
-    from harness.campaign import configure_device
+    from harness.plan import configure_device
     from predictor.encode import canonical_space
     from predictor.samplers import sample
 
@@ -239,7 +239,7 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
                                   progress=progress, on_row=on_row)
         failed = [o for o in result.outcomes if o.error]
         if failed:
-            raise (DeviceBusyError if failed[0].busy else UsageError)(
+            raise (DeviceBusyError if failed[0].busy else DeviceFailedError)(
                 f"measuring on {device.name} failed: {failed[0].error}")
         if req.dataset is not None:
             sync_rows(meas_dir, req.dataset)

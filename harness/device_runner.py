@@ -1,0 +1,331 @@
+"""One device's part of a campaign: push its models, run its chunks, stream and check its journal, store rows.
+
+Failure model (docs/reliability.md):
+
+* Whatever goes wrong in a device's work ends as that device's failure (``DeviceOutcome.error``, typed by
+  the exception's class), never as a dead thread: ``DeviceRunner.drive`` catches every ``Exception``.
+  Rows already stored stay stored; the other devices go on; the command's exit code says a device failed.
+* Everything read from the device is checked by ``agents.journal`` (one parser, one schema) before it
+  touches the store. A journal that says ``done`` without a result for every job it was sent is an error.
+* A dropped device is retried with back-off, but the whole outage is bounded: ``Outage`` measures from the
+  first failed step to the next successful one, so a device that accepts the connection and then fails the
+  same step every time (full disk, hash that never matches) gives up after ``max_reconnect_s`` too.
+
+A remote device gets its jobs in chunks, one agent run (``RunSpec``) per chunk: while chunk k is measured, a
+background thread uploads the models of the chunks after it, so only the first chunk's upload is waited for.
+On a local device there is one run and no uploads (nothing runs beside the timed loop).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from agents.errors import ProtocolError, TransportError, UsageError
+from agents.journal import MAX_LINE_BYTES, iter_lines, validate_event
+from agents.records import Job, MeasureResult, RunSpec
+from harness.devices import DeviceProfile
+from harness.ops import append_ops, op_rows
+from harness.plan import Slot
+from harness.records import ModelArtifact
+from harness.rows import make_row
+from harness.store import DatasetStore
+from harness.transport.base import Transport
+
+#: Back-off between reconnect attempts to a device that dropped (seconds).
+BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+#: Size of a remote device's first chunk, the only one whose upload is not hidden behind a measurement;
+#: later chunks double up to ``CampaignRequest.chunk_jobs``, so measuring starts soon and the per-chunk
+#: agent start is paid rarely.
+FIRST_CHUNK_JOBS = 8
+#: Most journal bytes read per poll: one longest line and one byte more, so an over-long line is detected
+#: without ever holding more than this.
+READ_BYTES = MAX_LINE_BYTES + 1
+#: How many times a run's agent may die without writing ``done`` before the device is given up.
+MAX_AGENT_RESTARTS = 3
+
+T = TypeVar("T")
+
+
+@dataclass
+class DeviceOutcome:
+    """How one device's part of the campaign ended; ``error`` is empty unless the device failed."""
+
+    device: str
+    planned: int = 0
+    skipped: int = 0
+    rows: int = 0
+    status_counts: dict[str, int] = field(default_factory=dict)
+    error: str = ""
+    #: seconds the agent spent inside timed loops (candidates and drift references)
+    timed_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    #: the error was "another campaign holds the device" (the CLI's busy exit code), not a failure
+    busy: bool = False
+    #: one ``model_summary`` per row stored in this campaign, in measuring order
+    models: list[dict[str, Any]] = field(default_factory=list)
+
+
+def model_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """What the end-of-campaign table shows of one stored row (docs/cli.md, ``hwlat measure --json``)."""
+    low, high = row.get("ci95_low_ms"), row.get("ci95_high_ms")
+    return {
+        "space": row.get("search_space"), "arch": row["arch"], "arch_index": row.get("arch_index"),
+        "status": row["status"], "median_ms": row.get("latency_ms"), "p90_ms": row.get("p90_ms"),
+        "p99_ms": row.get("p99_ms"),
+        "ci95_half_ms": (high - low) / 2 if low is not None and high is not None else None,
+        "robust_cv": row.get("robust_cv"), "n_runs": row.get("n_runs"), "stop_reason": row.get("stop_reason"),
+        "error": row.get("error"), "ref_drift_pct": row.get("ref_drift_pct"),
+    }
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line naming what kind of failure ended a device's work, and its message."""
+    message = " ".join(str(exc).split()) or "(no message)"
+    if isinstance(exc, UsageError | TransportError):
+        return message
+    if isinstance(exc, ProtocolError):
+        return f"protocol error: {message}"
+    return f"{type(exc).__name__}: {message}"
+
+
+class Outage:
+    """Time since a device last completed a step; gives up after ``limit_s`` of failing steps in a row.
+
+    A successful connect does not end an outage, only a successful step does: otherwise a device that
+    takes the connection and fails every step would be retried for ever.
+    """
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.since: float | None = None
+        self.attempts = 0
+
+    def ok(self) -> None:
+        self.since, self.attempts = None, 0
+
+    def next_delay(self, why: str, device: str) -> float:
+        """Seconds to wait before the next try; raises ``TransportError`` once the outage is too long."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        delay = BACKOFF_S[min(self.attempts, len(BACKOFF_S) - 1)]
+        self.attempts += 1
+        if now + delay > self.since + self.limit_s:
+            raise TransportError(f"device {device} failed for {now - self.since:.0f} s, {self.attempts} tries "
+                                 f"(--max-reconnect {self.limit_s:g} s); last error: {why}")
+        return delay
+
+
+def chunk_slots(slots: list[Slot], largest: int) -> list[list[Slot]]:
+    """Split a remote device's order into chunks: ``FIRST_CHUNK_JOBS``, then doubling up to ``largest``."""
+    chunks: list[list[Slot]] = []
+    size, start = min(FIRST_CHUNK_JOBS, largest), 0
+    while start < len(slots):
+        chunks.append(slots[start:start + size])
+        start += size
+        size = min(2 * size, largest)
+    return chunks
+
+
+def build_jobs(slots: list[Slot], paths: dict[str, str]) -> list[Job]:
+    """The agent's jobs for these slots; ``paths`` (sha256 -> path on the device) from ``push_models``."""
+    return [Job(s.job_id, paths[s.art.sha256], s.art.sha256, s.art.format, s.role, dict(s.art.feed_shapes))
+            for s in slots]
+
+
+class DeviceRunner:
+    """Drives one device through its runs (one per chunk): start, stream the journal, reconnect, resume, store.
+
+    What the journal has told so far (results seen, the drift reference, the fingerprint) is kept across the
+    device's runs, so a chunked campaign stores exactly what one long run would.
+    """
+
+    def __init__(self, *, profile: DeviceProfile, transport: Transport, store: DatasetStore, session_id: str,
+                 max_reconnect_s: float, on_row: Callable[[str, dict[str, Any]], None],
+                 store_lock: threading.Lock) -> None:
+        self.profile = profile
+        self.transport = transport
+        self.store = store
+        self.session_id = session_id
+        self.on_row = on_row
+        self.store_lock = store_lock
+        self.outcome = DeviceOutcome(profile.name)
+        self.outage = Outage(max_reconnect_s)
+        self.stop = threading.Event()
+        #: The run the agent is on (or about to be), for Ctrl-C; changed only under ``launch_lock``.
+        self.run_id = ""
+        #: Held while a run is launched, so Ctrl-C stops either the run just launched or none is launched.
+        self.launch_lock = threading.Lock()
+        self.seen: set[str] = set()
+        self.ref_state: dict[str, Any] = {}
+        self.first_ref: float | None = None
+        self.fingerprint: dict = {}
+
+    def with_reconnect(self, step: Callable[[], T]) -> T:
+        """Connect and run one step, retrying with back-off while it fails with ``TransportError``.
+
+        Bounded by ``Outage``: the time counts from the first failure until a step succeeds.
+        """
+        while True:
+            if self.stop.is_set():
+                raise TransportError("stopped")
+            try:
+                self.transport.connect()
+                result = step()
+            except TransportError as exc:
+                delay = self.outage.next_delay(str(exc), self.profile.name)
+                self.stop.wait(delay)
+                self.transport.close()
+                continue
+            self.outage.ok()
+            return result
+
+    def stop_agent(self) -> None:
+        """Ctrl-C: no new run starts, and the current one is stopped on the device."""
+        self.stop.set()
+        # Bounded wait: a launch stuck on an unreachable device cannot be stopped anyway.
+        if self.launch_lock.acquire(timeout=10.0):
+            try:
+                if self.run_id:
+                    self.transport.stop_run(self.run_id)
+            finally:
+                self.launch_lock.release()
+
+    def run(self, spec: RunSpec, by_id: dict[str, ModelArtifact], order: dict[str, int]) -> None:
+        """Launch one run (unless stopped) and store its results until its agent reports ``done``.
+
+        ``by_id`` and ``order`` cover every job of the device (all chunks); ``order`` gives a job's place
+        in the device's whole order, stored as ``order_index``. Every journal line is parsed and checked
+        against ``spec`` (``agents.journal``); the first that fails ends the device with ``ProtocolError``.
+        """
+        with self.launch_lock:
+            if self.stop.is_set():
+                return
+            self.run_id = spec.run_id
+            self.with_reconnect(lambda: self.transport.start_run(spec))
+        offset = 0
+        restarts = 0
+        done = False
+        while not done and not self.stop.is_set():
+            # Read the journal before judging the agent: it may have finished (written "done") while the
+            # device was unreachable, and must not be started again for nothing.
+            data = self.with_reconnect(lambda at=offset: self.transport.read_journal(spec.run_id, at, READ_BYTES))
+            events, used = iter_lines(data, offset)
+            offset += used
+            for event in events:
+                checked = validate_event(event, spec)
+                if isinstance(checked, MeasureResult):
+                    self._result(spec, checked, by_id, order)
+                elif checked["type"] == "fingerprint":
+                    self.fingerprint = {k: v for k, v in checked.items() if k != "type"}
+                    self.outcome.warnings = list(self.fingerprint.get("warnings", []))
+                else:
+                    done = True
+                    self._check_complete(spec)
+            if events or done:
+                continue
+            if not self.with_reconnect(lambda: self.transport.agent_alive(spec.run_id)):
+                # The agent stopped without "done": killed or crashed. Resume it; it skips finished jobs.
+                restarts += 1
+                if restarts > MAX_AGENT_RESTARTS:
+                    raise TransportError(f"agent on {self.profile.name} keeps dying; see "
+                                         f"{self.profile.workdir}/runs/{spec.run_id}/agent.log on the device")
+                self.with_reconnect(lambda: self.transport.start_run(spec))
+            time.sleep(0.1)
+        if done:
+            self._wait_exit(spec.run_id)
+
+    def _check_complete(self, spec: RunSpec) -> None:
+        """``done`` must come after a result for every job the run was sent."""
+        missing = [job.job_id for job in spec.jobs if job.job_id not in self.seen]
+        if missing:
+            more = ", ..." if len(missing) > 3 else ""
+            raise ProtocolError(f"the agent ended run {spec.run_id} without results for {len(missing)} of "
+                                f"{len(spec.jobs)} jobs ({', '.join(missing[:3])}{more})")
+
+    def _wait_exit(self, run_id: str, limit_s: float = 30.0) -> None:
+        """Wait until the agent that wrote ``done`` has exited and released the device lock.
+
+        The next chunk's launch would otherwise find the lock still held by this run and be refused as busy.
+        """
+        deadline = time.monotonic() + limit_s
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                if not self.transport.agent_alive(run_id):
+                    return
+            except TransportError:
+                return  # the next launch reconnects, and reports a lock that is still held
+            time.sleep(0.05)
+
+    def _result(self, spec: RunSpec, result: MeasureResult, by_id: dict[str, ModelArtifact],
+                order: dict[str, int]) -> None:
+        """Store a candidate's result once (a restarted agent may journal a job twice); track drift."""
+        if result.job_id in self.seen:
+            return
+        self.seen.add(result.job_id)
+        if result.role == "reference":
+            self.outcome.timed_s += sum(result.raw_ms) / 1000.0
+            if result.median_ms:
+                self.first_ref = self.first_ref or result.median_ms
+                self.ref_state = {
+                    "sha256": result.sha256,
+                    "latency_ms": result.median_ms,
+                    "index": int(result.job_id[1:5]),
+                    "drift_pct": 100.0 * (result.median_ms / self.first_ref - 1.0),
+                }
+            return
+        art = by_id[result.job_id]
+        row = make_row(session_id=self.session_id, run_id=spec.run_id, order_index=order[result.job_id],
+                       profile=self.profile, fingerprint=self.fingerprint, art=art, result=result,
+                       ref=self.ref_state)
+        self.store_rows(art.search_space, [row])
+        append_ops(self.store.root, op_rows(row, self.profile.name, art.search_space, result.op_times))
+        self.outcome.status_counts[result.status] = self.outcome.status_counts.get(result.status, 0) + 1
+        self.outcome.timed_s += sum(result.raw_ms) / 1000.0
+        self.on_row(self.profile.name, row)
+
+    def store_rows(self, space: str, rows: list[dict[str, Any]]) -> None:
+        """Append rows of this device to the dataset (one part file, atomic) and count them."""
+        with self.store_lock:
+            self.store.append(self.profile.name, space, self.session_id, rows)
+        self.outcome.rows += len(rows)
+        self.outcome.models.extend(model_summary({**row, "search_space": space}) for row in rows)
+
+    def measure(self, slots: list[Slot], chunk_jobs: int, make_spec: Callable[[int, list[Job]], RunSpec]) -> None:
+        """Push and measure a device's whole order: one run locally, chunks with background uploads remotely.
+
+        Remotely, after the first chunk is on the device one background thread uploads the later chunks in
+        order while the agent measures; each chunk waits only for its own upload. An upload that failed in the
+        background (device dropped) is redone here with reconnects; ``push_models`` skips what arrived intact.
+        """
+        by_id = {s.job_id: s.art for s in slots}
+        order = {s.job_id: i for i, s in enumerate(slots)}
+        chunks = [slots] if self.profile.is_local else chunk_slots(slots, chunk_jobs)
+
+        def push(chunk: list[Slot]) -> dict[str, str]:
+            if self.stop.is_set():  # queued uploads after Ctrl-C end at once instead of reconnecting
+                raise TransportError("stopped")
+            return self.transport.push_models(list({s.art.sha256: s.art for s in chunk}.values()))
+
+        uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"upload-{self.profile.name}")
+        later: list[Future[dict[str, str]]] = []
+        try:
+            for k, chunk in enumerate(chunks):
+                if self.stop.is_set():
+                    return
+                if k == 0:
+                    paths = self.with_reconnect(lambda chunk=chunk: push(chunk))
+                    later = [uploader.submit(push, c) for c in chunks[1:]]
+                else:
+                    try:
+                        paths = later[k - 1].result()
+                    except TransportError:
+                        paths = self.with_reconnect(lambda chunk=chunk: push(chunk))
+                self.run(make_spec(k, build_jobs(chunk, paths)), by_id, order)
+        finally:
+            uploader.shutdown(wait=False, cancel_futures=True)
