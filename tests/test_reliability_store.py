@@ -31,6 +31,7 @@ from harness.store import (
     summarize,
 )
 from harness.transport import local as local_transport
+from hwlat.cli.console import EXIT_FAILED
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -200,11 +201,11 @@ def test_measure_quarantines_damaged_parts_and_measures_their_rows_again(tmp_pat
     _damage("flipped page bytes", parts[1])
 
     show = _run([sys.executable, "-m", "hwlat", "datasets", "show", str(out)])
-    assert show.returncode == 1
+    assert show.returncode == EXIT_FAILED
     assert str(parts[0]) in show.stderr and str(parts[1]) in show.stderr and "Traceback" not in show.stderr
 
     again = _run(_measure(*base, "--count", "4"))
-    assert again.returncode == 1, again.stderr  # data was lost from the dataset: never exit 0
+    assert again.returncode == EXIT_FAILED, again.stderr  # data was lost from the dataset: never exit 0
     assert again.stderr.count("damaged part file") == 2 and QUARANTINE_DIR in again.stderr
     rows = _measured_rows_ok(out)
     assert len(rows) == 4 and len({r["model_sha256"] for r in rows}) == 4  # every arch measured again
