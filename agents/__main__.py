@@ -67,15 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(hash_paths(args.paths), sort_keys=True))
         return 0
-    from agents.runner import (
-        EXIT_BUSY,
-        EXIT_PARENT_GONE,
-        AgentBusyError,
-        AgentUsageError,
-        ParentGone,
-        run_agent,
-        worker_main,
-    )
+    from agents.runner import run_agent
+    from agents.supervisor import EXIT_BUSY, EXIT_PARENT_GONE, AgentBusyError, AgentUsageError, ParentGone
+    from agents.worker import worker_main
 
     try:
         if args.command == "run":

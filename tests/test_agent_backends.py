@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from agents.backends import BackendConfigError, get_backend
 from agents.records import Job, RuntimeConfig, TimingConfig
-from agents.runner import measure_job
+from agents.worker import measure_job
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -9,7 +9,7 @@ from fixtures.agent_models import FAST_TIMING, conv_model, matmul_model
 
 from agents.backends.onnxruntime import parse_ort_profile
 from agents.records import Job, RuntimeConfig, TimingConfig
-from agents.runner import measure_job
+from agents.worker import measure_job
 
 FAST = TimingConfig(**FAST_TIMING)
 
