@@ -114,8 +114,10 @@ def configure_device(profile: DeviceProfile, fmt: str | None, threads: int | Non
             runtime.runtime, runtime.providers, runtime.provider_options = "litert", [], []
         elif fmt == "onnx":
             runtime.runtime, runtime.providers = "onnxruntime", ["CPUExecutionProvider"]
+        elif fmt in ("pte", "pt2"):  # the profile's OpenVINO/torch device means nothing to the new runtime
+            runtime.runtime, runtime.device = ("executorch" if fmt == "pte" else "torch"), ""
         else:
-            raise UsageError(f"unknown format {fmt!r} (known: onnx, tflite)")
+            raise UsageError(f"unknown format {fmt!r} (known: onnx, tflite, pte, pt2)")
         new_fmt = fmt
     if threads is not None:
         if threads < 0:

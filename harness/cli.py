@@ -92,6 +92,8 @@ def _preflight_runtime(profiles: list, fmt: str | None) -> None:
     """Fail early, with the install command, when a local device lacks its runtime or exporter."""
     import importlib.util
 
+    from harness.runtimes import preflight_new_runtimes
+
     def have(name: str) -> bool:
         try:
             return importlib.util.find_spec(name) is not None
@@ -108,6 +110,7 @@ def _preflight_runtime(profiles: list, fmt: str | None) -> None:
             raise UsageError("runtime onnxruntime is not installed: pip install onnxruntime")
         if runtime == "litert" and not any(have(m) for m in ("ai_edge_litert", "tflite_runtime", "tensorflow")):
             raise UsageError("runtime LiteRT is not installed: pip install ai-edge-litert")
+    preflight_new_runtimes(profiles, fmt, have)
 
 
 def cmd_datasets_show(args: argparse.Namespace) -> int:
@@ -152,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--archs", metavar="FILE", help="file with one arch string per line instead of sampling")
     m.add_argument("--models", metavar="DIR", help="measure the ONNX files in DIR as they are")
     m.add_argument("--out", required=True, metavar="DIR", help="dataset folder (created; appended to)")
-    m.add_argument("--format", choices=("onnx", "tflite"), help="model format (default: the device profile's)")
+    m.add_argument("--format", choices=("onnx", "tflite", "pte", "pt2"),
+                   help="model format (default: the device profile's); pte runs on ExecuTorch, pt2 on torch")
     m.add_argument("--threads", type=int, help="runtime threads (overrides the profile; 0 = runtime default)")
     m.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     m.add_argument("--resolution", type=int, default=32, help="input resolution (default 32)")

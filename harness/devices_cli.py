@@ -16,6 +16,7 @@ from typing import Any
 
 from harness.devices import DeviceProfile, available_profiles, load_profile_file, resolve_devices
 from harness.errors import ProfileError, TransportError, UsageError
+from harness.runtimes import runtime_lines
 
 #: Fingerprint keys in the order ``check`` prints them; anything else follows alphabetically.
 _FINGERPRINT_ORDER = (
@@ -41,7 +42,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows.append({
             "name": p.name, "host": "local" if p.is_local else f"{p.user}@{p.host}:{p.port}",
             "runtime": p.runtime.runtime,
-            "providers": ",".join(p.runtime.providers) if p.runtime.runtime == "onnxruntime" else "-",
+            "providers": ",".join(p.runtime.providers) if p.runtime.runtime == "onnxruntime"
+            else p.runtime.device or "-",
             "threads": p.runtime.threads, "affinity": ",".join(map(str, p.cpu_affinity)) or "-",
             "tags": ",".join(p.tags), "source": str(path),
         })
@@ -97,7 +99,10 @@ def _print_report(report: dict[str, Any]) -> None:
     keys = [k for k in _FINGERPRINT_ORDER if k in fp] + sorted(
         k for k in fp if k not in _FINGERPRINT_ORDER and k not in ("type", "warnings"))
     for key in keys:
-        if fp[key] not in (None, "", [], {}):
+        if key == "runtimes" and isinstance(fp[key], dict):  # one line each, with the install line if missing
+            for line in runtime_lines(fp[key]):
+                print(f"  {'runtime':<16} {line}")
+        elif fp[key] not in (None, "", [], {}):
             print(f"  {key:<16} {_fmt(fp[key])}")
     if report["warnings"]:
         for warning in report["warnings"]:

@@ -19,6 +19,9 @@ from agents.records import RuntimeConfig
 _REGISTRY = {
     "onnxruntime": "agents.backends.onnxruntime:OnnxRuntimeBackend",
     "litert": "agents.backends.litert:LiteRTBackend",
+    "openvino": "agents.backends.openvino:OpenVINOBackend",
+    "executorch": "agents.backends.executorch:ExecuTorchBackend",
+    "torch": "agents.backends.pytorch:TorchBackend",
 }
 
 

@@ -34,6 +34,9 @@ _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RUNTIME_MODULES = {
     "onnxruntime": (("onnxruntime",), "onnxruntime (or onnxruntime-gpu on CUDA boards)"),
     "litert": (("ai_edge_litert.interpreter", "tflite_runtime.interpreter"), "ai-edge-litert"),
+    "openvino": (("openvino",), "openvino"),
+    "executorch": (("executorch.runtime",), "executorch"),
+    "torch": (("torch",), "torch"),
 }
 
 
