@@ -63,7 +63,8 @@ def runtime_lines(runtimes: dict[str, Any]) -> list[str]:
         if not info.get("available"):
             lines.append(f"{name}: not installed; {INSTALL.get(name, 'see docs/add-a-board.md')}")
             continue
-        extras = {k: v for k, v in sorted(info.items()) if k not in ("available", "version") and v not in (None, [], {})}
+        extras = {k: v for k, v in sorted(info.items())
+                  if k not in ("available", "version") and v not in (None, [], {})}
         detail = "; ".join(f"{k} {v}" for k, v in extras.items())
         lines.append(f"{name} {info.get('version', '?')}" + (f" ({detail})" if detail else ""))
     return lines

@@ -110,7 +110,7 @@ class ExecuTorchBackend(Backend):
             dtype = int(info.dtype())
             if dtype not in _DTYPES:
                 raise TypeError(f"input {i} has ScalarType {dtype}, which the agent cannot generate")
-            specs[name] = ([int(v) for v in info.sizes], _DTYPES[dtype])
+            specs[name] = ([int(v) for v in info.sizes()], _DTYPES[dtype])
         return specs
 
     def make_inputs(self, rng: np.random.Generator) -> dict[str, Any]:
