@@ -27,7 +27,7 @@ from scipy.stats import spearmanr
 
 from agents.records import Job, RuntimeConfig, TimingConfig
 from agents.runner import measure_job
-from harness.export import export_models
+from harness.export import ExportCache, _make_job, export_models
 from harness.records import ModelSpec
 from harness.spaces import get_space
 
@@ -56,10 +56,13 @@ def installed(names: list[str]) -> dict[str, tuple[RuntimeConfig, str]]:
 
 
 def export_all(specs: list[ModelSpec], fmt: str, cache: Path) -> tuple[list, list[float]]:
-    """Artifacts and per-model export seconds (the gaps between finished exports, workers=1)."""
+    """Artifacts and the export seconds of each model not yet in ``cache`` (the gaps between finished
+    exports, workers=1); models already there cost nothing and are not counted."""
+    store = ExportCache(cache)
+    todo = [s for s in specs if store.lookup(_make_job(s, fmt).key) is None]
     stamps = [time.perf_counter()]
-    arts = export_models(specs, fmt, cache, workers=1, progress=lambda _a: stamps.append(time.perf_counter()))
-    return arts, [b - a for a, b in itertools.pairwise(stamps)]
+    export_models(todo, fmt, cache, workers=1, progress=lambda _a: stamps.append(time.perf_counter()))
+    return export_models(specs, fmt, cache, workers=1), [b - a for a, b in itertools.pairwise(stamps)]
 
 
 def main() -> None:
@@ -70,22 +73,27 @@ def main() -> None:
                         help="comma-separated; add torch-inductor for torch.compile")
     parser.add_argument("--compile", action="store_true", help="also torch-inductor")
     parser.add_argument("--json", type=Path, help="write the per-model results here")
+    parser.add_argument("--cache", type=Path, help="keep the exports here (default: a fresh temporary folder); "
+                        "export times then cover only the models this run exported")
     args = parser.parse_args()
     names = args.runtimes.split(",") + (["torch-inductor"] if args.compile else [])
     runtimes = installed(names)
     specs = {space: [ModelSpec(space, a) for a in get_space(space).sample(args.n, args.seed)]
              for space in ("nb201", "fbnet")}
     results: dict[str, dict] = {"runtimes": {}, "export_s": {}, "models": []}
-    with tempfile.TemporaryDirectory(prefix="hwlat-runtimes-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hwlat-runtimes-") as fresh:
+        tmp = args.cache or fresh
         arts: dict[tuple[str, str], list] = {}
         for fmt in sorted({fmt for _, fmt in runtimes.values()}):
             per_model: list[float] = []
             for space, space_specs in specs.items():
                 arts[space, fmt], secs = export_all(space_specs, fmt, Path(tmp) / fmt)
                 per_model += secs
-            results["export_s"][fmt] = {"median": statistics.median(per_model), "max": max(per_model)}
-            print(f"export {fmt}: median {statistics.median(per_model):.2f} s/model, max {max(per_model):.2f} s",
-                  flush=True)
+            if per_model:
+                results["export_s"][fmt] = {"median": statistics.median(per_model), "max": max(per_model),
+                                            "n": len(per_model)}
+                print(f"export {fmt}: median {statistics.median(per_model):.2f} s/model, max {max(per_model):.2f} s "
+                      f"({len(per_model)} models)", flush=True)
         for space, space_specs in specs.items():
             for i, spec in enumerate(space_specs):
                 row: dict = {"space": space, "arch": spec.arch}
@@ -132,7 +140,7 @@ def main() -> None:
     print("\nSpearman between every pair (nb201 / fbnet):")
     for name, r in results["runtimes"].items():
         print(f"  {name}: " + ", ".join(f"{o} {v['nb201']:.2f}/{v['fbnet']:.2f}" for o, v in r["spearman"].items()))
-    print("export s/model (median, max): " + ", ".join(f"{f} {v['median']:.2f}, {v['max']:.2f}"
+    print("export s/model (median, max, n): " + ", ".join(f"{f} {v['median']:.2f}, {v['max']:.2f}, {v['n']}"
                                                        for f, v in results["export_s"].items()))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def test_pt2_matches_torch(tmp_path, space_name: str) -> None:
     (art,) = export_models([ModelSpec(space_name, arch)], "pt2", tmp_path, workers=1)
     assert art.format == "pt2" and art.path.endswith(f"{art.sha256}.pt2") and art.opset is None
     program = torch.export.load(art.path)
-    assert program.graph_signature.user_inputs == ["input"]
+    assert list(program.graph_signature.user_inputs) == ["input"]
     with torch.no_grad():
         out = program.module()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
