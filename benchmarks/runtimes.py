@@ -102,7 +102,7 @@ def main() -> None:
                     r = measure_job(Job(f"{space}-{i}", art.path, art.sha256, fmt), art.path, config, TIMING)
                     if r.status not in ("ok", "unstable"):
                         raise SystemExit(f"{name} failed on {space} {spec.arch}: {r.error}")
-                    row[name] = {"median_ms": r.median_ms, "load_ms": r.load_ms, "status": r.status,
+                    row[name] = {"median_ms": r.median_ms, "min_ms": r.min_ms, "load_ms": r.load_ms, "status": r.status,
                                  "provider": r.provider, "version": r.runtime_version}
                 results["models"].append(row)
                 print(f"{space} {i}: " + ", ".join(f"{n} {row[n]['median_ms']:.3f}" for n in runtimes), flush=True)
@@ -124,18 +124,21 @@ def main() -> None:
             "ratio_to_ort_by_space": {s: statistics.median([m[name]["median_ms"] / m["onnxruntime"]["median_ms"]
                                                             for m in models if m["space"] == s]) for s in specs}
             if ratios else None,
+            "min_ratio_to_ort_median": statistics.median(m[name]["min_ms"] / m["onnxruntime"]["min_ms"]
+                                                         for m in models) if ratios else None,
             "load_ms_median": statistics.median(m[name]["load_ms"] for m in models),
             "unstable": sum(m[name]["status"] == "unstable" for m in models),
             "spearman": spear,
         }
-    print("\n| runtime | version | provider | latency / onnxruntime (median; nb201, fbnet) | load ms (median) | "
-          "Spearman vs onnxruntime (nb201, fbnet) | unstable rows |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| runtime | version | provider | latency / onnxruntime (median; nb201, fbnet) | min / onnxruntime min | "
+          "load ms (median) | Spearman vs onnxruntime (nb201, fbnet) | unstable rows |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results["runtimes"].items():
         by = r["ratio_to_ort_by_space"] or {}
         sp = r["spearman"].get("onnxruntime", {})
         print(f"| {name} | {r['version']} | {', '.join(r['provider'])} | {r['ratio_to_ort_median']:.2f} "
-              f"({by.get('nb201', 0):.2f}, {by.get('fbnet', 0):.2f}) | {r['load_ms_median']:.0f} | "
+              f"({by.get('nb201', 0):.2f}, {by.get('fbnet', 0):.2f}) | {r['min_ratio_to_ort_median']:.2f} | "
+              f"{r['load_ms_median']:.0f} | "
               + (f"{sp['nb201']:.2f}, {sp['fbnet']:.2f}" if sp else "-") + f" | {r['unstable']}/{len(models)} |")
     print("\nSpearman between every pair (nb201 / fbnet):")
     for name, r in results["runtimes"].items():
