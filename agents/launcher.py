@@ -27,14 +27,10 @@ import time
 
 from agents.files import sha256_file
 from agents.records import RUN_ID_RE
+from agents.runtimes import RUNTIMES
 
 LOCK_NAME = "device.lock"
 
-#: runtime -> (import names tried in order, pip package to install)
-RUNTIME_MODULES = {
-    "onnxruntime": (("onnxruntime",), "onnxruntime (or onnxruntime-gpu on CUDA boards)"),
-    "litert": (("ai_edge_litert.interpreter", "tflite_runtime.interpreter"), "ai-edge-litert"),
-}
 
 
 def _emit(obj):
@@ -91,7 +87,8 @@ def cmd_preflight(args):
         versions["numpy"] = numpy.__version__
     except Exception as exc:  # any import failure means "not usable here"
         missing.append({"module": "numpy", "pip": "numpy", "error": str(exc)[:200]})
-    names, pip_name = RUNTIME_MODULES.get(runtime, ((runtime,), runtime))
+    known = RUNTIMES.get(runtime)
+    names, pip_name = (known.modules, known.pip) if known else ((runtime,), runtime)
     errors = []
     for name in names:
         try:

@@ -70,7 +70,8 @@ class RuntimeConfig:
     """How the runtime is set up on the device (from the device profile).
 
     ``providers``/``provider_options`` are onnxruntime execution providers in priority order;
-    LiteRT uses ``threads`` only. ``threads`` is onnxruntime's intra-op count (0 = runtime default).
+    LiteRT and ExecuTorch use ``threads`` only; OpenVINO ``device``/``streams``/``*_hint``; torch
+    ``device``/``compile``. ``threads`` is the intra-op thread count (0 = runtime default).
     """
 
     runtime: str = "onnxruntime"
@@ -83,6 +84,18 @@ class RuntimeConfig:
     #: onnxruntime custom-op shared libraries (``SessionOptions.register_custom_ops_library``),
     #: registered in every session of the run; relative paths are relative to the agent workdir.
     custom_op_libraries: list[str] = field(default_factory=list)
+    #: OpenVINO device (CPU, GPU, NPU, AUTO; GPU.1 picks one of several) or torch device (cpu, cuda,
+    #: cuda:1); "" = the runtime's default (OpenVINO CPU, torch cpu).
+    device: str = ""
+    #: OpenVINO NUM_STREAMS (0 = OpenVINO's choice for the performance hint); 1 for latency.
+    streams: int = 1
+    #: OpenVINO PERFORMANCE_HINT: LATENCY, THROUGHPUT, CUMULATIVE_THROUGHPUT or "" (none).
+    performance_hint: str = "LATENCY"
+    #: OpenVINO INFERENCE_PRECISION_HINT: f32, f16, bf16 or "" (the device's default, which is bf16
+    #: on CPUs with AMX/AVX512-BF16 and f16 on GPUs: say f32 to time what the model says).
+    precision_hint: str = ""
+    #: torch: run the exported program through ``torch.compile`` (inductor) instead of eagerly.
+    compile: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RuntimeConfig:

@@ -18,15 +18,22 @@ from typing import Any
 
 from agents.errors import ProfileError
 from agents.records import RuntimeConfig, TimingConfig
+from agents.runtimes import RUNTIMES
 from harness.shipped import shipped_dir
 
-RUNTIMES = ("onnxruntime", "litert")
+#: runtime -> the model format it runs (OpenVINO reads the ONNX export).
+#: Profile keys that configure one runtime only (a key given for another runtime is a mistake).
+_RUNTIME_KEYS = {
+    "device": ("openvino", "torch"), "streams": ("openvino",), "performance_hint": ("openvino",),
+    "precision_hint": ("openvino",), "compile": ("torch",),
+}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FORBIDDEN = ("password", "passphrase")
 _TOP_KEYS = {
     "name", "host", "port", "user", "identity_file", "known_hosts", "python", "workdir", "runtime",
     "providers", "provider_options", "threads", "inter_op_threads", "graph_optimization_level",
     "cpu_affinity", "env", "tags", "timing", "timeouts", "description", "format", "custom_op_libraries",
+    *_RUNTIME_KEYS,
 }
 _TIMEOUT_KEYS = {"connect_s", "model_s", "command_s"}
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -109,6 +116,9 @@ class DeviceProfile:
             "cpu_affinity": self.cpu_affinity,
             "custom_op_libraries": rt.custom_op_libraries,
         }
+        if rt.runtime in ("openvino", "torch"):  # only these read them; other runtimes' ids stay as they were
+            key.update(device=rt.device, streams=rt.streams, performance_hint=rt.performance_hint,
+                       precision_hint=rt.precision_hint, compile=rt.compile)
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -186,9 +196,10 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
     runtime_name = _expect(source, data, "runtime", str, "onnxruntime")
     if runtime_name not in RUNTIMES:
         raise _fail(source, "runtime", f"{runtime_name!r} is not one of {', '.join(RUNTIMES)}")
-    fmt = _expect(source, data, "format", str, "tflite" if runtime_name == "litert" else "onnx")
-    if (runtime_name, fmt) not in (("onnxruntime", "onnx"), ("litert", "tflite")):
-        raise _fail(source, "format", f"{fmt!r} cannot run on runtime {runtime_name!r}")
+    fmt = _expect(source, data, "format", str, RUNTIMES[runtime_name].format)
+    if fmt != RUNTIMES[runtime_name].format:
+        raise _fail(source, "format", f"{fmt!r} cannot run on runtime {runtime_name!r} (it runs "
+                    f"{RUNTIMES[runtime_name].format!r})")
     providers = _expect_list(source, data, "providers", str, ["CPUExecutionProvider"], "execution provider names")
     provider_options = _expect_list(source, data, "provider_options", dict, [], "tables, one per provider")
     threads = _number(source, data, "threads", 1)
@@ -204,6 +215,7 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
         threads=threads,
         inter_op_threads=_number(source, data, "inter_op_threads", 1),
         graph_optimization_level=level,
+        **_runtime_options(source, data, runtime_name),
     )
     timing_data = _expect(source, data, "timing", dict, {})
     known_timing = set(TimingConfig.__dataclass_fields__)
@@ -260,6 +272,35 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
     if not profile.is_local and not profile.user:
         raise _fail(source, "user", "required for a remote (SSH) device")
     return profile
+
+
+def _runtime_options(source: str, data: dict[str, Any], runtime_name: str) -> dict[str, Any]:
+    """The OpenVINO/torch keys (``_RUNTIME_KEYS``), checked against the runtime and their allowed values.
+
+    The allowed values come from the agent's backends, so the profile and the agent never disagree.
+    """
+    from agents.backends.openvino import DEVICES, PERFORMANCE_HINTS, PRECISION_HINTS, device_family
+
+    for key, runtimes in _RUNTIME_KEYS.items():
+        if key in data and runtime_name not in runtimes:
+            raise _fail(source, key, f"applies to runtime {' or '.join(runtimes)} only, not {runtime_name!r}")
+    defaults = RuntimeConfig()
+    device = _expect(source, data, "device", str, "")
+    if runtime_name == "openvino" and device_family(device) not in DEVICES:
+        raise _fail(source, "device", f"{device!r} is not one of {', '.join(DEVICES)} (or e.g. GPU.1, AUTO:GPU,CPU)")
+    if runtime_name == "torch" and device.split(":")[0] not in ("", "cpu", "cuda"):
+        raise _fail(source, "device", f"{device!r} is not cpu, cuda or cuda:N")
+    streams = _expect(source, data, "streams", int, defaults.streams)
+    if streams < 0:
+        raise _fail(source, "streams", "must be >= 0 (0 = OpenVINO's choice for the performance hint)")
+    hint = _expect(source, data, "performance_hint", str, defaults.performance_hint)
+    if hint not in PERFORMANCE_HINTS:
+        raise _fail(source, "performance_hint", f"{hint!r} is not one of {', '.join(PERFORMANCE_HINTS[1:])} or \"\"")
+    precision = _expect(source, data, "precision_hint", str, defaults.precision_hint)
+    if precision not in PRECISION_HINTS:
+        raise _fail(source, "precision_hint", f"{precision!r} is not one of {', '.join(PRECISION_HINTS[1:])} or \"\"")
+    return {"device": device, "streams": streams, "performance_hint": hint, "precision_hint": precision,
+            "compile": _expect(source, data, "compile", bool, False)}
 
 
 def load_profile_file(path: Path) -> DeviceProfile:

@@ -1,4 +1,5 @@
-"""Exporter: ``ModelSpec`` -> model file (ONNX or TFLite) -> ``ModelArtifact``, cached by content.
+"""Exporter: ``ModelSpec`` -> model file (ONNX, TFLite, ExecuTorch .pte, torch.export .pt2) -> ``ModelArtifact``,
+cached by content.
 
 Cache layout under ``cache_dir``::
 
@@ -39,7 +40,7 @@ from agents.files import atomic_write, sha256_file
 from harness.records import ModelArtifact, ModelSpec
 from hwlat.spaces import SearchSpace, get_space, one_line
 
-FORMATS = ("onnx", "tflite")
+FORMATS = ("onnx", "tflite", "pte", "pt2")
 OPSET = 17
 #: Bump when this module changes what it writes for the same inputs.
 EXPORTER_VERSION = 1
@@ -138,8 +139,12 @@ def exporter_version(fmt: str) -> str:
     parts = [f"hwlat-export{EXPORTER_VERSION}", f"torch{metadata.version('torch')}"]
     if fmt == "onnx":
         parts.append("torchscript-onnx")
-    else:
+    elif fmt == "tflite":
         parts.append(f"litert-torch{_dist_version('litert-torch')}")
+    elif fmt == "pte":
+        parts.append(f"executorch{_dist_version('executorch')}-xnnpack")
+    else:
+        parts.append("torch.export")
     return "/".join(parts)
 
 
@@ -279,7 +284,7 @@ def default_workers(n_jobs: int, fmt: str) -> int:
     ``ONNX_JOBS_PER_WORKER`` exports, since a spawned worker costs ~3 s to start (importing torch)
     and an ONNX export ~0.15 s; a TFLite export (~15 s) always pays for its own worker."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    wanted = n_jobs // ONNX_JOBS_PER_WORKER if fmt == "onnx" else n_jobs
+    wanted = n_jobs // ONNX_JOBS_PER_WORKER if fmt in ("onnx", "pt2") else n_jobs  # pt2: as fast as ONNX
     return max(1, min(cores, wanted))
 
 
@@ -316,8 +321,12 @@ def _export_one(job: _Job, cache_root: str) -> ModelArtifact:
         flops, params = torch_flops_params(model, sample)
         if job.fmt == "onnx":
             _export_onnx(model, sample, tmp)
-        else:
+        elif job.fmt == "tflite":
             _export_tflite(model, sample, tmp)
+        else:
+            from harness import export_torch
+
+            (export_torch.export_pte if job.fmt == "pte" else export_torch.export_pt2)(model, sample, tmp)
         artifact = ModelArtifact(
             search_space=job.search_space,
             arch=job.arch,

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agents.errors import UsageError
-from agents.records import USABLE_STATUSES
+from agents.records import USABLE_STATUSES, RuntimeConfig
+from agents.runtimes import FORMAT_RUNTIMES
 from harness.devices import DeviceProfile
 from harness.export import ExportFailure
 from harness.records import ModelArtifact, ModelSpec
@@ -69,12 +70,13 @@ def configure_device(profile: DeviceProfile, fmt: str | None, threads: int | Non
     runtime = dataclasses.replace(profile.runtime)
     new_fmt = profile.format
     if fmt is not None and fmt != profile.format:
-        if fmt == "tflite":
-            runtime.runtime, runtime.providers, runtime.provider_options = "litert", [], []
-        elif fmt == "onnx":
-            runtime.runtime, runtime.providers = "onnxruntime", ["CPUExecutionProvider"]
-        else:
-            raise UsageError(f"unknown format {fmt!r} (known: onnx, tflite)")
+        if fmt not in FORMAT_RUNTIMES:
+            raise UsageError(f"unknown format {fmt!r} (known: {', '.join(FORMAT_RUNTIMES)})")
+        # the profile's providers/device mean nothing to another runtime: that runtime's defaults
+        defaults = RuntimeConfig()
+        runtime.runtime, runtime.device = FORMAT_RUNTIMES[fmt], defaults.device
+        runtime.providers = list(defaults.providers) if runtime.runtime == "onnxruntime" else []
+        runtime.provider_options = []
         new_fmt = fmt
     if threads is not None:
         if threads < 0:

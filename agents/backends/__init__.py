@@ -14,12 +14,10 @@ from typing import Any
 import numpy as np
 
 from agents.records import RuntimeConfig
+from agents.runtimes import RUNTIMES
 
 #: runtime name -> "module:Class"; modules are imported only when that runtime is asked for.
-_REGISTRY = {
-    "onnxruntime": "agents.backends.onnxruntime:OnnxRuntimeBackend",
-    "litert": "agents.backends.litert:LiteRTBackend",
-}
+_REGISTRY = {name: runtime.backend for name, runtime in RUNTIMES.items()}
 
 
 class BackendConfigError(ValueError):

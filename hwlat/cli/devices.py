@@ -16,6 +16,7 @@ from typing import Any
 
 from agents.errors import ProfileError, ProtocolError, TransportError, UsageError
 from harness.devices import DeviceProfile, available_profiles, load_profile_file, resolve_devices
+from harness.runtimes import runtime_lines
 from hwlat.cli.console import EXIT_FAILED, EXIT_OK, add_json_flag, emit_json
 
 #: Fingerprint keys in the order ``check`` prints them; anything else follows alphabetically.
@@ -49,7 +50,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows.append({
             "name": p.name, "host": "local" if p.is_local else f"{p.user}@{p.host}:{p.port}",
             "runtime": p.runtime.runtime,
-            "providers": list(p.runtime.providers) if p.runtime.runtime == "onnxruntime" else [],
+            "providers": list(p.runtime.providers) if p.runtime.runtime == "onnxruntime"
+            else [p.runtime.device] if p.runtime.device else [],
             "threads": p.runtime.threads, "affinity": list(p.cpu_affinity), "tags": list(p.tags),
             "source": str(path),
         })
@@ -105,7 +107,10 @@ def _print_report(report: dict[str, Any]) -> None:
     keys = [k for k in _FINGERPRINT_ORDER if k in fp] + sorted(
         k for k in fp if k not in _FINGERPRINT_ORDER and k not in ("type", "warnings"))
     for key in keys:
-        if fp[key] not in (None, "", [], {}):
+        if key == "runtimes" and isinstance(fp[key], dict):  # one line each, with the install line if missing
+            for line in runtime_lines(fp[key]):
+                print(f"  {'runtime':<16} {line}")
+        elif fp[key] not in (None, "", [], {}):
             print(f"  {key:<16} {_fmt(fp[key])}")
     if report["warnings"]:
         for warning in report["warnings"]:

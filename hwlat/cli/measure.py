@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.errors import UsageError
+from agents.runtimes import FORMATS
 from hwlat.cli.console import (
     EXIT_BUSY,
     EXIT_FAILED,
@@ -27,9 +28,11 @@ TABLE_ROWS = 20
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from harness.campaign import CampaignRequest, configure_device, plan_models, run_campaign
+    from harness.campaign import run_campaign
     from harness.devices import resolve_devices
     from harness.onnx_files import ShapeRequest, parse_input_shape
+    from harness.plan import CampaignRequest, configure_device, plan_models
+    from harness.runtimes import preflight_runtimes
     from harness.transport.local import reserve_machine
     from hwlat.spaces import read_arch_file
 
@@ -48,7 +51,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         raise UsageError(f"--input-shape {twice[0]} is given more than once")
     shapes = ShapeRequest(dict(given), args.batch, args.resolution)
     archs = read_arch_file(Path(args.archs)) if args.archs else None
-    _preflight_runtime(profiles, args.format)
+    preflight_runtimes(profiles, args.format)
     if args.op_profile:
         others = [p.name for p in profiles if (args.format or p.format) != "onnx"]
         if others:
@@ -211,28 +214,6 @@ def campaign_document(result: Any, code: int) -> dict[str, Any]:
     }
 
 
-def _preflight_runtime(profiles: list, fmt: str | None) -> None:
-    """Fail early, with the install command, when a local device lacks its runtime or exporter."""
-    import importlib.util
-
-    def have(name: str) -> bool:
-        try:
-            return importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            return False
-
-    for profile in profiles:
-        runtime = "litert" if (fmt or profile.format) == "tflite" else profile.runtime.runtime
-        if runtime == "litert" and not have("litert_torch"):
-            raise UsageError("TFLite export needs litert-torch: pip install 'hwlat[tflite]'")
-        if not profile.is_local:
-            continue
-        if runtime == "onnxruntime" and not have("onnxruntime"):
-            raise UsageError("runtime onnxruntime is not installed: pip install onnxruntime")
-        if runtime == "litert" and not any(have(m) for m in ("ai_edge_litert", "tflite_runtime", "tensorflow")):
-            raise UsageError("runtime LiteRT is not installed: pip install ai-edge-litert")
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     m = subparsers.add_parser("measure", help="time candidate networks on one or more devices into a Parquet dataset",
                        description="Build, export and time networks on devices; rows go to a Parquet dataset. "
@@ -246,7 +227,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--archs", metavar="FILE", help="file with one arch string per line instead of sampling")
     m.add_argument("--models", metavar="DIR", help="measure the ONNX files in DIR as they are")
     m.add_argument("--out", required=True, metavar="DIR", help="dataset folder (created; appended to)")
-    m.add_argument("--format", choices=("onnx", "tflite"), help="model format (default: the device profile's)")
+    m.add_argument("--format", choices=FORMATS,
+                   help="model format (default: the device profile's); tflite runs on LiteRT, pte on ExecuTorch, "
+                        "pt2 on torch")
     m.add_argument("--threads", type=int, help="runtime threads (overrides the profile; 0 = runtime default)")
     m.add_argument("--batch", type=int, help="batch size (default 1; with --models: sizes a dynamic first "
                    "dimension, refused where the model fixes another)")

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agents.runtimes import FORMATS
 from hwlat.cli.console import add_json_flag, add_wait_flag, console, emit_json
 
 
@@ -66,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="extra latency datasets: retrain the base predictor on the bundled datasets plus these")
     p.add_argument("--dataset", metavar="PATH", help="also append the new measurements to this dataset")
     p.add_argument("--model", metavar="PATH", help="start from this predictor instead of the bundled one")
-    p.add_argument("--format", choices=("onnx", "tflite"), help="model format (default: the device profile's)")
+    p.add_argument("--format", choices=FORMATS, help="model format (default: the device profile's)")
     p.add_argument("--threads", type=int, help="runtime threads (overrides the profile)")
     p.add_argument("--seed", type=int, default=0, help="seed for the samplers and the measurement order")
     p.add_argument("--min-measured", type=int, default=30,
