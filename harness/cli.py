@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", action="append", metavar="DEV",
                    help="'local', a profile name, a profile .toml path or tag:TAG (repeatable; default local)")
     m.add_argument("--devices", action="append", metavar="DEV", help="same as --device (e.g. --devices tag:edge)")
-    m.add_argument("--space", default="nb201", help="search space: nb201 or fbnet (default nb201)")
+    m.add_argument("--space", default="nb201",
+                   help="search space: nb201, fbnet, ofa, autoformer, an installed plug-in's name, or your own "
+                        "FILE.py:ClassName (docs/spaces.md; default nb201)")
     m.add_argument("--count", type=int, help="number of archs to sample (default 10)")
     m.add_argument("--seed", type=int, default=0, help="sampling and measurement-order seed (default 0)")
     m.add_argument("--archs", metavar="FILE", help="file with one arch string per line instead of sampling")
@@ -155,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--format", choices=("onnx", "tflite"), help="model format (default: the device profile's)")
     m.add_argument("--threads", type=int, help="runtime threads (overrides the profile; 0 = runtime default)")
     m.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    m.add_argument("--resolution", type=int, default=32, help="input resolution (default 32)")
+    m.add_argument("--resolution", type=int,
+                   help="input resolution (default: the space's, 32 for nb201/fbnet, 224 for autoformer; ofa archs "
+                        "carry their own and a different --resolution is refused)")
     m.add_argument("--remeasure", action="store_true", help="measure again even if the dataset has the rows")
     m.add_argument("--retry-failed", action="store_true", help="measure again models whose rows failed")
     m.add_argument("--reference-every", type=int, default=10, metavar="K",

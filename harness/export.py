@@ -37,7 +37,7 @@ from typing import Any
 
 from harness.errors import UsageError
 from harness.records import ModelArtifact, ModelSpec
-from harness.spaces import SearchSpace, get_space, one_line
+from harness.spaces import SearchSpace, get_space, one_line, space_ref
 
 FORMATS = ("onnx", "tflite")
 OPSET = 17
@@ -55,6 +55,8 @@ class _Job:
 
     key: str
     search_space: str
+    #: what re-creates the space in a spawned worker (a plug-in file's ``file.py:Class`` spec)
+    space_ref: str
     arch: str
     batch: int
     resolution: int
@@ -230,10 +232,11 @@ def file_sha256(path: Path) -> str:
 def _make_job(spec: ModelSpec, fmt: str) -> _Job:
     space = get_space(spec.search_space)
     arch = space.validate(spec.arch)
-    space.check_input(spec.batch, spec.resolution)
+    resolution = space.resolution_for(arch, spec.resolution)
+    space.check_input(spec.batch, resolution)
     index = spec.arch_index if spec.arch_index is not None else space.arch_index(arch)
-    key = cache_key(space, arch, spec.batch, spec.resolution, fmt)
-    return _Job(key, spec.search_space, arch, spec.batch, spec.resolution, fmt, index)
+    key = cache_key(space, arch, spec.batch, resolution, fmt)
+    return _Job(key, space.name, space_ref(space.name), arch, spec.batch, resolution, fmt, index)
 
 
 def _run_jobs(jobs: list[_Job], cache: ExportCache, workers: int | None):
@@ -313,7 +316,7 @@ def _export_one(job: _Job, cache_root: str) -> ModelArtifact:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        space = get_space(job.search_space)
+        space = get_space(job.space_ref)
         model = space.build(job.arch, job.batch, job.resolution)
         sample = space.sample_input(job.batch, job.resolution)
         flops, params = torch_flops_params(model, sample)
