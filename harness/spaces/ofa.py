@@ -139,7 +139,6 @@ def _dump(arch: dict[str, Any]) -> str:
 
 def _build_net(arch: dict[str, Any]) -> torch.nn.Module:
     """OFA's ``MobileNetV3`` for one active subnet (see the module docstring and docs/spaces.md)."""
-    import torch
     from torch import nn
     from torch.nn import functional as F
 
