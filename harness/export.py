@@ -394,36 +394,18 @@ def _export_tflite(model: Any, sample: Any, path: Path) -> None:
 def torch_flops_params(model: Any, sample: Any) -> tuple[int, int]:
     """(FLOPs, parameters) of one forward pass on ``sample``.
 
-    FLOPs = 2 x multiply-accumulates of every Conv2d and Linear for the whole input (so they
-    scale with the batch); BN, activations, pooling and additions are not counted. Parameters =
-    all trainable tensors of the module (BatchNorm affine included, running statistics not).
+    FLOPs = 2 x multiply-accumulates of every convolution and matrix product for the whole input (so
+    they scale with the batch), as torch's ``FlopCounterMode`` counts them: Conv2d, Linear and also the
+    attention products of transformers, which are not modules; BN, activations, pooling and additions
+    are not counted. Parameters = all trainable tensors of the module (BatchNorm affine included,
+    running statistics not).
     """
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
-    macs = 0
-
-    def conv_hook(mod: torch.nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal macs
-        kh, kw = mod.kernel_size
-        macs += out.numel() * (mod.in_channels // mod.groups) * kh * kw
-
-    def linear_hook(mod: torch.nn.Linear, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal macs
-        macs += out.numel() * mod.in_features
-
-    handles = []
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.Conv2d):
-            handles.append(mod.register_forward_hook(conv_hook))
-        elif isinstance(mod, torch.nn.Linear):
-            handles.append(mod.register_forward_hook(linear_hook))
-    try:
-        with torch.no_grad():
-            model(sample)
-    finally:
-        for h in handles:
-            h.remove()
-    return 2 * macs, sum(p.numel() for p in model.parameters())
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(sample)
+    return int(counter.get_total_flops()), sum(p.numel() for p in model.parameters())
 
 
 def _dist_version(name: str) -> str:

@@ -14,6 +14,7 @@ from harness.errors import ArchError, UsageError
 from harness.export import export_models
 from harness.records import ModelSpec
 from harness.spaces import get_space
+from harness.spaces.onnx_files import onnx_flops
 
 SPACE = get_space("autoformer")
 SMALLEST = json.dumps({"embed": 192, "depth": 12, "mlp": [3.5] * 12, "heads": [3] * 12})
@@ -97,3 +98,6 @@ def test_onnx_export_matches_torch(tmp_path) -> None:
     np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-4 * float(np.abs(ref).max()))
     ops = {n.op_type for n in onnx.load(art.path).graph.node}
     assert {"MatMul", "Softmax", "LayerNormalization", "Erf"} <= ops
+    # the attention products (q @ k^T, attn @ v) count like every other matrix product, in torch and ONNX
+    attention = 2 * 12 * 2 * 3 * 197 * 197 * 64
+    assert art.flops == onnx_flops(onnx.load(art.path)) > attention

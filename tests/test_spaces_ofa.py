@@ -15,6 +15,7 @@ from harness.export import export_models
 from harness.records import ModelSpec
 from harness.spaces import get_space
 from harness.spaces.ofa import make_divisible
+from harness.spaces.onnx_files import onnx_flops
 
 SPACE = get_space("ofa")
 MAX = json.dumps({"ks": [7] * 20, "e": [6] * 20, "d": [4] * 5, "r": 224})
@@ -113,3 +114,4 @@ def test_onnx_export_matches_torch(tmp_path) -> None:
         (out,) = ort.InferenceSession(art.path, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
         np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-4 * float(np.abs(ref).max()))
         assert {"Conv", "ReduceMean", "Clip", "Gemm"} <= {n.op_type for n in onnx.load(art.path).graph.node}
+        assert art.flops == onnx_flops(onnx.load(art.path))

@@ -134,10 +134,11 @@ def _build_net(arch: dict[str, Any], resolution: int) -> torch.nn.Module:
             self.proj = nn.Linear(heads * HEAD_DIM, embed)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            b, n, _ = x.shape
-            q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, HEAD_DIM).permute(2, 0, 3, 1, 4)
+            # Fixed sizes instead of x.shape: the exported Reshapes get constant targets, so the graph has
+            # no Shape arithmetic and ONNX shape inference (hence onnx_flops) sees every tensor's shape.
+            q, k, v = self.qkv(x).reshape(-1, n_tokens, 3, self.heads, HEAD_DIM).permute(2, 0, 3, 1, 4)
             attn = (q @ k.transpose(-2, -1) * HEAD_DIM**-0.5).softmax(dim=-1)
-            return self.proj((attn @ v).transpose(1, 2).reshape(b, n, self.heads * HEAD_DIM))
+            return self.proj((attn @ v).transpose(1, 2).reshape(-1, n_tokens, self.heads * HEAD_DIM))
 
     class Layer(nn.Module):
         """Pre-norm encoder layer: x + attn(LN(x)), then x + fc2(GELU(fc1(LN(x))))."""
@@ -170,8 +171,11 @@ def _build_net(arch: dict[str, Any], resolution: int) -> torch.nn.Module:
                         mod.bias.normal_(0.0, 0.1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = self.patch_embed(x).flatten(2).transpose(1, 2)
-            x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
+            x = self.patch_embed(x).reshape(-1, embed, n_tokens - 1).transpose(1, 2)  # flatten(2), static
+            # cls_token.expand(batch, ...) would export as Shape/Expand arithmetic on the batch size; a
+            # zero slice of x broadcasts it to the batch with static shapes (Slice, Mul, Add) instead.
+            cls = x[:, :1] * 0.0 + self.cls_token
+            x = torch.cat((cls, x), dim=1) + self.pos_embed
             x = self.norm(self.layers(x))
             return self.head(x[:, 1:].mean(dim=1))
 
