@@ -207,12 +207,13 @@ def get_space(name: str) -> SearchSpace:
     if not isinstance(name, str) or not name.strip():
         raise UnknownSpaceError(f"search space must be a name or FILE.py:Class, got {name!r}")
     name = name.strip()
-    if name in _INSTANCES:
-        return _INSTANCES[name]
+    key = _normalise_ref(name) if ":" in name else name  # a relative file path means the file it names now
+    if key in _INSTANCES:
+        return _INSTANCES[key]
     if name in _REGISTRY:
         ref = _REGISTRY[name]
     elif ":" in name:
-        ref = _normalise_ref(name)
+        ref = key
     else:
         ref = _entry_points().get(name, "")
         if not ref:
@@ -226,7 +227,7 @@ def get_space(name: str) -> SearchSpace:
             f"search space {ref} is named '{space.name}', which is taken by {registered}; give it another name"
         )
     _REGISTRY.setdefault(space.name, ref)
-    _INSTANCES[ref] = _INSTANCES[name] = _INSTANCES[space.name] = space
+    _INSTANCES[ref] = _INSTANCES[key] = _INSTANCES[space.name] = space
     return space
 
 
