@@ -160,6 +160,8 @@ def plan_specs(req: CampaignRequest) -> tuple[list[ModelSpec], ModelSpec]:
     ref_arch = space.sample(1, seed=2**31 - 1)[0]
     reference = ModelSpec(space.name, ref_arch, req.batch, space.resolution_for(ref_arch, req.resolution),
                           space.arch_index(ref_arch))
+    for resolution in sorted({s.resolution for s in [*specs, reference]}):
+        space.check_input(req.batch, resolution)  # refused here, before the dataset folder is created
     return specs, reference
 
 

@@ -56,3 +56,10 @@ def test_measure_autoformer(tmp_path: Path, cache: Path) -> None:
     rows = measure(tmp_path, cache, "autoformer")
     assert len(rows) == 2 and {r["search_space"] for r in rows} == {"autoformer"}
     assert all(r["input_shape"] == [1, 3, 224, 224] and r["status"] in ("ok", "unstable") for r in rows)
+
+
+def test_measure_autoformer_refuses_a_resolution_off_the_patch_grid(tmp_path: Path, cache: Path) -> None:
+    proc = hwlat("measure", "--device", str(fast_profile(tmp_path)), "--space", "autoformer", "--count", "1",
+                 "--resolution", "200", "--out", str(tmp_path / "ds"), cache=cache, check_rc=2)
+    assert proc.stderr.strip() == "hwlat: autoformer needs a resolution divisible by the patch size 16, got 200"
+    assert not (tmp_path / "ds").exists()
