@@ -38,7 +38,7 @@ from typing import Any
 from agents.errors import UsageError
 from agents.files import atomic_write, sha256_file
 from harness.records import ModelArtifact, ModelSpec
-from hwlat.spaces import SearchSpace, get_space, one_line
+from hwlat.spaces import SearchSpace, get_space, one_line, space_ref
 
 FORMATS = ("onnx", "tflite", "pte", "pt2")
 OPSET = 17
@@ -69,6 +69,8 @@ class _Job:
 
     key: str
     search_space: str
+    #: what re-creates the space in a spawned worker (a plug-in file's ``file.py:Class`` spec)
+    space_ref: str
     arch: str
     batch: int
     resolution: int
@@ -220,10 +222,11 @@ class ExportCache:
 def _make_job(spec: ModelSpec, fmt: str) -> _Job:
     space = get_space(spec.search_space)
     arch = space.validate(spec.arch)
-    space.check_input(spec.batch, spec.resolution)
+    resolution = space.resolution_for(arch, spec.resolution)
+    space.check_input(spec.batch, resolution)
     index = spec.arch_index if spec.arch_index is not None else space.arch_index(arch)
-    key = cache_key(space, arch, spec.batch, spec.resolution, fmt)
-    return _Job(key, spec.search_space, arch, spec.batch, spec.resolution, fmt, index)
+    key = cache_key(space, arch, spec.batch, resolution, fmt)
+    return _Job(key, space.name, space_ref(space.name), arch, spec.batch, resolution, fmt, index)
 
 
 def _run_jobs(jobs: list[_Job], cache: ExportCache, workers: int | None, keep_going: bool = False):
@@ -315,7 +318,7 @@ def _export_one(job: _Job, cache_root: str) -> ModelArtifact:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        space = get_space(job.search_space)
+        space = get_space(job.space_ref)
         model = space.build(job.arch, job.batch, job.resolution)
         sample = space.sample_input(job.batch, job.resolution)
         flops, params = torch_flops_params(model, sample)
@@ -397,36 +400,18 @@ def _export_tflite(model: Any, sample: Any, path: Path) -> None:
 def torch_flops_params(model: Any, sample: Any) -> tuple[int, int]:
     """(FLOPs, parameters) of one forward pass on ``sample``.
 
-    FLOPs = 2 x multiply-accumulates of every Conv2d and Linear for the whole input (so they
-    scale with the batch); BN, activations, pooling and additions are not counted. Parameters =
-    all trainable tensors of the module (BatchNorm affine included, running statistics not).
+    FLOPs = 2 x multiply-accumulates of every convolution and matrix product for the whole input (so
+    they scale with the batch), as torch's ``FlopCounterMode`` counts them: Conv2d, Linear and also the
+    attention products of transformers, which are not modules; BN, activations, pooling and additions
+    are not counted. Parameters = all trainable tensors of the module (BatchNorm affine included,
+    running statistics not).
     """
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
-    macs = 0
-
-    def conv_hook(mod: torch.nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal macs
-        kh, kw = mod.kernel_size
-        macs += out.numel() * (mod.in_channels // mod.groups) * kh * kw
-
-    def linear_hook(mod: torch.nn.Linear, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal macs
-        macs += out.numel() * mod.in_features
-
-    handles = []
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.Conv2d):
-            handles.append(mod.register_forward_hook(conv_hook))
-        elif isinstance(mod, torch.nn.Linear):
-            handles.append(mod.register_forward_hook(linear_hook))
-    try:
-        with torch.no_grad():
-            model(sample)
-    finally:
-        for h in handles:
-            h.remove()
-    return 2 * macs, sum(p.numel() for p in model.parameters())
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(sample)
+    return int(counter.get_total_flops()), sum(p.numel() for p in model.parameters())
 
 
 def _dist_version(name: str) -> str:

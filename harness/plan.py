@@ -50,7 +50,8 @@ class CampaignRequest:
     fmt: str | None = None
     threads: int | None = None
     batch: int = 1
-    resolution: int = 32
+    #: None: each arch's own resolution (OFA) or the space's default (32 for nb201/fbnet, 224 for autoformer)
+    resolution: int | None = None
     remeasure: bool = False
     retry_failed: bool = False
     reference_every: int = 10
@@ -103,9 +104,13 @@ def plan_specs(req: CampaignRequest) -> tuple[list[ModelSpec], ModelSpec]:
         if count < 1:
             raise UsageError("--count must be at least 1")
         archs = space.sample(count, req.seed)
-    specs = [ModelSpec(space.name, a, req.batch, req.resolution, space.arch_index(a)) for a in archs]
+    specs = [ModelSpec(space.name, a, req.batch, space.resolution_for(a, req.resolution), space.arch_index(a))
+             for a in archs]
     ref_arch = space.sample(1, seed=2**31 - 1)[0]
-    reference = ModelSpec(space.name, ref_arch, req.batch, req.resolution, space.arch_index(ref_arch))
+    reference = ModelSpec(space.name, ref_arch, req.batch, space.resolution_for(ref_arch, req.resolution),
+                          space.arch_index(ref_arch))
+    for resolution in sorted({s.resolution for s in [*specs, reference]}):
+        space.check_input(req.batch, resolution)  # refused here, before the dataset folder is created
     return specs, reference
 
 

@@ -14,13 +14,14 @@ class ModelSpec:
     """A candidate network before export: which space, which arch, at which input size.
 
     ``key`` identifies the export uniquely (space, arch, batch, resolution, format, opset and
-    exporter version all change the file), so the exporter can cache by it.
+    exporter version all change the file), so the exporter can cache by it. ``resolution`` None:
+    the arch's own (OFA archs carry one) or else the space's default.
     """
 
     search_space: str
     arch: str
     batch: int = 1
-    resolution: int = 32
+    resolution: int | None = None
     arch_index: int | None = None
 
 

@@ -3,11 +3,12 @@
 import pytest
 
 from agents.errors import ArchError, UnknownSpaceError, UsageError
-from hwlat.spaces import SPACES, SearchSpace, get_space
+from hwlat.spaces import SPACES, SearchSpace, get_space, known_spaces
 
 
 def test_known_spaces():
-    assert SPACES == ("fbnet", "nb201")
+    assert SPACES == ("autoformer", "fbnet", "nb201", "ofa")
+    assert set(SPACES) <= set(known_spaces())
     for name in SPACES:
         space = get_space(name)
         assert isinstance(space, SearchSpace)
@@ -18,7 +19,9 @@ def test_known_spaces():
 def test_unknown_space_message():
     with pytest.raises(UnknownSpaceError) as exc:
         get_space("x")
-    assert str(exc.value) == "unknown search space 'x' (known: fbnet, nb201)"
+    message = str(exc.value)
+    assert message.startswith("unknown search space 'x' (known: autoformer, fbnet, nb201, ofa")
+    assert message.endswith("; or give FILE.py:Class)") and "\n" not in message
     assert isinstance(exc.value, UsageError)
 
 

@@ -60,7 +60,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     req = CampaignRequest(
         devices=profiles, out=Path(args.out), space=args.space, count=args.count, seed=args.seed, archs=archs,
         models_dir=Path(args.models) if args.models else None, fmt=args.format, threads=args.threads,
-        batch=1 if args.batch is None else args.batch, resolution=32 if args.resolution is None else args.resolution,
+        batch=1 if args.batch is None else args.batch, resolution=args.resolution,
         shapes=shapes, op_profile=args.op_profile, remeasure=args.remeasure, retry_failed=args.retry_failed,
         reference_every=args.reference_every, cache_dir=Path(args.cache) if args.cache else None,
         workers=args.workers, max_reconnect_s=args.max_reconnect,
@@ -221,7 +221,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--device", action="append", metavar="DEV",
                    help="'local', a profile name, a profile .toml path or tag:TAG (repeatable; default local)")
     m.add_argument("--devices", action="append", metavar="DEV", help="same as --device (e.g. --devices tag:edge)")
-    m.add_argument("--space", default="nb201", help="search space: nb201 or fbnet (default nb201)")
+    m.add_argument("--space", default="nb201",
+                   help="search space: nb201, fbnet, ofa, autoformer, an installed plug-in's name, or your own "
+                        "FILE.py:ClassName (docs/spaces.md; default nb201)")
     m.add_argument("--count", type=int, help="number of archs to sample (default 10)")
     m.add_argument("--seed", type=int, default=0, help="sampling and measurement-order seed (default 0)")
     m.add_argument("--archs", metavar="FILE", help="file with one arch string per line instead of sampling")
@@ -233,7 +235,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--threads", type=int, help="runtime threads (overrides the profile; 0 = runtime default)")
     m.add_argument("--batch", type=int, help="batch size (default 1; with --models: sizes a dynamic first "
                    "dimension, refused where the model fixes another)")
-    m.add_argument("--resolution", type=int, help="input resolution (default 32; with --models: sizes dynamic "
+    m.add_argument("--resolution", type=int, help="input resolution (default: the space's, 32 for nb201/fbnet, 224 for "
+                   "autoformer; ofa archs carry their own; with --models: sizes dynamic "
                    "H/W of a 4-d input, refused where the model fixes others)")
     m.add_argument("--input-shape", action="append", metavar="NAME=DIMS",
                    help="with --models: shape of input NAME, e.g. input=1x3x224x224 (repeatable); a model with "
