@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import random
 import threading
@@ -565,6 +566,17 @@ def export_plan(req: CampaignRequest, plan: ModelPlan, formats: set[str], progre
     return candidates, references
 
 
+def save_graphs(out: Path, candidates: dict[str, list[ModelArtifact]]) -> None:
+    """Store the graph encoding of every ONNX candidate beside the rows (``out/_graphs``), before anything
+    is timed: the predictor then trains on any measured network without the model files. A model the
+    encoder cannot read is still measured (a warning says its rows cannot train the graph predictor)."""
+    from predictor.graph import save_dataset_graphs
+
+    models = {a.sha256: a.path for a in candidates.get("onnx", [])}
+    for warning in save_dataset_graphs(out, models.items()):
+        logging.getLogger("hwlat").warning("%s", warning)
+
+
 def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
     """Measure the requested models on every device; returns per-device outcomes.
 
@@ -580,6 +592,7 @@ def run_campaign(req: CampaignRequest, progress: Any = None) -> CampaignResult:
     store = DatasetStore(req.out)
     store.ensure_writable()
     candidates, references = export_plan(req, plan, formats, progress)
+    save_graphs(req.out, candidates)
     export_s = time.monotonic() - t0
     session_id = new_session_id()
     statuses = DONE_STATUSES if not req.retry_failed else ("ok", "unstable")

@@ -20,7 +20,7 @@ from scipy.stats import kendalltau, spearmanr
 from harness.errors import UsageError
 
 from .data import LatencyTable
-from .encode import canonical_space
+from .encode import space_key
 from .samplers import sample
 from .train import SpaceModel, TrainConfig, pretrain
 from .transfer import TransferConfig, transfer
@@ -62,7 +62,7 @@ def load_tasks(path: str | Path, names: list[str] | None = None) -> list[Task]:
     """Read a NASFLAT-style task file; ``names`` selects tasks by ``paper_name``."""
     try:
         raw = json.loads(Path(path).read_text())
-        tasks = [Task(t.get("paper_name") or f"task{t.get('task_index', i)}", canonical_space(t["search_space"]),
+        tasks = [Task(t.get("paper_name") or f"task{t.get('task_index', i)}", space_key(t["search_space"]),
                       list(t["train_devices"]), list(t["test_devices"])) for i, t in enumerate(raw["tasks"])]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"cannot read tasks file {path}: {exc}") from exc

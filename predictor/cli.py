@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,9 @@ import pandas as pd
 from harness.errors import UsageError
 
 from .encode import canonical_space, get_encoder
+
+if TYPE_CHECKING:
+    from .api import Predictor
 
 
 @contextmanager
@@ -90,6 +94,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     _threads(args)
     model = load(args.model)
+    if args.models:
+        return _predict_files(model, args)
+    if not args.space:
+        raise UsageError("--space is required unless --models DIR is given")
     space = canonical_space(args.space)
     if args.archs:
         archs = _read_archs(args.archs)
@@ -108,13 +116,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if index is not None:
         out.insert(1, "arch_index", index)
     out["rank"] = out["latency_ms"].rank(method="min").astype(int)
-    try:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        out.to_parquet(args.out, index=False)
-    except OSError as exc:
-        raise UsageError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
+    _write_predictions(out, args.out)
     print(f"predicted {len(archs)} {space} archs on {args.device} in {seconds:.2f} s -> {args.out}")
     return 0
+
+
+def _predict_files(model: Predictor, args: argparse.Namespace) -> int:
+    """``predict --models DIR``: every ``*.onnx`` file of DIR, encoded from its graph."""
+    if args.archs:
+        raise UsageError("give --archs or --models, not both")
+    folder = Path(args.models)
+    if not folder.is_dir():
+        raise UsageError(f"--models {folder}: not a directory")
+    files = sorted(p for p in folder.glob("*.onnx") if p.is_file())
+    if not files:
+        raise UsageError(f"--models {folder}: no *.onnx files found")
+    t0 = time.perf_counter()
+    ms, log_std = model.predict_with_uncertainty(files, args.device, args.space)
+    seconds = time.perf_counter() - t0
+    keys, space = model.resolve(files, args.space)  # cached: the files were just encoded
+    out = pd.DataFrame({"search_space": space, "arch": [f.stem for f in files], "model_sha256": keys,
+                        "path": [str(f.resolve()) for f in files], "device": args.device, "latency_ms": ms,
+                        "log_std": log_std})
+    out["rank"] = out["latency_ms"].rank(method="min").astype(int)
+    _write_predictions(out, args.out)
+    print(f"predicted {len(files)} ONNX models on {args.device} in {seconds:.2f} s -> {args.out}")
+    return 0
+
+
+def _write_predictions(out: pd.DataFrame, path: str) -> None:
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        out.to_parquet(path, index=False)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -132,8 +167,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.samples < 2 or args.seeds < 1:
         raise UsageError("--samples must be >= 2 and --seeds >= 1")
     _threads(args)
-    table = load_table(args.data)
     tasks = load_tasks(args.tasks, args.task)
+    table = load_table(args.data, spaces={t.space for t in tasks})  # other spaces in the files are skipped
     console = Console()
 
     def on_step(task: str, seed: int, res: dict) -> None:
@@ -183,9 +218,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Predict latency (ms) and its uncertainty for archs on a device.")
     q.add_argument("--model", required=True)
     q.add_argument("--device", required=True)
-    q.add_argument("--space", required=True, help="search space, e.g. nb201 or fbnet")
+    q.add_argument("--space", help="search space, e.g. nb201 or fbnet (required unless --models)")
     q.add_argument("--archs", metavar="FILE",
                    help="one arch per line, or CSV/Parquet with an 'arch' column (default: the whole space)")
+    q.add_argument("--models", metavar="DIR",
+                   help="predict every *.onnx file in DIR from its graph (a model trained on graph-encoded data)")
     q.add_argument("--out", required=True, metavar="PRED.parquet")
     q.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     q.set_defaults(func=cmd_predict)
