@@ -284,6 +284,9 @@ def _conv_type(g: _Graph, node: onnx.NodeProto) -> str:
         raise ValueError("input or weight shape unknown")
     groups = int(_attr(node, "group", 1))
     cin = x[1]
+    if weight[1] * groups != cin:  # ONNX shape inference does not check this; onnxruntime fails at load
+        raise ValueError(f"weight {weight} with group {groups} expects {weight[1] * groups} input channels, "
+                         f"the input has {cin}")
     if groups > 1 and groups == cin:
         return "conv_dw"
     if groups > 1:
@@ -441,8 +444,11 @@ def encode_model(model: onnx.ModelProto, sha256: str, label: str = "model") -> G
         inferred = _fold_shapes(fixed)
     except Exception as exc:
         msg = one_line(exc)
-        found = re.search(r"op_type:\s*(\w+)(?:,\s*node name:\s*([^)]*))?", msg)
-        where = f"operator {found.group(1)} (node {found.group(2) or '?'!r})" if found else "the graph"
+        # shape inference says "(op_type:Conv, node name: c1)"; the checker "Name: c1 OpType: Conv" further down
+        found = re.search(r"op_type:\s*(\w+)(?:,\s*node name:\s*([^)]*))?", str(exc))
+        spec = re.search(r"Name:\s*(\S*)\s+OpType:\s*(\w+)", str(exc))
+        where = (f"operator {found.group(1)} (node {found.group(2) or '?'!r})" if found
+                 else f"operator {spec.group(2)} (node {spec.group(1) or '?'!r})" if spec else "the graph")
         raise UsageError(f"{label}: malformed ONNX graph at {where}: {msg}") from None
     g = _Graph(inferred, params_of)
     groups, fused = _groups(g)
