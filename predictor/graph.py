@@ -164,7 +164,7 @@ class _Graph:
         self.itemsize: dict[str, int] = {}
         self.is_int: dict[str, bool] = {}
         self.initializers = params
-        self.const: set[str] = set(self.initializers)
+        self.const: set[str] = {init.name for init in model.graph.initializer}
         for init in model.graph.initializer:
             self._set(init.name, list(init.dims), init.data_type)
         for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
@@ -367,7 +367,7 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     return shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
 
 
-def _fold_shapes(model: onnx.ModelProto, rounds: int = 8) -> onnx.ModelProto:
+def _fold_shapes(model: onnx.ModelProto, params: dict[str, list[int]], rounds: int = 8) -> _Graph:
     """Shape inference, with the integer shape arithmetic evaluated and replaced by constants.
 
     Why: exporters compute reshape targets at run time (``Shape -> Gather -> Concat -> Reshape``, as torch
@@ -382,7 +382,7 @@ def _fold_shapes(model: onnx.ModelProto, rounds: int = 8) -> onnx.ModelProto:
 
     inferred = _infer(model)
     for _ in range(rounds):
-        g = _Graph(inferred, {})
+        g = _Graph(inferred, params)
         values: dict[str, np.ndarray] = {}
         for init in inferred.graph.initializer:
             if init.data_type in _INT_TYPES:
@@ -408,7 +408,7 @@ def _fold_shapes(model: onnx.ModelProto, rounds: int = 8) -> onnx.ModelProto:
             for name, v in zip(outs, value, strict=False):
                 values[name] = folded[name] = np.asarray(v)
         if not [k for k in folded if k not in {i.name for i in inferred.graph.initializer}]:
-            return inferred
+            return g
         nxt = onnx.ModelProto()
         nxt.CopyFrom(inferred)
         del nxt.graph.node[:]
@@ -417,7 +417,7 @@ def _fold_shapes(model: onnx.ModelProto, rounds: int = 8) -> onnx.ModelProto:
         known = {i.name for i in nxt.graph.initializer}
         nxt.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in folded.items() if k not in known)
         inferred = _infer(nxt)
-    return inferred
+    return _Graph(inferred, params)
 
 
 def encode_model(model: onnx.ModelProto, sha256: str, label: str = "model") -> GraphEncoding:
@@ -441,7 +441,7 @@ def encode_model(model: onnx.ModelProto, sha256: str, label: str = "model") -> G
     params_of = {init.name: list(init.dims) for init in model.graph.initializer}
     try:
         onnx.checker.check_model(fixed)
-        inferred = _fold_shapes(fixed)
+        g = _fold_shapes(fixed, params_of)
     except Exception as exc:
         msg = one_line(exc)
         # shape inference says "(op_type:Conv, node name: c1)"; the checker "Name: c1 OpType: Conv" further down
@@ -450,7 +450,6 @@ def encode_model(model: onnx.ModelProto, sha256: str, label: str = "model") -> G
         where = (f"operator {found.group(1)} (node {found.group(2) or '?'!r})" if found
                  else f"operator {spec.group(2)} (node {spec.group(1) or '?'!r})" if spec else "the graph")
         raise UsageError(f"{label}: malformed ONNX graph at {where}: {msg}") from None
-    g = _Graph(inferred, params_of)
     groups, fused = _groups(g)
     ops: list[dict[str, Any]] = []
     counted: set[str] = set()

@@ -25,9 +25,9 @@ from predictor.cli import main
 from predictor.encode import GraphEncoder
 from predictor.graph import (
     DATASET_GRAPHS,
-    K,
     LINEAR_UNITS,
     OP_TYPES,
+    K,
     encode_file,
     encode_model,
     features,
@@ -187,7 +187,7 @@ def test_malformed_or_unsupported_graph_names_the_operator(tmp_path: Path) -> No
         encode_model(_custom_op_model(), "x")
     assert "\n" not in str(err.value)
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    with pytest.raises(UsageError, match="junk.onnx"):
+    with pytest.raises(UsageError, match=r"junk\.onnx"):
         encode_file(tmp_path / "junk.onnx", cache_dir=tmp_path / "cache")
 
 
