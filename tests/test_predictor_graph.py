@@ -4,6 +4,7 @@ a real `hwlat measure --models DIR`, then `predictor train` and `predict --model
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -272,6 +273,24 @@ def test_measure_models_then_train_and_predict_through_the_cli(measured: tuple[P
     assert set(p.suggest("board", 2, candidates=files, measured=files[:4])) <= {str(f) for f in files[4:]}
     with pytest.raises(UsageError, match="ONNX files or arch strings"):
         p.predict([str(files[0]), "|nor_conv_3x3~0|"], "fastlocal")
+
+
+def test_any_space_without_an_encoder_trains_from_its_graphs(measured: tuple[Path, Path, Path],
+                                                             tmp_path: Path) -> None:
+    """Rows of a space hwlat's predictor has no encoder for (here relabelled 'ofa') train a graph model,
+    which a fresh process loads and queries with ONNX files."""
+    models, data, _ = measured
+    folder = tmp_path / "ofa"
+    shutil.copytree(data / DATASET_GRAPHS, folder / DATASET_GRAPHS)
+    pd.read_parquet(data).assign(search_space="ofa").to_parquet(folder / "rows.parquet", index=False)
+    model = tmp_path / "ofa.pt"
+    assert main(["predictor", "train", "--data", str(folder / "rows.parquet"), "--out", str(model),
+                 "--steps", "5"]) == 0
+    assert predictor.load(model).spaces() == ["ofa"]
+    out = tmp_path / "p.parquet"
+    hwlat("predictor", "predict", "--model", str(model), "--device", "fastlocal", "--space", "ofa", "--models",
+          str(models), "--out", str(out), env_root=tmp_path)
+    assert len(pd.read_parquet(out)) == 8
 
 
 def test_graph_errors_exit_2_with_one_line(measured: tuple[Path, Path, Path], tmp_path: Path) -> None:
