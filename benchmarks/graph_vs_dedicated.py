@@ -33,8 +33,8 @@ from onnx import TensorProto, helper, numpy_helper
 from harness.spaces.nb201 import EDGES, NUM_NODES, canonical_archs, parse
 from predictor.bench import PRETRAIN_CAPS, load_tasks, run_bench
 from predictor.data import load_table, reduce_frame
-from predictor.encode import add_graphs, register_graph_space
-from predictor.graph import GraphEncoding, encode_file, encode_model, features
+from predictor.encode import add_graph_features, register_graph_space
+from predictor.graph import encode_file, encode_model, features
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nb201"
 GRAPH_SPACE = "nb201-graph"
@@ -149,24 +149,25 @@ def check_fidelity(n: int, seed: int = 0) -> dict:
     return {"archs": len(archs), "max_abs_feature_diff": worst, "export_s_per_arch": export_s}
 
 
-def _encode_arch(arch: str) -> GraphEncoding:
-    return encode_model(nb201_onnx(arch), arch)
+def _features_of(arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return features(encode_model(nb201_onnx(arch), arch))
 
 
-def encode_space(cache: Path, workers: int) -> tuple[dict[str, GraphEncoding], float]:
-    """Graph encodings of all 15625 archs (cached in ``cache`` as one JSON); CPU seconds per arch when computed."""
+def encode_space(cache: Path, workers: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, float]:
+    """(archs, flat, nodes, adj) of all 15625 archs, cached in ``cache`` (.npz), and the worker-seconds per
+    arch when computed (NaN when read from the cache)."""
+    archs = list(canonical_archs())
     if cache.exists():
-        blob = json.loads(cache.read_text())
-        return {a: GraphEncoding(a, e["ops"], [tuple(x) for x in e["edges"]]) for a, e in blob.items()}, float("nan")
+        with np.load(cache) as z:
+            return archs, z["flat"], z["nodes"], z["adj"], float("nan")
     t0 = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
-        encs = dict(zip(canonical_archs(), pool.map(_encode_arch, canonical_archs(), chunksize=256), strict=True))
-    per = (time.perf_counter() - t0) * workers / len(encs)  # CPU seconds per arch
-    for a, e in encs.items():
-        e.sha256 = a
+        rows = list(pool.map(_features_of, archs, chunksize=256))
+    per = (time.perf_counter() - t0) * workers / len(archs)  # worker-seconds per arch (wall x workers)
+    flat, nodes, adj = (np.stack([r[i] for r in rows]) for i in range(3))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({a: {"ops": e.ops, "edges": e.edges} for a, e in encs.items()}))
-    return encs, per
+    np.savez_compressed(cache, flat=flat, nodes=nodes, adj=adj)
+    return archs, flat, nodes, adj, per
 
 
 def main() -> int:
@@ -189,11 +190,11 @@ def main() -> int:
     report: dict = {"fidelity": check_fidelity(args.check) if args.check else None}
     print("fidelity", report["fidelity"], flush=True)
     t0 = time.perf_counter()
-    encs, per = encode_space(out / "nb201_graphs.json", args.workers)
-    report["encode_s_per_arch"] = per
+    archs, flat, nodes, adj, per = encode_space(out / "nb201_graph_features.npz", args.workers)
+    report["encode_worker_s_per_arch"] = per
     report["load_or_encode_s"] = time.perf_counter() - t0
-    print(f"encoded 15625 archs in {report['load_or_encode_s']:.0f} s ({per * 1e3:.1f} CPU ms each)", flush=True)
-    add_graphs(encs.values())
+    print(f"encoded 15625 archs in {report['load_or_encode_s']:.0f} s ({per * 1e3:.1f} worker-ms each)", flush=True)
+    add_graph_features(archs, flat, nodes, adj)
     register_graph_space(GRAPH_SPACE)
     PRETRAIN_CAPS[GRAPH_SPACE] = PRETRAIN_CAPS["nb201"]  # the same protocol: 512 archs per train device
     table = load_table([SHARED / "latency_long.parquet"], spaces={"nb201"})

@@ -386,6 +386,13 @@ def add_graphs(encodings: Iterable[GraphEncoding]) -> list[str]:
     return keys
 
 
+def add_graph_features(keys: Sequence[str], flat: np.ndarray, nodes: np.ndarray, adj: np.ndarray) -> None:
+    """Make networks known by precomputed ``graph.features`` rows (a benchmark that encodes a whole space
+    keeps arrays, not the per-operator encodings: 15625 NB201 encodings are ~5 GB as Python objects)."""
+    for i, key in enumerate(keys):
+        _GRAPH_FEATURES[key] = (flat[i], nodes[i], adj[i])
+
+
 class GraphEncoder(SpaceEncoder):
     """Any network, from the graph of the ONNX file that was measured (``predictor.graph``).
 
