@@ -13,7 +13,7 @@ Then it runs the transfer benchmark (``predictor.bench.run_bench``) on the same 
 dedicated ``nb201`` encoder and once with the rows relabelled to a graph-encoded space whose "archs" key
 the generated encodings.
 
-    nice .venv/bin/python benchmarks/graph_vs_dedicated.py --check 20 --tasks ND NX1 NX2 NX3 --seeds 1
+    nice .venv/bin/python -m benchmarks.graph_vs_dedicated --check 20 --tasks ND NX1 NX2 NX3 --seeds 1
 """
 
 from __future__ import annotations
