@@ -18,6 +18,7 @@ reach their timed loops.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -44,6 +45,7 @@ from harness.records import ModelArtifact
 from harness.rows import export_failure_row
 from harness.store import DatasetStore
 from harness.transport import open_transport
+from hwlat.spaces.graph import save_dataset_graphs
 
 __all__ = ["CampaignRequest", "CampaignResult", "run_campaign"]
 
@@ -85,6 +87,7 @@ def run_campaign(req: CampaignRequest, progress: Any = None,
     store = DatasetStore(req.out)
     store.ensure_writable()
     exported = export_plan(req, plan, {d.format for d in devices}, progress)
+    save_graphs(req.out, exported.get("onnx"))
     export_s = time.monotonic() - t0
     session_id = new_session_id()
     store_lock = threading.Lock()
@@ -155,6 +158,16 @@ def run_campaign(req: CampaignRequest, progress: Any = None,
     return CampaignResult(session_id, req.out, [r.outcome for r, _, _ in runners], wall_s=time.monotonic() - t0,
                           export_s=export_s, measure_s=time.monotonic() - t1, warnings=warnings,
                           quarantined=store.quarantined)
+
+
+def save_graphs(out: Path, onnx: Exported | None) -> None:
+    """Store the graph of every ONNX candidate beside the rows (``out/_graphs``), before anything is timed:
+    the predictor then trains on any measured network without the model files. A model whose graph cannot be
+    read is still measured (a warning says its rows cannot train the graph predictor)."""
+    if onnx is None:
+        return
+    for warning in save_dataset_graphs(out, [(a.sha256, a.path) for a in onnx.candidates]):
+        logging.getLogger("hwlat").warning("%s", warning)
 
 
 def _compact(store: DatasetStore, session_id: str, store_lock: threading.Lock) -> list[str]:

@@ -30,6 +30,7 @@ from onnx import shape_inference
 from agents.errors import UsageError
 from harness.records import ModelArtifact
 from hwlat.spaces import one_line
+from hwlat.spaces.graph import graph_input_shapes
 
 SPACE_NAME = "onnx"
 
@@ -180,28 +181,6 @@ def _agree(path: Path, name: str, axis: int, given: int | None, value: int, flag
 
 def _show(dims: list[int | str]) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"
-
-
-def graph_input_shapes(model: onnx.ModelProto) -> tuple[dict[str, list[int]], dict[str, list[str]]]:
-    """({input name: shape with dynamic dims set to 1}, {input name: names of its dynamic dims}).
-
-    Graph inputs that are also initializers (older exporters list weights as inputs) are skipped.
-    """
-    weights = {init.name for init in model.graph.initializer}
-    shapes: dict[str, list[int]] = {}
-    dynamic: dict[str, list[str]] = {}
-    for inp in model.graph.input:
-        if inp.name in weights:
-            continue
-        dims = []
-        for i, d in enumerate(inp.type.tensor_type.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                dims.append(d.dim_value)
-            else:
-                dims.append(1)
-                dynamic.setdefault(inp.name, []).append(d.dim_param or f"dim{i}")
-        shapes[inp.name] = dims
-    return shapes, dynamic
 
 
 def onnx_params(model: onnx.ModelProto) -> int:

@@ -1,5 +1,8 @@
 """The Python API: ``predictor.load(path).predict(archs, device)`` and friends.
 
+``archs`` are arch strings of a space with a dedicated encoder, or ONNX files (``.onnx`` paths) for a
+model trained on graph-encoded data (``hwlat measure --models DIR`` datasets, or any space without an encoder).
+
 A ``Predictor`` holds one ``SpaceModel`` per search space found in the training data. Saved files are
 plain ``torch.save`` dicts of tensors and strings (loadable with ``weights_only=True``: a model file is
 data, never code) carrying the encoder config, device names and a fingerprint of the training data.
@@ -17,9 +20,10 @@ import torch
 
 from agents.errors import ArchError, UsageError
 from agents.files import atomic_write
+from hwlat.spaces.graph import encode_file
 
 from .data import LatencyTable
-from .encode import canonical_space, get_encoder
+from .encode import add_graphs, canonical_space, get_encoder, is_graph_space, register_graph_space
 from .models import build_net
 from .samplers import sample
 from .train import SpaceModel, TrainConfig, pretrain
@@ -86,41 +90,76 @@ class Predictor:
                 continue
         raise UsageError("cannot tell the search space of these archs; pass space=")
 
+    def resolve(self, archs: Sequence[str | Path], space: str | None) -> tuple[list[str], str | None]:
+        """ONNX file paths -> their graph keys (sha256) and the graph-encoded space to use; arch strings pass.
+
+        Files are encoded once (cached on disk by sha256, ``hwlat.spaces.graph.encode_file``). Without
+        ``space``, the ``onnx`` model answers, else the only graph-encoded one.
+        """
+        items = list(archs)
+        paths = [isinstance(a, Path) or (isinstance(a, str) and a.lower().endswith(".onnx")) for a in items]
+        if not items or not all(paths):
+            if any(paths):
+                raise UsageError("give either ONNX files or arch strings, not both")
+            return [str(a) for a in items], space
+        keys = add_graphs(encode_file(a) for a in items)
+        if space is None:
+            graph = [name for name in self.models if is_graph_space(name)]
+            if not graph:
+                raise UsageError(f"the model has no graph-encoded space for ONNX files; it covers "
+                                 f"{', '.join(self.spaces())} (train it on `hwlat measure --models` data)")
+            space = "onnx" if "onnx" in graph else graph[0] if len(graph) == 1 else None
+            if space is None:
+                raise UsageError(f"the model has several graph-encoded spaces ({', '.join(sorted(graph))}); "
+                                 "pass space=")
+        elif not is_graph_space(self._model(space).space):
+            raise UsageError(f"the {canonical_space(space)} model takes arch strings, not ONNX files")
+        return keys, space
+
     def _device(self, model: SpaceModel, device: str) -> None:
         if device not in model.devices:
             raise UsageError(f"device {device!r} is not in the {model.space} model; known: "
                              f"{', '.join(model.devices)}")
 
-    def predict(self, archs: Sequence[str], device: str, space: str | None = None) -> np.ndarray:
-        """Predicted latency in ms for each arch."""
+    def predict(self, archs: Sequence[str | Path], device: str, space: str | None = None) -> np.ndarray:
+        """Predicted latency in ms for each arch string or ONNX file (``.onnx`` paths)."""
         return self.predict_with_uncertainty(archs, device, space)[0]
 
-    def predict_with_uncertainty(self, archs: Sequence[str], device: str,
+    def predict_with_uncertainty(self, archs: Sequence[str | Path], device: str,
                                  space: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(latency ms, std of log latency): a std of 0.1 means roughly +-10%.
 
         The std combines the ensemble's spread with, for a transferred device, its cost model's posterior.
         """
-        archs = list(archs)
+        archs, space = self.resolve(archs, space)
         model = self._model(space, archs)
         self._device(model, device)
         mean, std = model.predict(archs, device)
         return np.exp(mean), std
 
-    def transfer(self, device: str, archs: Sequence[str], latency_ms: Sequence[float], space: str | None = None,
-                 cfg: TransferConfig | None = None, seed: int = 0) -> dict:
-        """Add a new device from a few measured archs (see ``predictor.transfer``)."""
-        archs = list(archs)
+    def transfer(self, device: str, archs: Sequence[str | Path], latency_ms: Sequence[float],
+                 space: str | None = None, cfg: TransferConfig | None = None, seed: int = 0) -> dict:
+        """Add a new device from a few measured archs or ONNX files (see ``predictor.transfer``)."""
+        archs, space = self.resolve(archs, space)
         return transfer(self._model(space, archs), device, archs, np.asarray(latency_ms, float), cfg, seed)
 
-    def suggest(self, device: str, n: int, sampler: str = "default", measured: Iterable[str] = (),
-                candidates: Sequence[str] | None = None, space: str | None = None, seed: int = 0) -> list[str]:
-        """Which archs to measure next on ``device`` (never one in ``measured``)."""
+    def suggest(self, device: str, n: int, sampler: str = "default", measured: Iterable[str | Path] = (),
+                candidates: Sequence[str | Path] | None = None, space: str | None = None,
+                seed: int = 0) -> list[str]:
+        """Which archs (or, for ONNX candidates, which files) to measure next on ``device``, never one in
+        ``measured``."""
+        named: dict[str, str] = {}
+        if candidates is not None:
+            keys, space = self.resolve(candidates, space)
+            named = dict(zip(keys, map(str, candidates), strict=True))
+            candidates = keys
+            measured, _ = self.resolve(list(measured), space)
         model = self._model(space, list(candidates or measured or ()))
         pool = list(candidates) if candidates is not None else get_encoder(model.space).enumerate()
         if pool is None:
             raise UsageError(f"{model.space} is too large to enumerate; pass candidates")
-        return sample(sampler, model.space, pool, n, seed=seed, measured=measured, model=model, device=device)
+        picks = sample(sampler, model.space, pool, n, seed=seed, measured=measured, model=model, device=device)
+        return [named.get(p, p) for p in picks]
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
@@ -195,6 +234,8 @@ def _from_blob(blob: dict) -> Predictor:
         raise UsageError("no search space in the model")
     models = {}
     for space, s in spaces.items():
+        if s["encoder"].get("class") == "GraphEncoder":
+            register_graph_space(space)
         enc = _encoder_config(space)
         if enc != s["encoder"]:
             raise UsageError(f"saved {space} encoder {s['encoder']} does not match this version's {enc}")

@@ -1,4 +1,5 @@
-"""Latency data in: any Parquet file or hive-partitioned folder with ``search_space, arch, device, latency_ms``.
+"""Latency data in: any Parquet file or hive-partitioned folder with ``search_space, arch, device, latency_ms``
+(plus ``model_sha256`` and the dataset's ``_graphs/`` for spaces without a dedicated encoder).
 
 The harness writes one row per measurement (with ``status``, ``config_id``, repeats); the shared NB201
 table has one row per (device, arch). Both reduce to the same ``LatencyTable``: ok rows only, spaces
@@ -9,7 +10,7 @@ one (space, device, arch) averaged. Anything malformed is a one-line ``UsageErro
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +18,20 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
-from agents.errors import ArchError, UsageError
+from agents.errors import ArchError, UnknownSpaceError, UsageError
 from agents.records import USABLE_STATUSES
+from hwlat.spaces.graph import DATASET_GRAPHS, read_cached
 
-from .encode import canonical_space, get_encoder
+from .encode import (
+    add_graphs,
+    canonical_space,
+    get_encoder,
+    is_graph_space,
+    is_registered,
+    known_spaces,
+    register_graph_space,
+    space_key,
+)
 
 REQUIRED = ("search_space", "arch", "device", "latency_ms")
 #: Latencies outside this range are refused (ms): 1 ns is below any timer, 10^7 ms (2.8 h) above any timed
@@ -93,8 +104,13 @@ def _read_one(path: Path) -> pd.DataFrame:
     return frame.drop_duplicates("row_id") if "row_id" in frame.columns else frame
 
 
-def load_table(paths: Sequence[str | Path]) -> LatencyTable:
-    """Read, validate and reduce one or more Parquet datasets into a ``LatencyTable``."""
+def load_table(paths: Sequence[str | Path], spaces: Collection[str] | None = None) -> LatencyTable:
+    """Read, validate and reduce one or more Parquet datasets into a ``LatencyTable``.
+
+    ``spaces`` (canonical names, see ``space_key``) keeps only those spaces' rows, so a benchmark can read
+    files that also hold spaces it does not use. Rows of a space without a dedicated encoder are keyed
+    by ``model_sha256`` and encoded from the graphs in the dataset's ``_graphs/`` folder.
+    """
     if not paths:
         raise UsageError("no --data given")
     frames = []
@@ -105,8 +121,43 @@ def load_table(paths: Sequence[str | Path]) -> LatencyTable:
             raise UsageError(f"{p}: missing column(s) {', '.join(missing)} (need {', '.join(REQUIRED)})")
         if "status" in df.columns:
             df = df[df["status"].astype(str).isin(USABLE_STATUSES)]
-        frames.append(df[list(REQUIRED)].copy())
+        df = df[[*REQUIRED, *(["model_sha256"] if "model_sha256" in df.columns else [])]].copy()
+        df["search_space"] = df["search_space"].astype(str)
+        if spaces is not None:
+            df = df[df["search_space"].map(space_key).isin(set(spaces))]
+        frames.append(_graph_rows(df, Path(p))[list(REQUIRED)])
     return reduce_frame(pd.concat(frames, ignore_index=True))
+
+
+def _graph_rows(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Key the rows of graph-encoded spaces by ``model_sha256`` and load their graphs from ``_graphs/``."""
+    keys = df["search_space"].map(space_key)
+    graph = keys.map(lambda k: not is_registered(k) or is_graph_space(k)).astype(bool)
+    if not graph.any():
+        return df
+    first = str(keys[graph].iloc[0])
+    if "model_sha256" not in df.columns or df.loc[graph, "model_sha256"].isna().any():
+        raise UnknownSpaceError(f"unknown search space {first!r}; known: {', '.join(known_spaces())} (rows of "
+                                "other spaces need a model_sha256 column and graph encodings in _graphs/)")
+    folder = (path if path.is_dir() else path.parent) / DATASET_GRAPHS
+    encodings, missing = [], []
+    for sha in df.loc[graph, "model_sha256"].astype(str).unique():
+        enc = read_cached(folder, sha)
+        if enc is None:
+            missing.append(sha)
+        else:
+            encodings.append(enc)
+    if missing:
+        row = df[df["model_sha256"] == missing[0]].iloc[0]
+        raise UsageError(f"{path}: {len(missing)} measured network(s) have no graph encoding in {folder} (first: "
+                         f"{row['search_space']} {row['arch']!r}, model_sha256 {missing[0][:12]}); `hwlat measure` "
+                         "writes them beside the rows")
+    add_graphs(encodings)
+    for name in keys[graph].unique():
+        register_graph_space(name)
+    df = df.copy()
+    df.loc[graph, "arch"] = df.loc[graph, "model_sha256"].astype(str)
+    return df
 
 
 def reduce_frame(df: pd.DataFrame) -> LatencyTable:

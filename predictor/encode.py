@@ -11,28 +11,35 @@ three views that the models consume:
 FLOPs and params are analytic (closed-form per op), so the predictor never builds a torch model;
 they only need to rank consistently with the exporter's counts, not match them to the last MAC.
 New spaces register with ``register_space`` and become available to train/predict/bench at once.
+A space with no dedicated encoder (ONNX files, OFA, ViT, ...) is encoded from the graphs of its measured
+networks (``GraphEncoder``, ``predictor.graph``): its "archs" are model sha256s.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from agents.errors import UnknownSpaceError
+from agents.errors import ArchError, UnknownSpaceError
 from hwlat.spaces.fbnet import MACROS as FBNET_MACROS
 from hwlat.spaces.fbnet import NUM_LAYERS as FBNET_LAYERS
 from hwlat.spaces.fbnet import OPS as FBNET_BLOCKS
 from hwlat.spaces.fbnet import STEM_CHANNELS as FBNET_STEM
 from hwlat.spaces.fbnet import layer_plan as fbnet_layer_plan
 from hwlat.spaces.fbnet import parse as fbnet_parse
+from hwlat.spaces.graph import GraphEncoding
 from hwlat.spaces.nb201 import OPS as NB201_SPACE_OPS
 from hwlat.spaces.nb201 import canonical_archs as nb201_space_archs
 from hwlat.spaces.nb201 import ops_to_str as nb201_ops_to_str
 from hwlat.spaces.nb201 import parse as nb201_parse
+
+from .graph import N_LINEAR as GRAPH_N_LINEAR
+from .graph import features as graph_features
+from .graph import linear as graph_linear
 
 
 @dataclass
@@ -57,6 +64,10 @@ class SpaceEncoder:
     def encode_one(self, arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return (flat, nodes, adj) for one arch; raise ``ArchError`` if it is not in the space."""
         raise NotImplementedError
+
+    def linear(self, flat: np.ndarray) -> np.ndarray:
+        """The per-op cost model's features of encoded archs (``flat`` rows)."""
+        return flat[:, self.linear_features]
 
     def enumerate(self) -> list[str] | None:
         """Every arch of the space in canonical order, or None when the space is too large to list."""
@@ -345,6 +356,77 @@ class FBNetEncoder(SpaceEncoder):
         return flat, nodes, adj
 
 
+# ------------------------------------------------------------------------------------- graphs
+
+#: graph features of every network seen in this process, by model sha256 (``add_graphs`` fills it)
+_GRAPH_FEATURES: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_GRAPH_FEATURES["empty"] = graph_features(GraphEncoding("empty"))
+
+
+def add_graphs(encodings: Iterable[GraphEncoding]) -> list[str]:
+    """Make networks known to every graph-encoded space by their sha256; returns those keys."""
+    keys = []
+    for enc in encodings:
+        if enc.sha256 not in _GRAPH_FEATURES:
+            _GRAPH_FEATURES[enc.sha256] = graph_features(enc)
+        keys.append(enc.sha256)
+    return keys
+
+
+def add_graph_features(keys: Sequence[str], flat: np.ndarray, nodes: np.ndarray, adj: np.ndarray) -> None:
+    """Make networks known by precomputed ``graph.features`` rows (a benchmark that encodes a whole space
+    keeps arrays, not the per-operator encodings: 15625 NB201 encodings are ~5 GB as Python objects)."""
+    for i, key in enumerate(keys):
+        _GRAPH_FEATURES[key] = (flat[i], nodes[i], adj[i])
+
+
+class GraphEncoder(SpaceEncoder):
+    """Any network, from the graph of the ONNX file that was measured (``predictor.graph``).
+
+    An "arch" is the model file's sha256 (``model_sha256`` in the dataset); its features come from the
+    dataset's ``_graphs/`` folder or from the ONNX file itself (``add_graphs``). Flat: per op type log
+    FLOPs, bytes, launches and params, plus totals; graph view: the op-type graph (one node per op type).
+    The cost model's features are the raw per-type FLOPs, bytes and launches (``graph.linear``): latency
+    is close to additive over operators, with a per-type cost per FLOP, per byte and per launch.
+    """
+
+    name = "onnx"
+    aliases = ("onnx", "graph")
+    linear_features = slice(0, GRAPH_N_LINEAR)
+
+    def __init__(self, name: str = "onnx") -> None:
+        self.name = name
+        self.aliases = (name,) if name != "onnx" else GraphEncoder.aliases
+
+    def example(self) -> str:
+        return "empty"
+
+    def linear(self, flat: np.ndarray) -> np.ndarray:
+        return graph_linear(flat)
+
+    def encode_one(self, arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        hit = _GRAPH_FEATURES.get(arch) if isinstance(arch, str) else None
+        if hit is None:
+            raise ArchError(f"{self.name}: no graph encoding for model {arch!r} (give the ONNX file, or data "
+                            "whose _graphs folder holds it)")
+        return hit
+
+    def _cached(self, arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.encode_one(arch)
+
+
+def register_graph_space(name: str) -> str:
+    """Encode the space ``name`` (one without a dedicated encoder) from its networks' graphs."""
+    canon = str(name).strip().lower()
+    if canon not in _SPACES:
+        _SPACES[canon] = lambda: GraphEncoder(canon)
+    return canon
+
+
+def is_graph_space(name: str) -> bool:
+    return isinstance(get_encoder(name), GraphEncoder)
+
+
 # ------------------------------------------------------------------------------------- registry
 
 _SPACES: dict[str, Callable[[], SpaceEncoder]] = {}
@@ -360,6 +442,7 @@ def register_space(factory: Callable[[], SpaceEncoder]) -> None:
 
 register_space(NB201Encoder)
 register_space(FBNetEncoder)
+register_space(GraphEncoder)
 
 
 def canonical_space(name: str) -> str:
@@ -368,6 +451,16 @@ def canonical_space(name: str) -> str:
     if factory is None:
         raise UnknownSpaceError(f"unknown search space {name!r}; known: {', '.join(known_spaces())}")
     return factory().name
+
+
+def is_registered(name: str) -> bool:
+    """Whether a space name or alias has an encoder (dedicated, or a graph space registered so far)."""
+    return str(name).strip().lower() in _SPACES
+
+
+def space_key(name: str) -> str:
+    """The canonical name of a space with an encoder, else the lower-cased name (a would-be graph space)."""
+    return canonical_space(name) if is_registered(name) else str(name).strip().lower()
 
 
 def known_spaces() -> list[str]:

@@ -3,7 +3,8 @@
 One schema, one writer (atomic), so a script that reads one reads the other. ``latency_ms`` is the predicted
 median latency; ``log_std`` its uncertainty as a standard deviation of log latency (the predicted ±1σ interval
 is ``latency_ms * exp(±log_std)``); ``flops`` is 2 × multiply-accumulates where the space has an analytic count;
-``measured_ms`` is the measured median where the arch was measured on that device (``hwlat profile``).
+``measured_ms`` is the measured median where the arch was measured on that device (``hwlat profile``);
+``model_sha256`` and ``path`` name the ONNX file for ``predict --models`` (its ``arch`` is the file's stem).
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ SCHEMA = pa.schema([
     pa.field("rank", pa.int64()),
     pa.field("flops", pa.float64()),
     pa.field("measured_ms", pa.float64()),
+    pa.field("model_sha256", pa.string()),
+    pa.field("path", pa.string()),
 ])
 
 
 def prediction_table(space: str, device: str, archs: Sequence[str], latency_ms: np.ndarray, log_std: np.ndarray,
                      arch_index: Sequence[int | None] | None = None, flops: np.ndarray | None = None,
-                     measured: Mapping[str, float] | None = None) -> pa.Table:
+                     measured: Mapping[str, float] | None = None, model_sha256: Sequence[str] | None = None,
+                     paths: Sequence[str] | None = None) -> pa.Table:
     """Predictions of ``archs`` on ``device`` as a table of ``SCHEMA`` (rank 1 = fastest predicted)."""
     n = len(archs)
     ms = np.asarray(latency_ms, np.float64)
@@ -49,6 +53,8 @@ def prediction_table(space: str, device: str, archs: Sequence[str], latency_ms: 
         "rank": rankdata(ms, method="min").astype(np.int64),
         "flops": pa.array(np.asarray(flops, np.float64) if flops is not None else none, pa.float64()),
         "measured_ms": pa.array([measured.get(a) for a in archs] if measured is not None else none, pa.float64()),
+        "model_sha256": pa.array(list(model_sha256) if model_sha256 is not None else none, pa.string()),
+        "path": pa.array(list(paths) if paths is not None else none, pa.string()),
     }, schema=SCHEMA)
 
 

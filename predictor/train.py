@@ -153,7 +153,7 @@ class SpaceModel:
         """(ms, posterior std in ms) of a transferred device's cost model on encoded archs."""
         d = self.device_index(device)
         post = Posterior(self.cost[d], self.cost_cov[device], self.cost_floor[device])
-        return post.predict(enc.flat[:, get_encoder(self.space).linear_features])
+        return post.predict(get_encoder(self.space).linear(enc.flat))
 
     def predict(self, archs: list[str], device: str) -> tuple[np.ndarray, np.ndarray]:
         """(mean log latency, its std): ensemble spread plus the cost model's posterior spread."""
@@ -216,7 +216,7 @@ def pretrain(space: str, archs: list[str], devices: list[str], lat_ms: np.ndarra
             progress(step + 1, cfg.steps)
     for net in nets:
         net.eval()
-    lin = enc.flat[:, get_encoder(space).linear_features]
+    lin = get_encoder(space).linear(enc.flat)
     sm = SpaceModel(space, devices, nets, cfg, mu[None, :], sigma[None, :], lin.shape[1])
     for d in range(n_dev):
         rows = dev_of_row == d

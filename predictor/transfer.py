@@ -174,6 +174,6 @@ def transfer(sm: SpaceModel, device: str, archs: list[str], lat_ms: np.ndarray,
     encoded = enc.encode(archs)
     heads = [FrozenHead(net, *to_tensors(encoded)) for net in sm.nets]
     embs, mu, sigma, best, rho = _fit(sm, heads, y, cfg)
-    cost = fit_target(sm.source_costs(), encoded.flat[:, enc.linear_features], lat_ms)
+    cost = fit_target(sm.source_costs(), enc.linear(encoded.flat), lat_ms)
     sm.add_device(device, embs, mu, sigma, cost, scale=float(lat_ms.mean()), nn_weight=cfg.nn_weight)
     return {"device": device, "n": n, "best_source": best, "source_spearman": rho, "nn_weight": cfg.nn_weight}

@@ -11,9 +11,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agents.errors import UsageError
 from hwlat.cli.console import add_json_flag, emit_json
+
+if TYPE_CHECKING:
+    from predictor.api import Predictor
 
 
 @contextmanager
@@ -69,6 +73,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     _threads(args)
     model = load(args.model)
+    if args.models:
+        return _predict_files(model, args)
+    if not args.space:
+        raise UsageError("--space is required unless --models DIR is given")
     space = canonical_space(args.space)
     if args.archs:
         archs = read_arch_file(Path(args.archs))
@@ -130,6 +138,35 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_files(model: Predictor, args: argparse.Namespace) -> int:
+    """``predict --models DIR``: every ``*.onnx`` file of DIR, encoded from its graph."""
+    import numpy as np
+
+    from predictor.predictions import prediction_table, write_predictions
+
+    if args.archs:
+        raise UsageError("give --archs or --models, not both")
+    folder = Path(args.models)
+    if not folder.is_dir():
+        raise UsageError(f"--models {folder}: not a directory")
+    files = sorted(p for p in folder.glob("*.onnx") if p.is_file())
+    if not files:
+        raise UsageError(f"--models {folder}: no *.onnx files found")
+    t0 = time.perf_counter()
+    ms, log_std = model.predict_with_uncertainty(files, args.device, args.space)
+    seconds = time.perf_counter() - t0
+    keys, space = model.resolve(files, args.space)  # cached: the files were just encoded
+    write_predictions(Path(args.out), prediction_table(space, args.device, [f.stem for f in files], ms, log_std,
+                                                       model_sha256=keys, paths=[str(f.resolve()) for f in files]))
+    if args.json:
+        emit_json({"out": str(args.out), "space": space, "device": args.device, "archs": len(files),
+                   "seconds": seconds, "median_ms": float(np.median(ms)), "min_ms": float(np.min(ms)),
+                   "max_ms": float(np.max(ms))})
+        return 0
+    print(f"predicted {len(files)} ONNX models on {args.device} in {seconds:.2f} s -> {args.out}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the transfer benchmark (NASFLAT/HELP protocol) and print/write the figures."""
     import numpy as np
@@ -146,8 +183,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.samples < 2 or args.seeds < 1:
         raise UsageError("--samples must be >= 2 and --seeds >= 1")
     _threads(args)
-    table = load_table(args.data)
     tasks = load_tasks(args.tasks, args.task)
+    table = load_table(args.data, spaces={t.space for t in tasks})  # other spaces in the files are skipped
     console = Console()
 
     def on_step(task: str, seed: int, res: dict) -> None:
@@ -197,9 +234,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Predict latency (ms) and its uncertainty for archs on a device.")
     q.add_argument("--model", required=True)
     q.add_argument("--device", required=True)
-    q.add_argument("--space", required=True, help="search space, e.g. nb201 or fbnet")
+    q.add_argument("--space", help="search space, e.g. nb201 or fbnet (required unless --models)")
     q.add_argument("--archs", metavar="FILE",
                    help="one arch per line, or CSV/Parquet with an 'arch' column (default: the whole space)")
+    q.add_argument("--models", metavar="DIR",
+                   help="predict every *.onnx file in DIR from its graph (a model trained on graph-encoded data)")
     q.add_argument("--out", required=True, metavar="PRED.parquet")
     q.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     add_json_flag(q)
