@@ -21,7 +21,11 @@ class ProfileError(UsageError):
     """A device profile that cannot be read or fails validation (names file and key)."""
 
 
-class DeviceBusyError(UsageError):
+class BusyError(UsageError):
+    """Something another hwlat process holds (a device, a dataset): try again later (exit 3, not 2)."""
+
+
+class DeviceBusyError(BusyError):
     """Another campaign is measuring on the device (its lock is held)."""
 
 

@@ -126,17 +126,20 @@ def _fail(source: str, key: str, why: str) -> ProfileError:
     return ProfileError(f"{source}: key '{key}': {why}")
 
 
-def _expect(source: str, data: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+def _expect(source: str, data: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any,
+            path: str | None = None) -> Any:
+    """``data[key]`` of type ``kind`` (``default`` when absent); errors name ``path`` (e.g. ``timing.seed``)."""
     if key not in data:
         return default
     value = data[key]
+    where = path or key
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(value, bool) and kind is not bool:
-        raise _fail(source, key, f"expected {getattr(kind, '__name__', kind)}, got a boolean")
+        raise _fail(source, where, f"expected {getattr(kind, '__name__', kind)}, got a boolean")
     if not isinstance(value, kind):
         name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise _fail(source, key, f"expected {name}, got {type(value).__name__} {value!r}")
+        raise _fail(source, where, f"expected {name}, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -152,7 +155,7 @@ def _check_number(source: str, key: str, value: float) -> None:
 def _number(source: str, data: dict[str, Any], key: str, default: Any, rule: str | None = None) -> Any:
     """A number from the profile, type and range checked against ``_NUMBERS[rule or key]``."""
     rule = rule or key
-    value = _expect(source, data, key, _NUMBERS[rule][0], default)
+    value = _expect(source, data, key, _NUMBERS[rule][0], default, rule)
     if key in data:
         _check_number(source, rule, value)
     return value

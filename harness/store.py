@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agents.errors import UsageError
+from agents.errors import BusyError, UsageError
 from agents.files import atomic_path, fsync_dir
 from agents.records import AGENT_STATUSES, STATUSES
 from hwlat.spaces import one_line
@@ -170,7 +170,7 @@ class DamagedPartError(UsageError):
         self.why = why
 
 
-class DatasetBusyError(UsageError):
+class DatasetBusyError(BusyError):
     """Another process holds the dataset's writer lock."""
 
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from agents import __version__
-from agents.errors import DeviceBusyError, DeviceFailedError, UsageError
+from agents.errors import BusyError, DeviceFailedError, UsageError
 from hwlat.cli import datasets, devices, measure, predictor, profile
 from hwlat.cli.console import (
     EXIT_BUSY,
@@ -78,7 +78,7 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         refuse_empty_values(parser, args)
         return int(args.func(args) or 0)
-    except DeviceBusyError as exc:
+    except BusyError as exc:
         print(f"hwlat: {_first_line(exc)}", file=sys.stderr)
         return EXIT_BUSY
     except UsageError as exc:
