@@ -432,3 +432,20 @@ def test_bad_env_name_in_profile_one_line_exit_2(tmp_path: Path) -> None:
     bad.write_text('name = "x"\nhost = "127.0.0.1"\nuser = "root"\nenv = { "A B" = "1" }\n')
     proc = hwlat("devices", "check", str(bad))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "key 'env.A B'" in proc.stderr
+
+
+def test_openvino_over_ssh_loopback(server: SSHServer, tmp_path: Path, cache: Path) -> None:
+    """A runtime other than onnxruntime over the real SSH path: the launcher's preflight finds OpenVINO on the
+    board, the bundle's OpenVINO backend times the ONNX exports, and the rows say what actually ran."""
+    pytest.importorskip("openvino")
+    profile = server.profile(tmp_path / "ov.toml", "ovloop", tmp_path / "work", timing=FAST, runtime="openvino",
+                             device="CPU")
+    out = tmp_path / "ds"
+    run = hwlat("measure", "--device", str(profile), "--space", "nb201", "--count", "5", "--seed", "2",
+                "--out", str(out), "--cache", str(cache))
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = assert_complete(out, "ovloop", 5, tmp_path / "work")
+    for r in rows:
+        assert r["status"] in ("ok", "unstable"), r["error"]  # unstable: a busy machine's verdict, still timed
+        assert (r["runtime"], r["format"]) == ("openvino", "onnx") and r["provider"].startswith("CPU")
+        assert r["runtime_version"] and len(r["raw_ms"]) == r["n_runs"] >= 5
