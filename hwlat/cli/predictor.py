@@ -124,7 +124,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             grid.add_row(name, dev, *(fmt(m[k]) for k in METRICS), "")
         grid.add_row(f"[bold]{name}", "[bold]mean", *(f"[bold]{fmt([entry[k]])}" for k in METRICS),
                      f"{entry['seconds']:.1f}", end_section=True)
-    console.print(grid, width=max(console.width, 160))  # 11 columns: never squeezed into a pipe's 80
+    # 11 columns: a pipe or file gets them whole instead of squeezed into rich's default 80
+    (console if console.is_terminal else Console(width=160)).print(grid)
     if args.json:
         try:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
