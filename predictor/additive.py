@@ -22,6 +22,7 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import minimize
 
 #: grids for the prior's scale, its isotropic part and the noise variance (all relative to the
 #: device's mean latency); the marginal likelihood picks one triple per device
@@ -30,6 +31,10 @@ EPSILONS = (1e-4, 1e-3, 1e-2, 3e-2)
 NOISES = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 #: ridge strength of the per-source fits (hundreds of archs per source: only breaks the one-hot collinearity)
 SOURCE_ALPHA = 0.1
+#: |z| median of a standard normal: the leave-one-out calibration's reference
+LOO_MEDIAN = 0.6745
+#: bounds of every log prior scale / log noise variance in the marginal-likelihood search
+LOG_BOUNDS = (np.log(1e-7), np.log(1e2))
 
 
 def design(x: np.ndarray) -> np.ndarray:
@@ -49,11 +54,14 @@ def fit_source(x: np.ndarray, lat_ms: np.ndarray, alpha: float = SOURCE_ALPHA) -
 
 @dataclass
 class Posterior:
-    """A device's fitted cost model, in ms: ``pred = design(x) @ beta``, ``var = phi' cov phi``."""
+    """A device's fitted cost model, in ms: ``pred = design(x) @ beta``, predictive ``var = phi' cov phi``
+    (``cov[0, 0]`` includes the fit's noise variance, so the variance is that of a new measurement)."""
 
     beta: np.ndarray
     cov: np.ndarray
     floor_ms: float
+    #: posterior probability that the source prior alone explains the target (1 without an agnostic prior)
+    p_source: float = 1.0
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(latency ms floored at ``floor_ms``, posterior std in ms) for linear features ``x``."""
@@ -63,12 +71,50 @@ class Posterior:
         return mean, np.sqrt(np.clip(var, 0.0, None))
 
 
-def fit_target(sources: np.ndarray, x: np.ndarray, lat_ms: np.ndarray) -> Posterior:
+def _grid_fit(k_src: np.ndarray, k_iso: np.ndarray, r0: np.ndarray) -> tuple[float, float, float, float]:
+    """(log evidence, lam, eps, noise) of the source prior's best grid point."""
+    eye = np.eye(len(r0))
+    best: tuple[float, float, float, float] | None = None
+    for lam, eps, noise in itertools.product(LAMBDAS, EPSILONS, NOISES):
+        chol = np.linalg.cholesky(lam * k_src + eps * k_iso + noise * eye)
+        a = np.linalg.solve(chol, r0)
+        loglik = -0.5 * float(a @ a) - float(np.log(np.diag(chol)).sum())
+        if best is None or loglik > best[0]:
+            best = (loglik, lam, eps, noise)
+    assert best is not None
+    return best
+
+
+def _evidence(log_h: np.ndarray, kernels: np.ndarray, r0: np.ndarray) -> tuple[float, np.ndarray]:
+    """Negative log marginal likelihood of ``r0`` under ``sum_i exp(log_h[i]) kernels[i]`` (the last kernel is
+    the noise's identity), and its gradient in ``log_h``."""
+    h = np.exp(log_h)
+    k = np.tensordot(h, kernels, 1)
+    try:
+        chol = np.linalg.cholesky(k)
+    except np.linalg.LinAlgError:
+        return 1e10, np.zeros_like(log_h)
+    kinv = np.linalg.inv(k)
+    alpha = kinv @ r0
+    nll = 0.5 * float(r0 @ alpha) + float(np.log(np.diag(chol)).sum())
+    grad = -0.5 * h * (np.einsum("i,kij,j->k", alpha, kernels, alpha) - np.einsum("ij,kji->k", kinv, kernels))
+    return nll, grad
+
+
+def fit_target(sources: np.ndarray, x: np.ndarray, lat_ms: np.ndarray,
+               agnostic: dict[str, np.ndarray] | None = None) -> Posterior:
     """Posterior cost model of a new device from N measured archs, under the source-device prior.
 
     ``sources``: [S, 1 + F] cost vectors of the source devices (``fit_source``); ``x``: [N, F] linear
     features of the measured archs. Works in the device's own units (latency / mean of the samples) and
     returns ms.
+
+    ``agnostic`` (``predictor.opcost.prior_components``): hardware-agnostic prior covariances over the cost
+    vector. With them the prior becomes ``N(m, lam S + kappa m m' + sum_c tau_c C_c + eps I)``: the sources'
+    family (``S``), the sources' mean with a free scale (``kappa``; so a target unlike every source is not
+    pulled to their mean), and the analytic per-op cost structure. All scales and the noise are chosen by the
+    marginal likelihood of the N points, starting from the source prior's best grid point, so the source-only
+    model is one point of the search and is kept unless the data prefer the extended prior.
     """
     y_ms = np.asarray(lat_ms, np.float64)
     scale = float(y_ms.mean())
@@ -78,23 +124,41 @@ def fit_target(sources: np.ndarray, x: np.ndarray, lat_ms: np.ndarray) -> Poster
     s_cov = dev.T @ dev / max(len(sources), 1)
     phi = design(x)
     r0 = y - phi @ m
-    k_src = phi @ s_cov @ phi.T
-    k_iso = phi @ phi.T
     eye = np.eye(len(y))
-    best: tuple[float, float, float, float] | None = None
-    for lam, eps, noise in itertools.product(LAMBDAS, EPSILONS, NOISES):
-        chol = np.linalg.cholesky(lam * k_src + eps * k_iso + noise * eye)
-        a = np.linalg.solve(chol, r0)
-        loglik = -0.5 * float(a @ a) - float(np.log(np.diag(chol)).sum())
-        if best is None or loglik > best[0]:
-            best = (loglik, lam, eps, noise)
-    assert best is not None
-    _, lam, eps, noise = best
-    prior = lam * s_cov + eps * np.eye(len(m))
+    loglik, lam, eps, noise = _grid_fit(phi @ s_cov @ phi.T, phi @ phi.T, r0)
+    comps = [s_cov, np.eye(len(m))]
+    h = np.array([lam, eps])
+    p_source = 1.0
+    if agnostic:
+        comps += [np.outer(m, m), *agnostic.values()]
+        kernels = np.stack([phi @ c @ phi.T for c in comps] + [eye])
+        starts = [np.log([lam, eps, *[1e-6] * (len(comps) - 2), noise]),  # the source prior's optimum
+                  np.log([1e-6, 1e-4, *[1.0] * (len(comps) - 2), 1e-2])]  # analytic structure only
+        best_nll, best_h = -loglik, np.log([lam, eps, *[1e-6] * (len(comps) - 2), noise])
+        for start in starts:
+            res = minimize(_evidence, start, args=(kernels, r0), jac=True, method="L-BFGS-B",
+                           bounds=[LOG_BOUNDS] * len(start))
+            if res.fun < best_nll:
+                best_nll, best_h = float(res.fun), res.x
+        h, noise = np.exp(best_h[:-1]), float(np.exp(best_h[-1]))
+        # Occam: the extended prior has len(comps) - 2 more scales, each bought at 0.5 log N (BIC); what
+        # the evidence gains beyond that is the odds that the target is unlike the sources
+        excess = -best_nll - loglik - 0.5 * (len(comps) - 2) * np.log(len(y))
+        p_source = float(1.0 / (1.0 + np.exp(np.clip(excess, -50.0, 50.0))))
+    prior = np.tensordot(h, np.stack(comps), 1)
     k = phi @ prior @ phi.T + noise * eye
     gain = prior @ phi.T @ np.linalg.inv(k)  # [1 + F, N]
     beta = m + gain @ r0
     cov = prior - gain @ phi @ prior
+    # the noise is what the additive model does not explain on the N points (non-additive effects,
+    # measurement noise): every prediction carries it, so it enters the predictive variance through the
+    # intercept (whose feature is 1 for every arch)
+    cov[0, 0] += noise
+    # the hyper-parameters were fitted to these same N points, so the variance is optimistic: scale it by
+    # the leave-one-out standardised residuals (closed form for a Gaussian process), robustly (median)
+    kinv = np.linalg.inv(k)
+    z = (kinv @ r0) / np.sqrt(np.diag(kinv))
+    cov *= max(1.0, float(np.median(np.abs(z)) / LOO_MEDIAN) ** 2)
     # a linear model can go <= 0 on archs far below every sample (e.g. pruned cells): floor it well under
     # the fastest measurement so such archs still rank first
-    return Posterior(beta * scale, cov * scale**2, 0.1 * float(y_ms.min()))
+    return Posterior(beta * scale, cov * scale**2, 0.1 * float(y_ms.min()), p_source)

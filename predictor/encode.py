@@ -35,6 +35,7 @@ from hwlat.spaces.graph import GraphEncoding
 from hwlat.spaces.nb201 import OPS as NB201_SPACE_OPS
 from hwlat.spaces.nb201 import canonical_archs as nb201_space_archs
 from hwlat.spaces.nb201 import ops_to_str as nb201_ops_to_str
+from hwlat.spaces.nb201 import output_disconnected as nb201_output_disconnected
 from hwlat.spaces.nb201 import parse as nb201_parse
 
 from .graph import N_LINEAR as GRAPH_N_LINEAR
@@ -86,6 +87,10 @@ class SpaceEncoder:
     def example(self) -> str:
         """A valid arch, used to size empty batches."""
         raise NotImplementedError
+
+    def degenerate(self, archs: Sequence[str]) -> np.ndarray:
+        """Which archs the space itself marks as degenerate (bool [B]); benchmarks score them apart."""
+        return np.zeros(len(archs), bool)
 
     def _cached(self, arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cache = self.__dict__.setdefault("_cache", {})
@@ -202,6 +207,11 @@ class NB201Encoder(SpaceEncoder):
 
     def enumerate(self) -> list[str]:
         return nb201_all_archs()
+
+    def degenerate(self, archs: Sequence[str]) -> np.ndarray:
+        """Cells whose output is cut off from the input (``hwlat.spaces.nb201.output_disconnected``): pruning
+        runtimes run them in microseconds instead of milliseconds."""
+        return np.array([nb201_output_disconnected(a) for a in archs], bool)
 
     def encode(self, archs: Sequence[str]) -> Encoded:
         """Encode a batch by table lookup: the space has only 5**6 cells, so all of them are encoded once,

@@ -106,8 +106,9 @@ def test_train_predict_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["predictor", "bench", "--data", str(FIXTURE), "--tasks", str(tasks), "--samples", "5",
                  "--seeds", "2", "--steps", "40", "--json", str(report)]) == 0
     got = json.loads(report.read_text())["tasks"]["T1"]
-    for key in ("spearman", "kendall", "mape", "within_10pct", "seconds"):
+    for key in ("spearman", "kendall", "mape", "within_10pct", "coverage_1sigma", "seconds"):
         assert np.isfinite(got[key])
+    assert 0.0 <= got["coverage_1sigma"] <= 1.0
     assert len(got["devices"]["dev4"]["spearman"]) == 2
     assert "T1" in capsys.readouterr().out
     assert main(["predictor", "bench", "--data", str(FIXTURE), "--tasks", str(tasks), "--task", "ND",

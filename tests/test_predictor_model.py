@@ -172,13 +172,15 @@ def test_transferred_device_blends_networks_and_cost_model(split: tuple, tmp_pat
     model, _, target = split
     measured = target["arch"].tolist()[:12]
     lat = target.set_index("arch").loc[measured, "latency_ms"].to_numpy()
-    model.transfer("blend-dev", measured, lat, cfg=TransferConfig(nn_weight=0.4))
+    info = model.transfer("blend-dev", measured, lat, cfg=TransferConfig(nn_weight=0.4))
     sm = model.models["nb201"]
+    w = info["nn_weight"]  # the networks' share shrinks with the evidence that the sources do not fit
+    assert w == pytest.approx(0.4 * info["p_source"]) and sm.nn_weight[-1] == w
     rest = target["arch"].tolist()[12:]
     enc = get_encoder("nb201").encode(rest)
     nets = sm.mu[:, -1:] + sm.sigma[:, -1:] * sm.raw(enc, len(sm.devices) - 1)
     cost, _ = sm._cost(enc, "blend-dev")
-    expect = np.exp(0.4 * nets.mean(0) + 0.6 * np.log(cost))
+    expect = np.exp(w * nets.mean(0) + (1 - w) * np.log(cost))
     assert np.allclose(model.predict(rest, "blend-dev"), expect)
     assert spearmanr(expect, target.set_index("arch").loc[rest, "latency_ms"])[0] > 0.9
     model.save(tmp_path / "m.pt")

@@ -198,12 +198,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     grid = Table(title=f"transfer with {args.samples} samples ({args.sampler} sampler), {args.seeds} seed(s)")
     for col in ("task", "device", *METRICS, "seconds"):
         grid.add_column(col, justify="left" if col in ("task", "device") else "right")
+    def fmt(values: list) -> str:
+        have = [v for v in values if v is not None]  # degenerate-arch figures exist only where there are some
+        return f"{np.mean(have):.4f}" if have else "-"
+
     for name, entry in report["tasks"].items():
         for dev, m in entry["devices"].items():
-            grid.add_row(name, dev, *(f"{np.mean(m[k]):.4f}" for k in METRICS), "")
-        grid.add_row(f"[bold]{name}", "[bold]mean", *(f"[bold]{entry[k]:.4f}" for k in METRICS),
+            grid.add_row(name, dev, *(fmt(m[k]) for k in METRICS), "")
+        grid.add_row(f"[bold]{name}", "[bold]mean", *(f"[bold]{fmt([entry[k]])}" for k in METRICS),
                      f"{entry['seconds']:.1f}", end_section=True)
-    console.print(grid)
+    # 11 columns: a pipe or file gets them whole instead of squeezed into rich's default 80
+    (console if console.is_terminal else Console(width=160)).print(grid)
     if args.json:
         try:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)

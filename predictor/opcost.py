@@ -1,0 +1,119 @@
+"""Hardware-agnostic per-op cost quantities: FLOPs, bytes moved and operator launches of every op choice.
+
+The transfer's cost model (``predictor.additive``) predicts latency as an intercept plus one cost per
+(position, op) choice: the columns of ``SpaceEncoder.linear_features``. Its source prior says "the new
+device's cost table is a mix of the source devices' tables"; that fails when no source shares the target's
+hardware family (a GPU's table is not a mix of phones' tables). What every device does share is *why* an op
+costs what it costs: it executes some FLOPs, moves some bytes and launches some kernels. So the same design
+columns get analytic quantities, computed from the space's own layer plan (the shapes the exporter builds):
+
+* ``flops``   -- floating-point operations (2 per multiply-accumulate; ReLU/add/pool 1 per element);
+* ``bytes``   -- fp32 bytes read and written by each operator (activations in and out, plus weights),
+  i.e. the memory traffic of an unfused execution;
+* ``launches`` -- operator count of the exported graph after BatchNorm folding (conv, ReLU, add, pool,
+  the shuffle's reshape/transpose/reshape): per-kernel launch and dispatch overhead.
+
+A device's cost of op ``o`` at position ``p`` is then ``sum_q theta_q * quantity_q[p, o]`` (the additive
+roofline: time = FLOPs / peak + bytes / bandwidth + launches x overhead), with a few device constants
+``theta`` that 5-20 measurements can pin down -- plus, per op type, its own ``theta`` (a device can be
+unusually good or bad at depthwise convs or pooling). ``prior_components`` turns these into Gaussian prior
+covariances over the design's cost vector; ``predictor.additive`` weighs them against the source prior by
+marginal likelihood.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .encode import _FBNET_SHAPES, _NB201_STAGES, FBNET_OPS, NB201_EDGES, NB201_OPS, _fbnet_layer_cost
+
+QUANTITIES = ("flops", "bytes", "launches")
+
+
+def _nb201_op(op: str, c: int, hw: int) -> tuple[float, float, float]:
+    """(flops, bytes, launches) of one cell edge's op at ``c`` channels and ``hw`` px (``hwlat.spaces.nb201``)."""
+    a = c * hw * hw  # elements of the edge's activation (input = output shape)
+    if op == "none":  # Zero: x * 0, one elementwise op
+        return float(a), 8.0 * a, 1.0
+    if op == "skip_connect":  # identity: nothing runs
+        return 0.0, 0.0, 0.0
+    if op == "avg_pool_3x3":
+        return 9.0 * a, 8.0 * a, 1.0
+    k = 1 if op == "nor_conv_1x1" else 3
+    # ReLU, then conv with BN folded into it
+    return a + 2.0 * k * k * c * c * hw * hw, 16.0 * a + 4.0 * k * k * c * c, 2.0
+
+
+def _fbnet_op(op: str, cin: int, cout: int, stride: int, hw: int) -> tuple[float, float, float]:
+    """(flops, bytes, launches) of one FBNet layer's block (``hwlat.spaces.fbnet.make_block``)."""
+    hw_in = hw * stride
+    if op == "skip":
+        if cin == cout and stride == 1:
+            return 0.0, 0.0, 0.0
+        macs, params = _fbnet_layer_cost(op, cin, cout, stride, hw)  # 1x1 conv (+ReLU) on a shape change
+        return 2 * macs + cout * hw * hw, 4.0 * (cin * hw_in**2 + cout * hw * hw + params) + 8.0 * cout * hw * hw, 2.0
+    e = int(op.split("_")[1][1:])
+    g = 2 if op.endswith("g2") else 1
+    mid = cin * e
+    macs, params = _fbnet_layer_cost(op, cin, cout, stride, hw)
+    flops = 2 * macs + mid * hw_in**2 + mid * hw * hw  # convs + two ReLUs
+    acts = (cin + mid) * hw_in**2 + 2 * mid * hw * hw + (mid + cout) * hw * hw  # conv ins/outs
+    acts += 2 * mid * hw_in**2 + 2 * mid * hw * hw  # ReLU reads/writes
+    launches = 5.0  # expand, ReLU, depthwise, ReLU, project
+    if g > 1:  # channel shuffle: reshape, transpose, reshape (the transpose copies)
+        acts += 2 * mid * hw_in**2
+        launches += 3
+    if stride == 1 and cin == cout:  # residual add
+        flops += cout * hw * hw
+        acts += 3 * cout * hw * hw
+        launches += 1
+    return float(flops), 4.0 * (acts + params), launches
+
+
+@functools.cache
+def op_quantities(space: str) -> tuple[np.ndarray, list[str]]:
+    """Quantities [P * O, Q] in the order of the space's linear features (position-major), and op names [P * O]."""
+    if space == "nb201":
+        per_op = np.array([[sum(5 * np.array(_nb201_op(op, c, hw)) for c, hw in _NB201_STAGES)[q]
+                            for q in range(len(QUANTITIES))] for op in NB201_OPS])
+        return np.tile(per_op, (len(NB201_EDGES), 1)), list(NB201_OPS) * len(NB201_EDGES)
+    if space == "fbnet":
+        rows = [_fbnet_op(op, *shape) for shape in _FBNET_SHAPES for op in FBNET_OPS]
+        return np.array(rows), list(FBNET_OPS) * len(_FBNET_SHAPES)
+    raise KeyError(space)
+
+
+def _positions(space: str) -> int:
+    return len(NB201_EDGES) if space == "nb201" else len(_FBNET_SHAPES)
+
+
+@functools.cache
+def prior_components(space: str) -> dict[str, np.ndarray]:
+    """Gaussian prior covariance components over the cost vector ``[intercept, linear features]``
+    (empty for a space without an analytic cost table: its transfer keeps the source prior alone).
+
+    ``shared``: ``G G'`` with one column per quantity (the device constants every op shares);
+    ``per_op``: one column per (op type, quantity) (an op type's own efficiency); ``intercept``: the fixed
+    skeleton (stem, reductions, head) of unknown cost. Each column is scaled so that it adds about 1 to a
+    uniformly drawn arch's latency, which is the unit the cost model works in (latency / mean latency): a
+    prior scale of 1 then means "this term could explain the whole latency".
+    """
+    if space not in ("nb201", "fbnet"):
+        return {}
+    q, names = op_quantities(space)
+    n_pos = _positions(space)
+    ops = sorted(set(names), key=names.index)
+    n_ops = len(ops)
+
+    def scaled(col: np.ndarray) -> np.ndarray:
+        typical = col.reshape(n_pos, n_ops).mean(1).sum()  # uniform op choice per position
+        return np.concatenate([[0.0], col / typical]) if typical > 0 else np.zeros(len(col) + 1)
+
+    shared = np.stack([scaled(q[:, j]) for j in range(q.shape[1])], 1)
+    per_op = np.stack([scaled(q[:, j] * (np.asarray(names) == op)) for op in ops for j in range(q.shape[1])], 1)
+    per_op = per_op[:, np.abs(per_op).sum(0) > 0]
+    intercept = np.zeros((len(q) + 1, 1))
+    intercept[0, 0] = 1.0
+    return {"shared": shared @ shared.T, "per_op": per_op @ per_op.T, "intercept": intercept @ intercept.T}
