@@ -2,7 +2,7 @@
 
 The graph predictor must encode all 15625 NB201 networks. Exporting each with torch costs ~0.5 s (2 hours
 for the space), so this script writes each network's ONNX graph directly with ``onnx.helper``, mirroring
-what the harness's TorchScript export of ``harness.spaces.nb201.TinyNetwork`` contains (BN folded into the
+what the harness's TorchScript export of ``hwlat.spaces.nb201.TinyNetwork`` contains (BN folded into the
 convs, ``none`` = Mul by 0, ``skip`` = no node, chained Adds per cell node, equal nodes merged, the head's
 unfolded BN), and
 runs it through the same ``hwlat.spaces.graph.encode_model`` as any measured file. Fidelity is checked, not
@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from harness.spaces.nb201 import EDGES, NUM_NODES, canonical_archs, parse
 from onnx import TensorProto, helper, numpy_helper
 
 from hwlat.spaces.graph import encode_file, encode_model
+from hwlat.spaces.nb201 import EDGES, NUM_NODES, canonical_archs, parse
 from predictor.bench import PRETRAIN_CAPS, load_tasks, run_bench
 from predictor.data import load_table, reduce_frame
 from predictor.encode import add_graph_features, register_graph_space

@@ -15,14 +15,14 @@ import onnx
 import pandas as pd
 import pytest
 import torch
-from harness.errors import UsageError
-from harness.spaces.onnx_files import onnx_flops, onnx_params
 from onnx import TensorProto, helper, numpy_helper
-from predictor.cli import main
+from hwlat.cli.main import main
 from torch import nn
 
 import predictor
+from agents.errors import UsageError
 from harness.export import torch_flops_params
+from harness.onnx_files import onnx_flops, onnx_params
 from hwlat.spaces.graph import DATASET_GRAPHS, OP_TYPES, encode_file, encode_model
 from predictor.encode import GraphEncoder
 from predictor.graph import LINEAR_UNITS, K, features, linear
@@ -227,7 +227,7 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
 
 def hwlat(*args: str, env_root: Path, rc: int = 0) -> subprocess.CompletedProcess:
     env = {**__import__("os").environ, "HWLAT_GRAPH_CACHE": str(env_root / "graph-cache")}
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "hwlat", *args], capture_output=True, text=True, cwd=REPO,
                           env=env, timeout=300, check=False)
     assert proc.returncode == rc, proc.stderr[-2000:]
     return proc
@@ -300,7 +300,7 @@ def test_graph_errors_exit_2_with_one_line(measured: tuple[Path, Path, Path], tm
     bad.mkdir()
     onnx.save(_bad_conv_model(), bad / "broken.onnx")
     nb201 = tmp_path / "nb.pt"
-    assert main(["predictor", "train", "--data", str(FIXTURE), "--out", str(nb201), "--steps", "5"]) == 0
+    assert main(["predictor", "train", "--data", str(FIXTURE), "--out", str(nb201), "--steps", "20"]) == 0
     proc = hwlat("predictor", "predict", "--model", str(nb201), "--device", "dev1", "--models", str(bad), "--out",
                  str(tmp_path / "p.parquet"), env_root=tmp_path, rc=2)
     lines = proc.stderr.strip().splitlines()

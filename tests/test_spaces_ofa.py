@@ -9,10 +9,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from hwlat.spaces.onnx_files import onnx_flops
 
 from agents.errors import ArchError, UsageError
 from harness.export import export_models
+from harness.onnx_files import onnx_flops
 from harness.records import ModelSpec
 from hwlat.spaces import get_space
 from hwlat.spaces.ofa import make_divisible

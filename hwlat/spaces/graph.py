@@ -298,7 +298,7 @@ def _conv_type(g: _Graph, node: onnx.NodeProto) -> str:
 
 
 def _macs(g: _Graph, node: onnx.NodeProto) -> int:
-    """Multiply-accumulates, with the counting rules of ``harness.spaces.onnx_files``."""
+    """Multiply-accumulates, with the counting rules of ``harness.onnx_files``."""
     s = g.shape
     if node.op_type == "Conv":
         return math.prod(s[node.output[0]]) * math.prod(s[node.input[1]][1:])
