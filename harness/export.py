@@ -380,21 +380,11 @@ def _export_tflite(model: Any, sample: Any, path: Path) -> None:
         import litert_torch
     except ImportError:
         raise UsageError("TFLite export needs litert-torch: pip install 'hwlat[tflite]'") from None
-    import torch
-
-    class NamedInput(torch.nn.Module):
-        """Gives the TFLite signature an input called ``input`` like the ONNX graph."""
-
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input: torch.Tensor) -> torch.Tensor:
-            return self.inner(input)
+    from harness.export_torch import named_input
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        litert_torch.convert(NamedInput(model).eval(), sample_kwargs={INPUT_NAME: sample}).export(str(path))
+        litert_torch.convert(named_input(model), sample_kwargs={INPUT_NAME: sample}).export(str(path))
 
 
 def torch_flops_params(model: Any, sample: Any) -> tuple[int, int]:

@@ -15,8 +15,9 @@ from typing import Any
 from agents.errors import UsageError
 
 
-def _named(model: Any) -> Any:
-    """``model`` wrapped so the exported program's one input is called ``input``."""
+def named_input(model: Any) -> Any:
+    """``model`` wrapped so the exported program's (or TFLite signature's) one input is called ``input``,
+    like the ONNX graph's."""
     import torch
 
     class NamedInput(torch.nn.Module):
@@ -35,7 +36,7 @@ def _exported(model: Any, sample: Any) -> Any:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.export.export(_named(model), (sample,))
+        return torch.export.export(named_input(model), (sample,))
 
 
 def export_pt2(model: Any, sample: Any, path: Path) -> None:

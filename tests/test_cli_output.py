@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from profiles import fast_profile
 
 from harness.campaign import CampaignResult, DeviceOutcome
 from harness.store import read_dataset
@@ -37,25 +38,6 @@ def hwlat(*args: str, rc: int | None = 0, timeout: float = 600) -> subprocess.Co
     if rc is not None:
         assert proc.returncode == rc, proc.stderr[-2000:]
     return proc
-
-
-def fast_profile(tmp_path: Path) -> Path:
-    """A local profile with a short timing protocol (as in test_measure_local), so tests stay quick."""
-    path = tmp_path / "fastlocal.toml"
-    path.write_text(f"""
-name = "fastlocal"
-host = "local"
-workdir = "{tmp_path / 'agent'}"
-threads = 1
-[timing]
-warmup_min_runs = 2
-warmup_min_s = 0.0
-min_runs = 5
-min_time_s = 0.0
-max_runs = 20
-max_time_s = 1.0
-""")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from profiles import fast_profile
 
 from harness.store import read_dataset
 from hwlat.cli.console import EXIT_BUSY
@@ -26,25 +27,6 @@ def hwlat(*args: str, cache: Path | None = None, check_rc: int | None = 0,
     if check_rc is not None:
         assert proc.returncode == check_rc, proc.stderr[-2000:]
     return proc
-
-
-def fast_profile(tmp_path: Path, name: str = "fastlocal", threads: int = 1) -> Path:
-    """A local profile with a short timing protocol, so behaviour tests stay quick."""
-    path = tmp_path / f"{name}.toml"
-    path.write_text(f"""
-name = "{name}"
-host = "local"
-workdir = "{tmp_path / 'agent'}"
-threads = {threads}
-[timing]
-warmup_min_runs = 2
-warmup_min_s = 0.0
-min_runs = 5
-min_time_s = 0.0
-max_runs = 20
-max_time_s = 1.0
-""")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,13 @@ import pandas as pd
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from hwlat.cli.main import main
 from torch import nn
 
 import predictor
 from agents.errors import UsageError
 from harness.export import torch_flops_params
 from harness.onnx_files import onnx_flops, onnx_params
+from hwlat.cli.main import main
 from hwlat.spaces.graph import DATASET_GRAPHS, OP_TYPES, encode_file, encode_model
 from predictor.encode import GraphEncoder
 from predictor.graph import LINEAR_UNITS, K, features, linear

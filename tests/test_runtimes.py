@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from profiles import fast_profile
 
 from agents.errors import ProfileError
 from harness.devices import load_profile_file
@@ -33,24 +34,7 @@ def hwlat(*args: str, hide: str = "", check_rc: int | None = 0, timeout: float =
 
 def profile(tmp_path: Path, runtime: str, extra: str = "", name: str = "") -> Path:
     """A local profile for ``runtime`` with a short timing protocol, so the tests stay quick."""
-    name = name or f"fast-{runtime}"
-    path = tmp_path / f"{name}.toml"
-    path.write_text(f"""
-name = "{name}"
-host = "local"
-workdir = "{tmp_path / 'agent'}"
-runtime = "{runtime}"
-threads = 1
-{extra}
-[timing]
-warmup_min_runs = 2
-warmup_min_s = 0.0
-min_runs = 5
-min_time_s = 0.0
-max_runs = 20
-max_time_s = 1.0
-""")
-    return path
+    return fast_profile(tmp_path, name or f"fast-{runtime}", extra=f'runtime = "{runtime}"\n{extra}')
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agents.errors import UsageError
 from hwlat.cli.console import add_json_flag, emit_json
@@ -64,7 +64,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict latencies of given archs (or the whole space) on one device into a Parquet file."""
-    import numpy as np
 
     from hwlat.spaces import read_arch_file
     from predictor.api import load
@@ -93,10 +92,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     table = prediction_table(space, args.device, archs, ms, log_std, arch_index=index)
     write_predictions(Path(args.out), table)
     if args.json:
-        emit_json({"out": str(args.out), "space": space, "device": args.device, "archs": len(archs),
-                   "seconds": seconds, "median_ms": float(np.median(ms)), "min_ms": float(np.min(ms)),
-                   "max_ms": float(np.max(ms))})
-        return 0
+        return _emit_prediction_summary(args, space, ms, seconds)
     print(f"predicted {len(archs)} {space} archs on {args.device} in {seconds:.2f} s -> {args.out}")
     return 0
 
@@ -138,9 +134,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _emit_prediction_summary(args: argparse.Namespace, space: str, ms: Any, seconds: float) -> int:
+    """``predictor predict --json``: where the predictions went and their range (docs/cli.md)."""
+    import numpy as np
+
+    emit_json({"out": str(args.out), "space": space, "device": args.device, "archs": len(ms), "seconds": seconds,
+               "median_ms": float(np.median(ms)), "min_ms": float(np.min(ms)), "max_ms": float(np.max(ms))})
+    return 0
+
+
 def _predict_files(model: Predictor, args: argparse.Namespace) -> int:
     """``predict --models DIR``: every ``*.onnx`` file of DIR, encoded from its graph."""
-    import numpy as np
 
     from predictor.predictions import prediction_table, write_predictions
 
@@ -159,10 +163,7 @@ def _predict_files(model: Predictor, args: argparse.Namespace) -> int:
     write_predictions(Path(args.out), prediction_table(space, args.device, [f.stem for f in files], ms, log_std,
                                                        model_sha256=keys, paths=[str(f.resolve()) for f in files]))
     if args.json:
-        emit_json({"out": str(args.out), "space": space, "device": args.device, "archs": len(files),
-                   "seconds": seconds, "median_ms": float(np.median(ms)), "min_ms": float(np.min(ms)),
-                   "max_ms": float(np.max(ms))})
-        return 0
+        return _emit_prediction_summary(args, space, ms, seconds)
     print(f"predicted {len(files)} ONNX models on {args.device} in {seconds:.2f} s -> {args.out}")
     return 0
 

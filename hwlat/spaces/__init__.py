@@ -22,13 +22,14 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import json
 import re
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agents.errors import ArchError, UnknownSpaceError, UsageError
 
@@ -332,6 +333,29 @@ def quote(arch: object, limit: int = 120) -> str:
     """A one-line, length-limited quotation of a user-supplied arch string for error messages."""
     text = repr(arch)
     return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def json_arch(space: str, arch: object, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A JSON-object arch string with exactly ``keys`` (any whitespace); ``ArchError`` naming what is wrong.
+
+    The grammar of the spaces whose archs are JSON (ofa, autoformer, plug-ins that want it); each checks the
+    values itself.
+    """
+    if not isinstance(arch, str):
+        raise ArchError(f"{space} arch must be a JSON string, got {type(arch).__name__}")
+    try:
+        obj = json.loads(arch)
+    except ValueError as exc:
+        raise ArchError(f"{space} arch {quote(arch)} is not JSON: {exc.msg} at char {exc.pos}") from None
+    if not isinstance(obj, dict) or set(obj) != set(keys):
+        got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise ArchError(f"{space} arch {quote(arch)} must be an object with keys {', '.join(keys)}; got {got}")
+    return obj
+
+
+def dump_json_arch(arch: dict[str, Any], keys: tuple[str, ...]) -> str:
+    """The canonical spelling of a JSON arch: compact, keys in ``keys`` order."""
+    return json.dumps({k: arch[k] for k in keys}, separators=(",", ":"))
 
 
 def read_arch_file(path: Path) -> list[str]:

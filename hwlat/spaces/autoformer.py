@@ -13,12 +13,11 @@ Arch string: JSON ``{"embed": E, "depth": D, "mlp": [D ratios], "heads": [D head
 
 from __future__ import annotations
 
-import json
 import random
 from typing import TYPE_CHECKING, Any
 
 from agents.errors import ArchError, UsageError
-from hwlat.spaces import SearchSpace, check_count, quote
+from hwlat.spaces import SearchSpace, check_count, dump_json_arch, json_arch, quote
 
 if TYPE_CHECKING:
     import torch
@@ -47,16 +46,7 @@ class AutoFormerSpace(SearchSpace):
     # -- arch strings ----------------------------------------------------------------------------
     def parse(self, arch: str) -> dict[str, Any]:
         """The arch as ``{"embed": int, "depth": int, "mlp": [float], "heads": [int]}``; ``ArchError`` if bad."""
-        if not isinstance(arch, str):
-            raise ArchError(f"autoformer arch must be a JSON string, got {type(arch).__name__}")
-        try:
-            obj = json.loads(arch)
-        except ValueError as exc:
-            raise ArchError(f"autoformer arch {quote(arch)} is not JSON: {exc.msg} at char {exc.pos}") from None
-        if not isinstance(obj, dict) or set(obj) != set(_KEYS):
-            got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-            raise ArchError(f"autoformer arch {quote(arch)} must be an object with keys embed, depth, mlp, heads; "
-                            f"got {got}")
+        obj = json_arch("autoformer", arch, _KEYS)
         embed, depth = obj["embed"], obj["depth"]
         if type(embed) is not int or embed not in EMBEDS:
             raise ArchError(f"autoformer arch {quote(arch)}: embed = {embed!r}, must be one of 192, 216, 240")
@@ -113,7 +103,7 @@ class AutoFormerSpace(SearchSpace):
 
 def _dump(arch: dict[str, Any]) -> str:
     """Compact JSON, keys in the order embed, depth, mlp, heads; ratios as floats (the canonical spelling)."""
-    return json.dumps({k: arch[k] for k in _KEYS}, separators=(",", ":"))
+    return dump_json_arch(arch, _KEYS)
 
 
 def _build_net(arch: dict[str, Any], resolution: int) -> torch.nn.Module:

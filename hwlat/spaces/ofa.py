@@ -13,12 +13,11 @@ canonical string (one cache entry, one dataset key).
 
 from __future__ import annotations
 
-import json
 import random
 from typing import TYPE_CHECKING, Any
 
 from agents.errors import ArchError
-from hwlat.spaces import SearchSpace, check_count, quote
+from hwlat.spaces import SearchSpace, check_count, dump_json_arch, json_arch, quote
 
 if TYPE_CHECKING:
     import torch
@@ -68,15 +67,7 @@ class OFAMobileNetV3Space(SearchSpace):
     # -- arch strings ----------------------------------------------------------------------------
     def parse(self, arch: str) -> dict[str, Any]:
         """The arch as ``{"ks": [...], "e": [...], "d": [...], "r": int}``, canonical; ``ArchError`` if bad."""
-        if not isinstance(arch, str):
-            raise ArchError(f"ofa arch must be a JSON string, got {type(arch).__name__}")
-        try:
-            obj = json.loads(arch)
-        except ValueError as exc:
-            raise ArchError(f"ofa arch {quote(arch)} is not JSON: {exc.msg} at char {exc.pos}") from None
-        if not isinstance(obj, dict) or set(obj) != set(_KEYS):
-            got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-            raise ArchError(f"ofa arch {quote(arch)} must be an object with keys ks, e, d, r; got {got}")
+        obj = json_arch("ofa", arch, _KEYS)
         ks = _int_list(arch, obj, "ks", N_BLOCKS, KERNELS)
         e = _int_list(arch, obj, "e", N_BLOCKS, EXPANDS)
         d = _int_list(arch, obj, "d", len(STAGES), DEPTHS)
@@ -134,7 +125,7 @@ def _int_list(arch: str, obj: dict[str, Any], key: str, length: int, allowed: tu
 
 def _dump(arch: dict[str, Any]) -> str:
     """Compact JSON, keys in the order ks, e, d, r (the canonical spelling)."""
-    return json.dumps({k: arch[k] for k in _KEYS}, separators=(",", ":"))
+    return dump_json_arch(arch, _KEYS)
 
 
 def _build_net(arch: dict[str, Any]) -> torch.nn.Module:
