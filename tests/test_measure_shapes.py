@@ -9,7 +9,8 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
-from test_measure_local import fast_profile, hwlat
+from profiles import fast_profile
+from test_measure_local import hwlat
 
 from harness.store import read_dataset
 

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from test_measure_local import fast_profile, hwlat
+from profiles import fast_profile
+from test_measure_local import hwlat
 
 from harness.store import read_dataset
 
