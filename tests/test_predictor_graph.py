@@ -277,7 +277,7 @@ def test_any_space_without_an_encoder_trains_from_its_graphs(measured: tuple[Pat
     pd.read_parquet(data).assign(search_space="ofa").to_parquet(folder / "rows.parquet", index=False)
     model = tmp_path / "ofa.pt"
     assert main(["predictor", "train", "--data", str(folder / "rows.parquet"), "--out", str(model),
-                 "--steps", "5"]) == 0
+                 "--steps", "20"]) == 0
     assert predictor.load(model).spaces() == ["ofa"]
     out = tmp_path / "p.parquet"
     hwlat("predictor", "predict", "--model", str(model), "--device", "fastlocal", "--space", "ofa", "--models",
