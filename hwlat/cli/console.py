@@ -41,6 +41,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"hwlat: {message} (see `{self.prog} --help`)\n")
 
 
+def fmt_ms(value: float | None) -> str:
+    """A latency for a table: blank when unknown, 3 decimals below 100 ms, 1 above (every table alike)."""
+    return "" if value is None else f"{value:.3f}" if value < 100 else f"{value:.1f}"
+
+
 def console(stderr: bool = False):  # rich types stay local to the CLI
     """A rich console as wide as the terminal; 200 columns when the stream is a pipe or a file.
 

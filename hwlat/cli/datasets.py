@@ -7,11 +7,7 @@ import sys
 from pathlib import Path
 
 from hwlat.cli import compare
-from hwlat.cli.console import EXIT_FAILED, EXIT_OK, Parser, add_json_flag, console, emit_json
-
-
-def _ms(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}" if value < 100 else f"{value:.1f}"
+from hwlat.cli.console import EXIT_FAILED, EXIT_OK, Parser, add_json_flag, console, emit_json, fmt_ms
 
 
 def cmd_datasets_show(args: argparse.Namespace) -> int:
@@ -49,7 +45,7 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
         for c in summary["configs"]:
             runtime = " ".join(str(v) for v in (c["runtime"], c["runtime_version"]) if v)
             lat.add_row(c["device"], c["config_id"][:12], c["space"], runtime, str(c["threads"] or ""),
-                        str(c["rows"]), _ms(c["median_ms"]), _ms(c["p10_ms"]), _ms(c["p90_ms"]),
+                        str(c["rows"]), fmt_ms(c["median_ms"]), fmt_ms(c["p10_ms"]), fmt_ms(c["p90_ms"]),
                         f"{100 * c['unstable_share']:.0f}%",
                         "" if c["drift_pct"] is None else f"{c['drift_pct']:+.1f}%")
         out.print(lat)

@@ -19,6 +19,7 @@ from hwlat.cli.console import (
     add_wait_flag,
     console,
     emit_json,
+    fmt_ms,
     progress_bar,
 )
 
@@ -128,10 +129,6 @@ class RowWatcher:
                      "(throttling?)")
 
 
-def _ms(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}" if value < 100 else f"{value:.1f}"
-
-
 def shown_rows(models: list[dict[str, Any]], limit: int = TABLE_ROWS) -> tuple[list[dict[str, Any] | None], int]:
     """The rows the table shows, fastest first and failures last, and how many it leaves out.
 
@@ -174,7 +171,7 @@ def print_models(out: Any, result: Any) -> None:
         left_out += hidden
         for m in rows:
             cells = [f"… {hidden} more …", "", "", "", "", "", "", ""] if m is None else [
-                m["arch"], _ms(m["median_ms"]), _ms(m["p90_ms"]), _ms(m["p99_ms"]), _ms(m["ci95_half_ms"]),
+                m["arch"], fmt_ms(m["median_ms"]), fmt_ms(m["p90_ms"]), fmt_ms(m["p99_ms"]), fmt_ms(m["ci95_half_ms"]),
                 "" if m["robust_cv"] is None else f"{100 * m['robust_cv']:.0f}%", str(m["n_runs"] or ""),
                 m["status"]]
             table.add_row(*([o.device] if several else []), *cells)
