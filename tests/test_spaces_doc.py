@@ -89,7 +89,7 @@ def test_predict_onnx_files_of_the_space(plugin: dict) -> None:
 @NEEDS_ARCH_ENCODING
 def test_predict_arch_strings_of_the_space(plugin: dict) -> None:
     archs = plugin["root"] / "archs.txt"
-    archs.write_text("16x1,16x1,16x1\n64x3, 64x3, 64x3\n")  # unmeasured, one not in canonical form
+    archs.write_text("16x1,16x1,16x1\n64x3,64x3,64x3\n")  # neither was measured
     out = plugin["root"] / "arch-pred.parquet"
     hwlat("predictor", "predict", "--model", str(plugin["model"]), "--device", "fastlocal", "--space",
           plugin["spec"], "--archs", str(archs), "--out", str(out))
