@@ -5,9 +5,42 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hwlat.cli import compare
 from hwlat.cli.console import EXIT_FAILED, EXIT_OK, Parser, add_json_flag, console, emit_json, fmt_ms
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+#: Published latency tables shipped beside a dataset's own rows (``DIR/_published/<name>/*.parquet``): not
+#: measured by hwlat, so the hive readers skip them (the leading ``_``) and ``show`` lists them apart.
+PUBLISHED = "_published"
+
+
+def published_tables(root: Path) -> tuple[list[dict], list[str]]:
+    """One entry per Parquet table under ``root/_published`` (path, rows, spaces, devices, archs, credit), and
+    the tables that could not be read (one line each)."""
+    import json
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    tables, damaged = [], []
+    for file in sorted((root / PUBLISHED).glob("*/*.parquet")) if root.is_dir() else []:
+        rel = file.relative_to(root).as_posix()
+        try:
+            table = pq.read_table(file, columns=["search_space", "device", "arch"], page_checksum_verification=True)
+            meta = (table.schema.metadata or {}).get(b"hwlat.published", b"{}")
+            credit = json.loads(meta).get("credit", "")
+        except Exception as exc:  # pyarrow raises several types for damaged input
+            damaged.append(f"cannot read the published table {rel}: {str(exc).splitlines()[0] if str(exc) else exc}")
+            continue
+        tables.append({"path": rel, "rows": table.num_rows,
+                       "spaces": sorted(pc.unique(table.column("search_space")).to_pylist()),
+                       "devices": len(pc.unique(table.column("device"))),
+                       "archs": len(pc.unique(table.column("arch"))), "credit": credit})
+    return tables, damaged
 
 
 def cmd_datasets_show(args: argparse.Namespace) -> int:
@@ -17,15 +50,18 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
     from harness.store import summarize
 
     summary = summarize(Path(args.path))
-    for damaged in summary["damaged"]:  # named on stderr, counted in the exit code; the rest is shown
-        print(f"hwlat: {damaged}", file=sys.stderr)
-    status = EXIT_FAILED if summary["damaged"] else EXIT_OK
+    published, unreadable = published_tables(Path(args.path))
+    damaged = [*map(str, summary["damaged"]), *unreadable]
+    for line in damaged:  # named on stderr, counted in the exit code; the rest is shown
+        print(f"hwlat: {line}", file=sys.stderr)
+    status = EXIT_FAILED if damaged else EXIT_OK
     if args.json:
-        emit_json({"path": str(args.path), **summary, "damaged": [str(d) for d in summary["damaged"]]})
+        emit_json({"path": str(args.path), **summary, "damaged": damaged, "published": published})
         return status
     out = console()
     if summary["rows"] == 0:
         out.print(f"{args.path}: {'no readable rows' if summary['damaged'] else 'empty dataset'}", markup=False)
+        _print_published(out, published)
         return status
     table = Table(title=f"{args.path}: {summary['rows']} rows, {summary['first']} .. {summary['last']}",
                   title_justify="left")
@@ -51,7 +87,18 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
         out.print(lat)
     spaces = ", ".join(f"{k}: {v}" for k, v in sorted(summary["spaces"].items()))
     out.print(f"spaces: {spaces}", markup=False)
+    _print_published(out, published)
     return status
+
+
+def _print_published(out: Console, published: list[dict]) -> None:
+    """One line per published table: what it holds and whose it is (it is not in the counts above)."""
+    if published:
+        out.print("published latency tables beside the rows (not measured by hwlat, not counted above; "
+                  "`hwlat predictor train --data` takes them):", markup=False)
+    for t in published:
+        out.print(f"  {t['path']}: {', '.join(t['spaces'])}, {t['devices']} devices x {t['archs']} archs, "
+                  f"{t['rows']} rows; {t['credit']}", markup=False)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
