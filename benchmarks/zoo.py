@@ -181,9 +181,9 @@ def export_entry(entry: Entry, out: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     with atomic_path(final) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-        with torch.no_grad():
-            torch.onnx.export(module, (sample,), str(tmp), input_names=[INPUT_NAME], output_names=["output"],
-                              opset_version=OPSET, do_constant_folding=True, dynamo=False)
+        # not under no_grad: nn.MultiheadAttention would take its fused inference path, which has no ONNX export
+        torch.onnx.export(module, (sample,), str(tmp), input_names=[INPUT_NAME], output_names=["output"],
+                          opset_version=OPSET, do_constant_folding=True, dynamo=False)
         model = onnx.load(str(tmp))
         onnx.checker.check_model(model)
         sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
@@ -243,8 +243,8 @@ def load_zoo(data: Path, manifest: Path | None = None) -> tuple[ZooData, Any]:
     """Read ``hwlat measure --models`` rows of the zoo (and their graphs) from ``data``.
 
     Returns the data and the ``predictor.data.LatencyTable`` whose ``onnx`` archs are the graph keys. A
-    model's family comes from ``ZOO`` by its name (the file stem), or from ``manifest`` (``export``'s
-    manifest.json) for a zoo other than this file's.
+    model's family comes from ``ZOO`` by its name (the file stem), or, when given, from ``manifest`` alone
+    (``export``'s manifest.json, or a hand-written one for a zoo other than this file's).
     """
     import pyarrow.dataset as pads
 
@@ -256,7 +256,7 @@ def load_zoo(data: Path, manifest: Path | None = None) -> tuple[ZooData, Any]:
     if manifest is not None:
         try:
             records = json.loads(manifest.read_text(encoding="utf-8"))["models"]
-            family_of.update({r["name"]: r["family"] for r in records})
+            family_of = {r["name"]: r["family"] for r in records}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"cannot read manifest {manifest}: {exc}") from None
     table = load_table([data], spaces={"onnx"})
@@ -359,6 +359,8 @@ def evaluate(zoo: ZooData, table: Any, seeds: int, n_transfer: int, steps: int,
                          + (f", not {', '.join(missing)}" if missing else ""))
     families = sorted(set(zoo.families))
     held_of = {f: [i for i, g in enumerate(zoo.families) if g == f] for f in families}
+    for family in families:  # refuse now, not after the first pretraining
+        transfer_picks(zoo, family, n_transfer, 0)
     rows = table.df[table.df["search_space"] == "onnx"]
     rows = rows[rows["arch"].isin(set(zoo.keys))]
     records: list[dict[str, Any]] = []
