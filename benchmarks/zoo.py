@@ -297,23 +297,22 @@ def transfer_picks(zoo: ZooData, family: str, n: int, seed: int) -> list[int]:
 
 def copy_best_source(zoo: ZooData, target: int, picks: list[int], held: list[int]
                      ) -> tuple[np.ndarray, np.ndarray, str]:
-    """The baseline: the other configuration whose latencies rank ``picks`` most like the target's, scaled by
-    the geometric-mean ratio on ``picks``; std = rms log residual there. Returns (ms, log_std, source)."""
+    """The baseline: the other configuration whose latencies rank ``picks`` most like the target's (ties: the
+    one that fits them best once scaled), scaled by the geometric-mean ratio on ``picks``; std = rms log
+    residual there. Returns (ms, log_std, source)."""
     from scipy.stats import spearmanr
 
     y = np.log(zoo.lat[picks, target])
-    best, best_rho = -1, -np.inf
+    fits = []
     for c in range(len(zoo.configs)):
         if c == target:
             continue
         rho = spearmanr(zoo.lat[picks, c], y)[0]
-        rho = -np.inf if np.isnan(rho) else rho
-        if rho > best_rho:
-            best, best_rho = c, rho
-    offset = float(np.mean(y - np.log(zoo.lat[picks, best])))
-    resid = y - np.log(zoo.lat[picks, best]) - offset
-    std = float(np.sqrt(np.mean(resid ** 2)))
-    return zoo.lat[held, best] * np.exp(offset), np.full(len(held), std), zoo.configs[best]
+        offset = float(np.mean(y - np.log(zoo.lat[picks, c])))
+        rms = float(np.sqrt(np.mean((y - np.log(zoo.lat[picks, c]) - offset) ** 2)))
+        fits.append((-np.inf if np.isnan(rho) else rho, -rms, c, offset))
+    _rho, neg_rms, best, offset = max(fits)
+    return zoo.lat[held, best] * np.exp(offset), np.full(len(held), -neg_rms), zoo.configs[best]
 
 
 def flops_fit(zoo: ZooData, target: int, picks: list[int], held: list[int]) -> tuple[np.ndarray, np.ndarray]:
