@@ -63,7 +63,8 @@ READY = "READY"
 
 @dataclass(frozen=True)
 class Entry:
-    """One zoo model: ``builder`` of ``torchvision.models`` (or ``vit_custom`` below) at ``size`` x ``size``."""
+    """One zoo model: the ``torchvision.models`` builder ``builder`` (or, for ``VisionTransformer``, that class
+    with ``kwargs``) at input ``size`` x ``size``; named ``label or builder`` + ``_size``."""
 
     builder: str
     family: str

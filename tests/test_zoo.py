@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import zoo  # noqa: E402
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("torchvision") is None,
-                                reason="torchvision (the test extra) is not installed")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("torchvision") is None,
+                                                   reason="torchvision (the test extra) is not installed")]
 
 #: the six smallest zoo entries, 4 families: two families of 2 models, two of 1
 SUBSET = ["mobilenet_v3_small_160", "mobilenet_v3_small_224", "squeezenet1_1_160", "squeezenet1_1_224",
