@@ -4,6 +4,7 @@ with its operator times (``--op-profile``), peak memory and a short cooldown rec
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -17,8 +18,9 @@ from harness.store import read_dataset
 SEQ, WIDTH = 64, 32
 
 
-def _export_block(path: Path) -> None:
-    """Single-head attention + output projection on [1, seq, 32], ``seq`` exported as a dynamic axis."""
+def _export_block(path: Path, dynamic: bool = True) -> None:
+    """Single-head attention + output projection on [1, seq, 32], ``seq`` exported as a dynamic axis (or fixed
+    at ``SEQ``)."""
     import torch
 
     class Block(torch.nn.Module):
@@ -30,8 +32,9 @@ def _export_block(path: Path) -> None:
             attn = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2), dim=-1)
             return self.o(attn @ self.v(x))
 
-    torch.onnx.export(Block().eval(), (torch.randn(1, 8, WIDTH),), str(path), input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {1: "seq"}, "y": {1: "seq"}}, opset_version=17, dynamo=False)
+    torch.onnx.export(Block().eval(), (torch.randn(1, 8 if dynamic else SEQ, WIDTH),), str(path), input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {1: "seq"}, "y": {1: "seq"}} if dynamic else None,
+                      opset_version=17, dynamo=False)
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +79,25 @@ def test_input_shape_op_profile_peak_memory_cooldown(tmp_path: Path, models: Pat
     assert duckdb.sql(f"select count(*) from read_parquet('{out}/device=*/**/*.parquet', "
                       "hive_partitioning=true)").fetchall()[0][0] == 1
     assert len(pd.read_parquet(out)) == 1
+
+
+def test_openvino_measures_user_models_at_the_given_size(tmp_path: Path, models: Path) -> None:
+    """OpenVINO compiles for one shape: the dynamic block is reshaped to ``--input-shape`` and compiled again,
+    and a model whose inputs are already fixed is measured as it is (both were refused before: the backend
+    had no ``set_input_shapes``)."""
+    pytest.importorskip("openvino")
+
+    both = tmp_path / "models"
+    both.mkdir()
+    shutil.copy(models / "block.onnx", both / "block.onnx")
+    _export_block(both / "fixed.onnx", dynamic=False)
+    profile = fast_profile(tmp_path, "fast-openvino", extra='runtime = "openvino"\nprecision_hint = "f32"')
+    out = tmp_path / "ds"
+    hwlat("measure", "--device", str(profile), "--models", str(both), "--out", str(out),
+          "--input-shape", f"x=1x{SEQ}x{WIDTH}")
+    rows = {r["arch"]: r for r in read_dataset(out).to_pylist()}
+    assert set(rows) == {"block", "fixed"}
+    for r in rows.values():
+        assert r["status"] in ("ok", "unstable"), r["error"]
+        assert r["runtime"] == "openvino" and r["input_shape"] == [1, SEQ, WIDTH]
+        assert r["flops"] == 2 * (4 * SEQ * WIDTH * WIDTH + 2 * SEQ * SEQ * WIDTH)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.backends import Backend, BackendConfigError, MissingRuntimeError
+from agents.backends import Backend, BackendConfigError, MissingRuntimeError, check_shape
 from agents.records import RuntimeConfig
 
 #: Device families a profile may name; "GPU.1" or "AUTO:GPU,CPU" name one member or a priority list.
@@ -39,6 +39,8 @@ class OpenVINOBackend(Backend):
 
     def __init__(self, config: RuntimeConfig) -> None:
         super().__init__(config)
+        self._core: Any = None
+        self._model: Any = None
         self._compiled: Any = None
         self._request: Any = None
         self._provider = ""
@@ -113,9 +115,14 @@ class OpenVINOBackend(Backend):
 
     def load(self, path: str) -> None:
         ov = self.import_runtime()
+        self._core = ov.Core()
+        self._model = self._core.read_model(path)
+        self._compile()
+
+    def _compile(self) -> None:
+        """Compile the read model for the profile's device and read back what OpenVINO actually chose."""
         device = self.config.device or "CPU"
-        core = ov.Core()
-        self._compiled = core.compile_model(core.read_model(path), device, self._properties())
+        self._compiled = self._core.compile_model(self._model, device, self._properties())
         self._request = self._compiled.create_infer_request()
         used = [str(d) for d in self._compiled.get_property("EXECUTION_DEVICES")]
         family = device_family(device)
@@ -127,6 +134,23 @@ class OpenVINOBackend(Backend):
         threads = self._read("INFERENCE_NUM_THREADS")
         if threads:
             self._threads = int(threads)
+
+    def set_input_shapes(self, shapes: dict[str, list[int]]) -> None:
+        """OpenVINO compiles for one shape: inputs already fixed at these sizes keep the compiled model; dynamic
+        sizes are fixed by reshaping the read model and compiling it again (``load_ms`` covers the first compile).
+        """
+        declared = {}
+        for i, port in enumerate(self._model.inputs):
+            name = port.get_any_name() if port.get_names() else f"input{i}"
+            declared[name] = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+        for name, shape in shapes.items():
+            if name not in declared:
+                raise ValueError(f"input {name!r} is not an input of the model (inputs: {', '.join(declared)})")
+            check_shape(name, declared[name], shape)
+        if any(None in declared[name] for name in shapes):
+            ov = self.import_runtime()
+            self._model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
+            self._compile()
 
     def _read(self, key: str) -> str:
         """A property of the compiled model as text; "" where the device does not report it (AUTO, NPU)."""
