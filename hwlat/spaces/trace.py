@@ -318,11 +318,6 @@ def _trace(model: torch.nn.Module, x: torch.Tensor, key: str) -> GraphEncoding:
             op.acts = act_ins
             op.weights = [t for t in ins if id(t) not in producer]
             op.outs = outs
-            for w in op.weights:
-                for src in const_src.get(id(w), [id(w)] if id(w) in trainable else []):
-                    if src not in counted:
-                        counted.add(src)
-                        op.params += trainable[src].numel()
             if name in _CONV or _TYPE.get(name) == "conv_transpose":
                 weight = args[1] if len(args) > 1 else kwargs["weight"]
                 stride = args[3] if len(args) > 3 else kwargs.get("stride", 1)
@@ -338,15 +333,41 @@ def _trace(model: torch.nn.Module, x: torch.Tensor, key: str) -> GraphEncoding:
                 op.attrs = {"kernel": _tuple(kernel, nd), "stride": _tuple(stride or kernel, nd)}
             if name in _MAC:
                 op.flops = 2 * _macs(name, args, kwargs, outs[0])
-            idx = len(ops)
-            ops.append(op)
-            for t in outs:
-                producer[id(t)] = idx
+            bias = None
+            if name == "linear" and act_ins[0].dim() > 2 and len(op.weights) == 2:
+                bias = op.weights.pop()  # exported as MatMul + Add (Gemm takes 2-D inputs only)
+            _add(op, outs)
+            if bias is not None:
+                _add(_follow(ops, "add", "eltwise", outs[0], [bias]), outs)
+            elif name in ("unbind", "__iter__"):  # exported as one Split and a Squeeze per output
+                for t in outs:
+                    _add(_follow(ops, "squeeze", "reshape", t, []), [t])
             return iter(out) if name == "__iter__" else out
+
+    def _add(op: _Op, outs: list[torch.Tensor]) -> None:
+        for w in op.weights:
+            for src in const_src.get(id(w), [id(w)] if id(w) in trainable else []):
+                if src not in counted:
+                    counted.add(src)
+                    op.params += trainable[src].numel()
+        ops.append(op)
+        for t in outs:
+            producer[id(t)] = len(ops) - 1
 
     with torch.no_grad(), Recorder():
         model(x)
     return _encode(ops, key)
+
+
+def _follow(ops: list[_Op], name: str, kind: str, x: torch.Tensor, weights: list[torch.Tensor]) -> _Op:
+    """An operator the exporter adds after the last recorded one, reading its output ``x`` (in place)."""
+    op = _Op(name, kind)
+    op.srcs, op.acts, op.weights, op.outs = [len(ops) - 1], [x], weights, [x]
+    for k, prev in enumerate(reversed(ops)):  # the op that made x (a Squeeze follows its Split)
+        if any(t is x for t in prev.outs):
+            op.srcs = [len(ops) - 1 - k]
+            break
+    return op
 
 
 def _tuple(v: Any, nd: int) -> list[int]:
