@@ -30,6 +30,7 @@ same result.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import math
 from typing import TYPE_CHECKING, Any
@@ -108,12 +109,25 @@ def trace_encoding(space: SearchSpace, arch: str, batch: int = 1, resolution: in
     Bad archs raise ``ArchError``; an operator the tracer has no type for is a one-line ``UsageError``
     naming it.
     """
-    import torch
 
     canon = space.validate(arch)
     res = space.resolution_for(canon, resolution)
     space.check_input(batch, res)
     key = trace_key(space, canon, batch, res)
+    # The trace allocates thousands of short-lived objects (modules, meta tensors, records) and frees them by
+    # reference counting; the cyclic collector would walk them all several times over (half the time).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _trace_space(space, canon, batch, res, key)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _trace_space(space: SearchSpace, canon: str, batch: int, res: int, key: str) -> GraphEncoding:
+    import torch
+
     try:
         with _meta_build():
             model = space._build(canon, res).eval()
@@ -254,7 +268,7 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
 
 
 def _shape(t: torch.Tensor) -> list[int]:
-    return [int(s) for s in t.shape]
+    return list(t.shape)
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -426,6 +440,10 @@ def _encode(ops: list[_Op], key: str) -> GraphEncoding:
                     merged[a] = i
                     op.type = "swish" if ops[a].type == "sigmoid" else "hswish"
                     break
+    gates_of: dict[int, list[int]] = {}
+    for j, into in merged.items():
+        if j < into:
+            gates_of.setdefault(into, []).append(j)
     records: list[dict[str, Any]] = []
     index: dict[int, int] = {}
     for i, op in enumerate(ops):
@@ -441,7 +459,7 @@ def _encode(ops: list[_Op], key: str) -> GraphEncoding:
                 rec["bytes_read"] += int(op.outs[0].shape[1]) * op.outs[0].element_size()
             index[i] = index[merged[i]]
             continue
-        gates = [j for j, into in merged.items() if into == i and j < i]
+        gates = gates_of.get(i, [])
         acts, weights, params, names = list(op.acts), list(op.weights), op.params, [op.name]
         srcs = list(op.srcs)
         for j in gates:
