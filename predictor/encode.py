@@ -467,6 +467,11 @@ class TracedEncoder(GraphEncoder):
     def encode_one(self, arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._rows([arch])[0][:3]
 
+    def enumerate(self) -> list[str] | None:
+        """Every arch of an enumerable space (a plug-in may define ``all_archs``), else None."""
+        space = self._space()
+        return list(space.all_archs()) if space.enumerable else None
+
     def encode(self, archs: Sequence[str]) -> Encoded:
         if not archs:
             return super().encode(archs)

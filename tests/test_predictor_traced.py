@@ -71,7 +71,9 @@ def test_plugin_space_trains_predicts_saves_and_loads(tmp_path: Path) -> None:
     flops = analytic_flops(space, archs)
     frame = pd.DataFrame({"search_space": space, "arch": archs, "device": "cpu-a", "latency_ms": 1 + flops / 1e7})
     model = predictor.Predictor.train(reduce_frame(frame), SMALL)
-    unseen = [a for a in get_space(space).all_archs() if a not in set(archs)][:5]
+    every = get_encoder(space).enumerate()  # an enumerable plug-in: `predict` without --archs covers it all
+    assert every == list(get_space(space).all_archs()) and len(every) == 729
+    unseen = [a for a in every if a not in set(archs)][:5]
     before = model.predict(unseen, "cpu-a", space=space)
     model.save(tmp_path / "m.pt")
     again = predictor.load(tmp_path / "m.pt")
