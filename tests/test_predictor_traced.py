@@ -82,3 +82,32 @@ def test_plugin_space_trains_predicts_saves_and_loads(tmp_path: Path) -> None:
     assert shards, "traced features are cached on disk"
     enc = get_encoder(space).encode(unseen)  # a fresh encode reads the caches: same features
     assert enc.flat.shape == (5, get_encoder("onnx").encode(["empty"]).flat.shape[1])
+
+
+def test_profile_pool_predictions_and_report_for_ofa(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hwlat profile --space ofa``'s last step (``loop.finish``) on a transferred model: a seeded candidate pool
+    of a non-enumerable space (smaller than the real 10,000 to keep the test fast), predictions with FLOPs and
+    measured latencies, and the HTML report. The full command is run by hand (docs/predictor.md)."""
+    import pyarrow.parquet as pq
+
+    from harness.devices import parse_profile
+    from hwlat.profiling import loop
+    from hwlat.profiling.state import ProfileState, RoundRecord
+
+    monkeypatch.setattr(loop, "POOL_SIZE", 40)
+    pool = loop.candidate_pool("ofa", seed=0)
+    assert len(pool) == 40 and pool == get_space("ofa").sample(40, 0)
+    table = load_table([FIXTURE], spaces={"ofa"})
+    model = predictor.Predictor.train(table, SMALL)
+    measured = dict(zip(table.df["arch"][:6], table.df["latency_ms"][:6], strict=True))
+    model.transfer("board", list(measured), list(measured.values()), space="ofa")
+    done = RoundRecord(0, "diversity", list(measured), measured=6, cv_mape=float("nan"), done=True)
+    state = ProfileState("board", "ofa", "board", [done], stopped="budget of 6 spent")
+    req = loop.ProfileRequest(device=parse_profile({"name": "board", "host": "local"}, "test"), space="ofa",
+                              budget=6, batch=6, out=tmp_path)
+    said: list[str] = []
+    out = loop.finish(req, state, model, tmp_path / "m.pt", "board", "ofa", pool, req.device, measured, said.append)
+    pred = pq.read_table(out["predictions"]).to_pandas()
+    assert len(pred) == 40 and (pred["latency_ms"] > 0).all() and pred["flops"].notna().all()
+    in_pool = set(pool) & set(measured)  # `hwlat measure --count 12` drew the pool's first archs (seed 0)
+    assert in_pool and pred["measured_ms"].notna().sum() == len(in_pool) and out["report"].is_file()
