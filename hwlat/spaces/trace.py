@@ -50,7 +50,7 @@ _CONV = ("conv1d", "conv2d", "conv3d")
 _TYPE: dict[str, str] = {
     **{n: "conv_transpose" for n in ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")},
     "linear": "gemm", "bilinear": "gemm",
-    **{n: "matmul" for n in ("matmul", "__matmul__", "__rmatmul__", "bmm", "mm", "baddbmm", "addmm", "einsum")},
+    **{n: "matmul" for n in ("matmul", "__matmul__", "__rmatmul__", "bmm", "mm", "baddbmm", "addmm")},
     "softmax": "softmax", "log_softmax": "softmax", "_softmax": "softmax",
     "layer_norm": "layernorm", "rms_norm": "layernorm", "batch_norm": "batchnorm",
     "instance_norm": "norm_other", "group_norm": "norm_other", "normalize": "norm_other",
@@ -164,7 +164,8 @@ def _meta_build_mode() -> type:
                 kwargs["device"] = "meta"
                 return func(*args, **kwargs)
             name = getattr(func, "__name__", "")
-            if name[-1:] == "_" and name[-2:] != "__" and args and getattr(args[0], "is_meta", False):
+            if name[-1:] == "_" and name[-2:] != "__" and name not in _RESHAPING and args \
+                    and getattr(args[0], "is_meta", False):
                 return args[0]
             return func(*args, **kwargs)
 
@@ -180,6 +181,9 @@ def _meta_build() -> Any:
 
 
 _META_BUILD: type | None = None
+#: in-place methods that change a tensor's shape: the meta build runs them
+_RESHAPING = frozenset({"resize_", "resize_as_", "squeeze_", "unsqueeze_", "t_", "transpose_", "swapdims_",
+                        "swapaxes_", "as_strided_", "set_", "unflatten_"})
 
 #: (function, description of its arguments) -> description of its output, for meta tensors: the shapes of a
 #: call's outputs depend only on its inputs' shapes and its other arguments, and most calls repeat across
@@ -401,8 +405,10 @@ def _kind(name: str, args: tuple, kwargs: dict, acts: list[torch.Tensor], outs: 
     kind = _TYPE.get(name)
     if kind is None:
         raise UsageError(f"operator {name} is not supported by the graph encoder's tracer (hwlat.spaces.trace)")
-    if kind == "matmul" and len(acts) < 2 and name not in ("baddbmm", "addmm"):
-        return "gemm"  # one operand is a constant: a fully connected layer (as graph.py types MatMul)
+    if kind == "matmul":
+        operands = args[1:3] if name in ("addmm", "baddbmm") else args[:2]
+        if sum(any(t is a for a in acts) for t in operands) < 2:
+            return "gemm"  # one operand is a constant: a fully connected layer (as graph.py types MatMul)
     if kind == "reduce" and name in ("max", "min") and len(acts) == 2:
         return "eltwise"
     return kind
@@ -418,8 +424,9 @@ def _macs(name: str, args: tuple, kwargs: dict, out: torch.Tensor) -> int:
         return math.prod(out.shape) * math.prod(weight.shape[1:])
     if name in ("addmm", "baddbmm"):
         return math.prod(out.shape) * int(args[1].shape[-1])
-    first = args[0]
-    return math.prod(out.shape) * int(first.shape[-1])
+    if name == "__rmatmul__":  # other @ self: the contracted dimension is self's second to last
+        return math.prod(out.shape) * int(args[0].shape[-2] if args[0].dim() > 1 else args[0].shape[0])
+    return math.prod(out.shape) * int(args[0].shape[-1])
 
 
 def _encode(ops: list[_Op], key: str) -> GraphEncoding:
