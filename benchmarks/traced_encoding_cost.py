@@ -37,8 +37,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-train", action="store_true", help="encoding only")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--cache", type=Path, help="graph cache to fill (default: a new temporary folder)")
     args = parser.parse_args()
-    cache = Path(tempfile.mkdtemp(prefix="hwlat-trace-bench-"))
+    cache = args.cache or Path(tempfile.mkdtemp(prefix="hwlat-trace-bench-"))
     os.environ["HWLAT_GRAPH_CACHE"] = str(cache)
 
     import numpy as np
