@@ -127,14 +127,19 @@ def load_table(paths: Sequence[str | Path], spaces: Collection[str] | None = Non
         df = df[[*REQUIRED, *(["model_sha256"] if "model_sha256" in df.columns else [])]].copy()
         df["search_space"] = df["search_space"].astype(str)
         if spaces is not None:
-            df = df[df["search_space"].map(space_key).isin(set(spaces))]
+            df = df[df["search_space"].map(_space_keys(df)).isin(set(spaces))]
         frames.append(_graph_rows(df, Path(p))[list(REQUIRED)])
     return reduce_frame(pd.concat(frames, ignore_index=True))
 
 
+def _space_keys(df: pd.DataFrame) -> dict[str, str]:
+    """``space_key`` of each distinct space name (looking a name up may import a plug-in: once per name)."""
+    return {name: space_key(name) for name in df["search_space"].unique()}
+
+
 def _graph_rows(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     """Key the rows of graph-encoded spaces by ``model_sha256`` and load their graphs from ``_graphs/``."""
-    keys = df["search_space"].map(space_key)
+    keys = df["search_space"].map(_space_keys(df))
     graph = keys.map(lambda k: not is_registered(k) or (is_graph_space(k) and not is_traced_space(k))).astype(bool)
     if not graph.any():
         return df
