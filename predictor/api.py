@@ -23,7 +23,14 @@ from agents.files import atomic_write
 from hwlat.spaces.graph import encode_file
 
 from .data import LatencyTable
-from .encode import add_graphs, canonical_space, get_encoder, is_graph_space, register_graph_space
+from .encode import (
+    add_graphs,
+    canonical_space,
+    get_encoder,
+    is_graph_space,
+    register_graph_space,
+    register_traced_space,
+)
 from .models import build_net
 from .samplers import sample
 from .train import SpaceModel, TrainConfig, pretrain
@@ -236,6 +243,8 @@ def _from_blob(blob: dict) -> Predictor:
     for space, s in spaces.items():
         if s["encoder"].get("class") == "GraphEncoder":
             register_graph_space(space)
+        elif s["encoder"].get("class") == "TracedEncoder":
+            register_traced_space(space)
         enc = _encoder_config(space)
         if enc != s["encoder"]:
             raise UsageError(f"saved {space} encoder {s['encoder']} does not match this version's {enc}")

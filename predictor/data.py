@@ -28,6 +28,7 @@ from .encode import (
     get_encoder,
     is_graph_space,
     is_registered,
+    is_traced_space,
     known_spaces,
     register_graph_space,
     space_key,
@@ -109,7 +110,9 @@ def load_table(paths: Sequence[str | Path], spaces: Collection[str] | None = Non
 
     ``spaces`` (canonical names, see ``space_key``) keeps only those spaces' rows, so a benchmark can read
     files that also hold spaces it does not use. Rows of a space without a dedicated encoder are keyed
-    by ``model_sha256`` and encoded from the graphs in the dataset's ``_graphs/`` folder.
+    by ``model_sha256`` and encoded from the graphs in the dataset's ``_graphs/`` folder, except spaces hwlat
+    can build (OFA, ``autoformer``, plug-ins): those keep their arch strings and are encoded by tracing the
+    space's module (``predictor.traced``), the same path that encodes a profile's candidate pool.
     """
     if not paths:
         raise UsageError("no --data given")
@@ -124,15 +127,20 @@ def load_table(paths: Sequence[str | Path], spaces: Collection[str] | None = Non
         df = df[[*REQUIRED, *(["model_sha256"] if "model_sha256" in df.columns else [])]].copy()
         df["search_space"] = df["search_space"].astype(str)
         if spaces is not None:
-            df = df[df["search_space"].map(space_key).isin(set(spaces))]
+            df = df[df["search_space"].map(_space_keys(df)).isin(set(spaces))]
         frames.append(_graph_rows(df, Path(p))[list(REQUIRED)])
     return reduce_frame(pd.concat(frames, ignore_index=True))
 
 
+def _space_keys(df: pd.DataFrame) -> dict[str, str]:
+    """``space_key`` of each distinct space name (looking a name up may import a plug-in: once per name)."""
+    return {name: space_key(name) for name in df["search_space"].unique()}
+
+
 def _graph_rows(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     """Key the rows of graph-encoded spaces by ``model_sha256`` and load their graphs from ``_graphs/``."""
-    keys = df["search_space"].map(space_key)
-    graph = keys.map(lambda k: not is_registered(k) or is_graph_space(k)).astype(bool)
+    keys = df["search_space"].map(_space_keys(df))
+    graph = keys.map(lambda k: not is_registered(k) or (is_graph_space(k) and not is_traced_space(k))).astype(bool)
     if not graph.any():
         return df
     first = str(keys[graph].iloc[0])

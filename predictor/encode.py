@@ -11,8 +11,10 @@ three views that the models consume:
 FLOPs and params are analytic (closed-form per op), so the predictor never builds a torch model;
 they only need to rank consistently with the exporter's counts, not match them to the last MAC.
 New spaces register with ``register_space`` and become available to train/predict/bench at once.
-A space with no dedicated encoder (ONNX files, OFA, ViT, ...) is encoded from the graphs of its measured
-networks (``GraphEncoder``, ``predictor.graph``): its "archs" are model sha256s.
+A space with no dedicated encoder is encoded from graphs (``predictor.graph``): ONNX files (``onnx`` rows)
+from the graphs of the measured files (``GraphEncoder``: its "archs" are model sha256s); a space hwlat can
+build (OFA, ``autoformer``, plug-ins) from its arch strings, by tracing the space's module
+(``TracedEncoder``, ``predictor.traced``), registered on first use with no code here.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.errors import ArchError, UnknownSpaceError
+from agents.errors import ArchError, UnknownSpaceError, UsageError
 from hwlat.spaces.fbnet import MACROS as FBNET_MACROS
 from hwlat.spaces.fbnet import NUM_LAYERS as FBNET_LAYERS
 from hwlat.spaces.fbnet import OPS as FBNET_BLOCKS
@@ -41,6 +43,7 @@ from hwlat.spaces.nb201 import parse as nb201_parse
 from .graph import N_LINEAR as GRAPH_N_LINEAR
 from .graph import features as graph_features
 from .graph import linear as graph_linear
+from .traced import traced_rows
 
 
 @dataclass
@@ -425,6 +428,99 @@ class GraphEncoder(SpaceEncoder):
         return self.encode_one(arch)
 
 
+class TracedEncoder(GraphEncoder):
+    """A space that hwlat can build (``hwlat.spaces.get_space``: OFA, ``autoformer``, plug-ins) but that has no
+    dedicated encoder: its arch strings are encoded by tracing the space's own torch module
+    (``hwlat.spaces.trace``, ``predictor.traced``), for training rows and for candidate pools alike.
+
+    Same features as ``GraphEncoder`` (per op type FLOPs, bytes, launches, params; the op-type graph), so the
+    same models and cost model apply. Keys of ONNX graphs added with ``add_graphs`` (sha256) are accepted too.
+    The space itself is looked up when an arch is first encoded, so a saved model of a plug-in space loads in
+    a process that does not know the plug-in (it then predicts only what needs no tracing).
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.aliases = (name,)
+
+    def _space(self) -> Any:
+        from hwlat.spaces import get_space
+
+        return get_space(self.name)
+
+    def _rows(self, archs: Sequence[str]) -> list[tuple]:
+        space = None
+        canon: list[str | None] = []
+        for a in archs:
+            if isinstance(a, str) and a in _GRAPH_FEATURES:
+                canon.append(None)
+                continue
+            space = space or self._space()
+            if not isinstance(a, str):
+                raise ArchError(f"{self.name}: arch must be a string, got {type(a).__name__}")
+            canon.append(space.validate(a))  # ArchError naming what is wrong
+        todo = [c for c in canon if c is not None]
+        rows = iter(traced_rows(self.name, todo) if todo else [])
+        return [(*_GRAPH_FEATURES[a], None, None) if c is None else next(rows) for a, c in zip(archs, canon,
+                                                                                             strict=True)]
+
+    def encode_one(self, arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._rows([arch])[0][:3]
+
+    def enumerate(self) -> list[str] | None:
+        """Every arch of an enumerable space (a plug-in may define ``all_archs``), else None."""
+        space = self._space()
+        return list(space.all_archs()) if space.enumerable else None
+
+    def encode(self, archs: Sequence[str]) -> Encoded:
+        if not archs:
+            return super().encode(archs)
+        rows = self._rows(list(archs))
+        return Encoded(np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]),
+                       np.stack([r[2] for r in rows]))
+
+    def flops(self, archs: Sequence[str]) -> np.ndarray:
+        """Exact FLOPs (2 x MACs) of each arch's network, from its trace."""
+        return np.array([np.nan if r[3] is None else r[3] for r in self._rows(list(archs))], np.float64)
+
+
+def _autoregister(name: str) -> Callable[[], SpaceEncoder] | None:
+    """The encoder of a space hwlat can build but predictor/ has no dedicated encoder for (built-in OFA and
+    ``autoformer``, an installed ``hwlat.spaces`` entry point, a ``FILE.py:Class`` spec), registered under
+    the space's name and the name it was asked by; None for a name ``get_space`` does not know."""
+    from hwlat.spaces import get_space
+
+    try:
+        space = get_space(name)
+    except UsageError:
+        return None
+    key = space.name.lower()
+    factory = _SPACES.get(key)
+    if factory is None:
+        def factory(n: str = space.name) -> SpaceEncoder:
+            return TracedEncoder(n)
+        _SPACES[key] = factory
+    _SPACES[name.lower()] = factory
+    return factory
+
+
+def _factory(name: str) -> Callable[[], SpaceEncoder] | None:
+    key = str(name).strip()
+    return _SPACES.get(key.lower()) or (_autoregister(key) if key else None)
+
+
+def register_traced_space(name: str) -> str:
+    """Encode the space ``name`` by tracing its module (a saved model's traced space, before it is looked up)."""
+    canon = str(name).strip().lower()
+    if canon not in _SPACES:
+        _SPACES[canon] = lambda: TracedEncoder(str(name).strip())
+    return canon
+
+
+def is_traced_space(name: str) -> bool:
+    return isinstance(get_encoder(name), TracedEncoder)
+
+
 def register_graph_space(name: str) -> str:
     """Encode the space ``name`` (one without a dedicated encoder) from its networks' graphs."""
     canon = str(name).strip().lower()
@@ -457,7 +553,7 @@ register_space(GraphEncoder)
 
 def canonical_space(name: str) -> str:
     """Map a space name or alias (``nasbench201``) to its canonical name (``nb201``)."""
-    factory = _SPACES.get(str(name).strip().lower())
+    factory = _factory(name)
     if factory is None:
         raise UnknownSpaceError(f"unknown search space {name!r}; known: {', '.join(known_spaces())}")
     return factory().name
@@ -465,7 +561,7 @@ def canonical_space(name: str) -> str:
 
 def is_registered(name: str) -> bool:
     """Whether a space name or alias has an encoder (dedicated, or a graph space registered so far)."""
-    return str(name).strip().lower() in _SPACES
+    return _factory(name) is not None
 
 
 def space_key(name: str) -> str:
@@ -482,7 +578,7 @@ def get_encoder(name: str) -> SpaceEncoder:
     """The (shared, cache-holding) encoder of a space."""
     canon = canonical_space(name)
     if canon not in _INSTANCES:
-        _INSTANCES[canon] = _SPACES[canon]()
+        _INSTANCES[canon] = _SPACES[canon.lower()]()
     return _INSTANCES[canon]
 
 
@@ -500,4 +596,7 @@ def analytic_flops(space: str, archs: Sequence[str]) -> np.ndarray:
         return 2 * np.array([_FBNET_FIXED_MACS + sum(_fbnet_layer_cost(op, *shape)[0]
                                          for op, shape in zip(fbnet_parse(a), _FBNET_SHAPES, strict=True))
                              for a in archs])
+    enc = get_encoder(canon)
+    if isinstance(enc, TracedEncoder):
+        return enc.flops(archs)
     raise UnknownSpaceError(f"no analytic FLOPs for search space {space!r}")

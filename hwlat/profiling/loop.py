@@ -97,13 +97,15 @@ def load_base(req: ProfileRequest) -> Any:
     import predictor
     from predictor.api import BUNDLED_MODEL
     from predictor.data import load_table
+    from predictor.encode import canonical_space
 
     if req.data:
         bundled = shipped_dir("datasets")
         if bundled is None:
             raise UsageError("--data retrains on the bundled datasets plus yours, but this installation has no "
                              "bundled datasets (share/hwlat/datasets); reinstall hwlat")
-        return predictor.Predictor.train(load_table([bundled, *req.data]))
+        # only the profiled space's rows: a model per other bundled space would cost minutes and go unused
+        return predictor.Predictor.train(load_table([bundled, *req.data], spaces={canonical_space(req.space)}))
     path = req.model or BUNDLED_MODEL
     if not Path(path).exists():
         raise UsageError(f"no pretrained predictor at {path}; build it with `hwlat predictor train --data datasets "
