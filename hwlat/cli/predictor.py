@@ -240,7 +240,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Predict latency (ms) and its uncertainty for archs on a device.")
     q.add_argument("--model", required=True)
     q.add_argument("--device", required=True)
-    q.add_argument("--space", help="search space, e.g. nb201 or fbnet (required unless --models)")
+    q.add_argument("--space",
+                   help="search space, e.g. nb201, fbnet, ofa, autoformer or FILE.py:Class (required unless --models)")
     q.add_argument("--archs", metavar="FILE",
                    help="one arch per line, or CSV/Parquet with an 'arch' column (default: the whole space)")
     q.add_argument("--models", metavar="DIR",

@@ -59,7 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "then let the predictor choose each next batch until the budget is spent or it has converged. "
                     "Interrupt at any time; the same command continues where it stopped.")
     p.add_argument("device", help="'local', a profile name or a profile .toml path")
-    p.add_argument("--space", default="nb201", help="search space the predictor knows (nb201 or fbnet; default nb201)")
+    p.add_argument("--space", default="nb201",
+                   help="search space: nb201, fbnet, ofa, autoformer, an installed plug-in's name, or FILE.py:Class "
+                   "(default nb201); the base predictor (or --data) must hold measurements of it")
     p.add_argument("--budget", type=int, default=60, help="most archs to measure (default 60)")
     p.add_argument("--batch", type=int, default=10, help="archs per round (default 10)")
     p.add_argument("--out", required=True, help="output folder (measurements, predictor, predictions, report)")
