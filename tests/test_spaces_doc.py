@@ -24,11 +24,6 @@ FENCE = "```python\n"
 pytestmark = pytest.mark.slow
 
 #: what fails on main until spaces without a dedicated encoder are encoded from their arch strings (issue 9)
-NEEDS_ARCH_ENCODING = pytest.mark.xfail(
-    strict=True, reason="the predictor encodes a plug-in space only from the measured ONNX graphs in _graphs/, "
-    "and `--space FILE.py:Class` is not resolved by the predictor commands; remove this mark once they are")
-
-
 def doc_example() -> str:
     """The Python block that follows the example marker in docs/spaces.md, exactly as written there."""
     text = DOC.read_text()
@@ -54,7 +49,7 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
     profile = fast_profile(root)
     hwlat("measure", "--device", str(profile), "--space", spec, "--count", "8", "--seed", "1", "--out", str(ds),
           "--wait", "600", cache=cache)  # another engineer's local campaign may hold this machine for a while
-    hwlat("predictor", "train", "--data", str(ds), "--out", str(model), "--steps", "20")
+    hwlat("predictor", "train", "--data", str(ds), "--out", str(model), "--steps", "20", "--space", spec)
     return {"root": root, "spec": spec, "ds": ds, "model": model, "cache": cache, "profile": profile}
 
 
@@ -86,7 +81,6 @@ def test_predict_onnx_files_of_the_space(plugin: dict) -> None:
     assert all(math.isfinite(v) and v > 0 for v in pred["latency_ms"])
 
 
-@NEEDS_ARCH_ENCODING
 def test_predict_arch_strings_of_the_space(plugin: dict) -> None:
     archs = plugin["root"] / "archs.txt"
     archs.write_text("16x1,16x1,16x1\n64x3,64x3,64x3\n")  # neither was measured
@@ -98,7 +92,6 @@ def test_predict_arch_strings_of_the_space(plugin: dict) -> None:
     assert all(math.isfinite(v) and v > 0 for v in pred["latency_ms"])
 
 
-@NEEDS_ARCH_ENCODING
 def test_profile_starts_from_a_model_trained_on_the_rows(plugin: dict) -> None:
     out = plugin["root"] / "profile"
     hwlat("profile", str(plugin["profile"]), "--space", plugin["spec"], "--budget", "4", "--batch", "2",

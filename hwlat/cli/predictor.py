@@ -44,11 +44,14 @@ def _threads(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Pretrain on every device of every space in the data and save the model."""
+    from hwlat.spaces import get_space
     from predictor.api import Predictor
     from predictor.data import load_table
     from predictor.train import TrainConfig
 
     _threads(args)
+    for spec in args.space:
+        get_space(spec)  # registers the plug-in's name, so its rows resolve to the space (one-line error if not)
     table = load_table(args.data)
     cfg = TrainConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
     t0 = time.perf_counter()
@@ -234,6 +237,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--steps", type=int, default=0, help="training steps (default: the built-in schedule)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    t.add_argument("--space", action="append", default=[], metavar="FILE.py:Class",
+                   help="a plug-in space whose rows the data holds (repeatable): its rows are then encoded from "
+                        "their arch strings, as for ofa and autoformer, instead of from the dataset's ONNX graphs")
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser("predict", help="predict latencies on one device",
