@@ -17,7 +17,7 @@ from hwlat.spaces.graph import OP_TYPES, encode_model
 from hwlat.spaces.nb201 import canonical_archs
 from predictor.additive import fit_source, fit_target
 from predictor.encode import add_graph_features, get_encoder, register_graph_space
-from predictor.graph import K, N_LINEAR, features, linear
+from predictor.graph import N_LINEAR, K, features, linear
 from predictor.opcost import graph_quantities, prior_components
 from predictor.train import TrainConfig, pretrain
 from predictor.transfer import TransferConfig, transfer
