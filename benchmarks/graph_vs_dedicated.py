@@ -254,3 +254,7 @@ def main() -> int:
                 print(f"{t.name} {label}/{v}: {e['spearman']:.4f}, {e['within_10pct']:.3f}, {e['mape']:.1f}, "
                       f"{e['coverage_1sigma']:.3f} ({e['seconds']:.0f} s)")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
