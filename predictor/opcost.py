@@ -16,9 +16,16 @@ columns get analytic quantities, computed from the space's own layer plan (the s
 A device's cost of op ``o`` at position ``p`` is then ``sum_q theta_q * quantity_q[p, o]`` (the additive
 roofline: time = FLOPs / peak + bytes / bandwidth + launches x overhead), with a few device constants
 ``theta`` that 5-20 measurements can pin down -- plus, per op type, its own ``theta`` (a device can be
-unusually good or bad at depthwise convs or pooling). ``prior_components`` turns these into Gaussian prior
+unusually good or bad at depthwise convs or pooling). ``components`` turns these into Gaussian prior
 covariances over the design's cost vector; ``predictor.additive`` weighs them against the source prior by
 marginal likelihood.
+
+A graph-encoded space (``predictor.encode.GraphEncoder``: ONNX files, OFA, the ViT space, plug-ins) needs no
+table: its cost features (``predictor.graph.linear``) already are FLOPs, bytes and launches, per op type
+(``graph_quantities``). The same ``components`` give it the same prior -- a device constant per quantity
+shared by every op type, plus per (op type, quantity) its own efficiency -- with the typical arch taken from
+the archs at hand, since such a space has no uniform draw to average over. One implementation, whichever way
+the features were made (exported ONNX, or a tracer of the space's arch strings).
 """
 
 from __future__ import annotations
