@@ -10,6 +10,11 @@ graph-encoded (OFA, the ViT space, ONNX files: whatever ``load_table`` encodes).
 
     taskset -c 1 nice -n 5 .venv/bin/python -m benchmarks.loco_transfer --data DATASET --space ofa \\
         --samples 5 10 20 --seeds 3 --json out/loco_ofa.json
+
+``--as-graph NAME --graphs DIR`` runs a space that has a dedicated encoder (nb201, fbnet) through the graph
+path instead: its rows are relabelled to the graph space NAME, keyed by ``model_sha256``, and encoded from the
+real exported networks' graphs in DIR (a dataset's ``_graphs/`` folder) -- e.g. hwlat's bundled NB201
+configurations, whose 1000 archs are the same networks on every configuration.
 """
 
 from __future__ import annotations
@@ -17,11 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
 
+from hwlat.spaces.graph import DATASET_GRAPHS
 from predictor.bench import METRICS, pretrain_protocol, score
 from predictor.data import load_table
 from predictor.encode import get_encoder, space_key
@@ -32,18 +41,35 @@ from predictor.transfer import TransferConfig, transfer
 VARIANTS = {"source": TransferConfig(agnostic_prior=False), "prior": TransferConfig()}
 
 
-def run(data: list[str], space: str, samples: list[int], seeds: int, devices: list[str] | None) -> dict:
+def as_graph_dataset(data: list[str], space: str, name: str, graphs: Path, out: Path) -> Path:
+    """A dataset folder ``out`` holding ``space``'s rows of ``data`` relabelled to the graph space ``name``, with
+    ``graphs`` as its ``_graphs/`` folder (linked, not copied)."""
+    cols = ["search_space", "arch", "device", "latency_ms", "status", "model_sha256"]
+    frames = [pads.dataset(d, partitioning="hive" if Path(d).is_dir() else None).to_table(columns=cols).to_pandas()
+              for d in data]
+    df = pd.concat([f.astype({"search_space": str, "device": str}) for f in frames], ignore_index=True)
+    df = df[df["search_space"].map(space_key) == space_key(space)].assign(search_space=name)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(out / "rows.parquet")
+    link = out / DATASET_GRAPHS
+    if not link.exists():
+        link.symlink_to(graphs.resolve(), target_is_directory=True)
+    return out
+
+
+def run(data: list[str], space: str, samples: list[int], seeds: int, devices: list[str] | None,
+        targets: list[str] | None = None) -> dict:
     """{target: {variant: {N: {metric: mean over seeds}}}} plus per-seed lists and seconds per target."""
     import torch
 
     torch.set_num_threads(1)
+    table = load_table(data, spaces={space_key(space)})
     space = space_key(space)
-    table = load_table(data, spaces={space})
     devices = devices or table.devices(space)
     if len(devices) < 2:
         raise SystemExit(f"{space}: need at least 2 configurations, the data has {devices}")
     report: dict = {"space": space, "devices": devices, "samples": samples, "seeds": seeds, "targets": {}}
-    for target in devices:
+    for target in targets or devices:
         t0 = time.perf_counter()
         sources = [d for d in devices if d != target]
         s = table.device_series(space, target)
@@ -78,9 +104,21 @@ def main() -> int:
     ap.add_argument("--samples", nargs="+", type=int, default=[5, 10, 20])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--devices", nargs="+", help="configurations to use (default: all in the data)")
+    ap.add_argument("--targets", nargs="+", help="configurations left out in turn (default: every one)")
     ap.add_argument("--json", help="write the report here")
+    ap.add_argument("--as-graph", metavar="NAME", help="run --space through the graph path as space NAME")
+    ap.add_argument("--graphs", type=Path, help="with --as-graph: the folder of the networks' graph encodings")
     args = ap.parse_args()
-    report = run(args.data, args.space, args.samples, args.seeds, args.devices)
+    data, space = args.data, args.space
+    if args.as_graph:
+        if args.graphs is None:
+            ap.error("--as-graph needs --graphs")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = as_graph_dataset(data, space, args.as_graph, args.graphs, Path(tmp) / "data")
+            report = run([str(folder)], args.as_graph, args.samples, args.seeds, args.devices, args.targets)
+        report["as_graph_of"] = space
+    else:
+        report = run(data, space, args.samples, args.seeds, args.devices, args.targets)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1))
