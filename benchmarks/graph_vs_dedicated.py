@@ -201,9 +201,9 @@ def main() -> int:
                     help="use only this many archs of the space (drawn with seed 0; 0 = all 15625): the tasks "
                          "pretrain and score on that subset, on both sides")
     ap.add_argument("--only", choices=("dedicated", "graph"), help="run one side of the comparison")
-    ap.add_argument("--prior", choices=("on", "off", "both"), default="on",
+    ap.add_argument("--prior", choices=("on", "off", "both", "blend"), default="on",
                     help="the hardware-agnostic cost prior at transfer; 'both' runs with and without it on the "
-                         "same pretrained models and samples")
+                         "same pretrained models and samples; 'blend' adds the prior with the fixed network weight")
     args = ap.parse_args()
     if not SHARED.exists():
         print(f"needs the shared NB201 data at {SHARED}", file=sys.stderr)
@@ -230,7 +230,9 @@ def main() -> int:
         table = reduce_frame(table.df[table.df["arch"].isin(set(archs))])
     graph_table = reduce_frame(table.df.assign(search_space=GRAPH_SPACE))
     variants = {"on": {"prior": TransferConfig()}, "off": {"source": TransferConfig(agnostic_prior=False)},
-                "both": {"source": TransferConfig(agnostic_prior=False), "prior": TransferConfig()}}[args.prior]
+                "both": {"source": TransferConfig(agnostic_prior=False), "prior": TransferConfig()},
+                "blend": {"source": TransferConfig(agnostic_prior=False), "prior": TransferConfig(),
+                          "prior-fixed-blend": TransferConfig(evidence_blend=False)}}[args.prior]
     for label, tab, space in (("dedicated", table, "nb201"), ("graph", graph_table, GRAPH_SPACE)):
         if args.only not in (None, label):
             continue

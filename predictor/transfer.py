@@ -59,6 +59,8 @@ class TransferConfig:
     nn_weight: float = 0.3
     #: add the hardware-agnostic cost prior (``predictor.opcost``) to the source prior; off only to measure it
     agnostic_prior: bool = True
+    #: scale the networks' blend weight by the cost fit's ``p_source`` (step 4); off: the fixed ``nn_weight``
+    evidence_blend: bool = True
 
 
 class FrozenHead:
@@ -186,7 +188,7 @@ def transfer(sm: SpaceModel, device: str, archs: list[str], lat_ms: np.ndarray,
     cost = fit_target(sm.source_costs(), lin, lat_ms,
                       prior_components(sm.space, lin) if cfg.agnostic_prior else None)
     # the networks only know the source devices: their share shrinks with the odds that the target is unlike them
-    nn_weight = cfg.nn_weight * cost.p_source
+    nn_weight = cfg.nn_weight * (cost.p_source if cfg.evidence_blend else 1.0)
     sm.add_device(device, embs, mu, sigma, cost, scale=float(lat_ms.mean()), nn_weight=nn_weight)
     return {"device": device, "n": n, "best_source": best, "source_spearman": rho, "nn_weight": nn_weight,
             "p_source": cost.p_source}
