@@ -14,6 +14,11 @@ dedicated ``nb201`` encoder and once with the rows relabelled to a graph-encoded
 the generated encodings.
 
     nice .venv/bin/python -m benchmarks.graph_vs_dedicated --check 20 --tasks ND NX1 NX2 NX3 --seeds 1
+
+``--prior both`` runs each side with and without the hardware-agnostic cost prior on the same pretrained
+models and picks (``blend`` adds the prior with the fixed network weight); ``--tasks`` also takes the
+family-out splits FO1-FO3 (``family_out_tasks.json``); ``--archs M`` restricts both sides to M archs of the
+space drawn with seed 0 (encoding all 15625 takes ~10-20 minutes of CPU).
 """
 
 from __future__ import annotations
