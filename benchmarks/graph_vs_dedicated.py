@@ -14,6 +14,11 @@ dedicated ``nb201`` encoder and once with the rows relabelled to a graph-encoded
 the generated encodings.
 
     nice .venv/bin/python -m benchmarks.graph_vs_dedicated --check 20 --tasks ND NX1 NX2 NX3 --seeds 1
+
+``--prior both`` runs each side with and without the hardware-agnostic cost prior on the same pretrained
+models and picks (``blend`` adds the prior with the fixed network weight); ``--tasks`` also takes the
+family-out splits FO1-FO3 (``family_out_tasks.json``); ``--archs M`` restricts both sides to M archs of the
+space drawn with seed 0 (encoding all 15625 takes ~10-20 minutes of CPU).
 """
 
 from __future__ import annotations
@@ -32,12 +37,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hwlat.spaces.graph import encode_file, encode_model
 from hwlat.spaces.nb201 import EDGES, NUM_NODES, canonical_archs, parse
-from predictor.bench import PRETRAIN_CAPS, load_tasks, run_bench
+from predictor.bench import PRETRAIN_CAPS, Task, load_tasks, run_bench_variants
 from predictor.data import load_table, reduce_frame
 from predictor.encode import add_graph_features, register_graph_space
 from predictor.graph import features
+from predictor.transfer import TransferConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nb201"
+FAMILY_OUT = Path(__file__).resolve().parent / "family_out_tasks.json"
 GRAPH_SPACE = "nb201-graph"
 
 
@@ -154,21 +161,37 @@ def _features_of(arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return features(encode_model(nb201_onnx(arch), arch))
 
 
-def encode_space(cache: Path, workers: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, float]:
-    """(archs, flat, nodes, adj) of all 15625 archs, cached in ``cache`` (.npz), and the worker-seconds per
-    arch when computed (NaN when read from the cache)."""
+def encode_space(cache: Path, workers: int, limit: int = 0
+                 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, float]:
+    """(archs, flat, nodes, adj) of all 15625 archs, or of ``limit`` of them drawn with seed 0 (in canonical
+    order), cached in ``cache`` (.npz), and the worker-seconds per arch when computed (NaN when read from the
+    cache)."""
     archs = list(canonical_archs())
+    if limit:
+        archs = [archs[i] for i in sorted(np.random.default_rng(0).choice(len(archs), limit, replace=False))]
     if cache.exists():
         with np.load(cache) as z:
             return archs, z["flat"], z["nodes"], z["adj"], float("nan")
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(workers) as pool:
-        rows = list(pool.map(_features_of, archs, chunksize=256))
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            rows = list(pool.map(_features_of, archs, chunksize=256))
+    else:
+        rows = [_features_of(a) for a in archs]
     per = (time.perf_counter() - t0) * workers / len(archs)  # worker-seconds per arch (wall x workers)
     flat, nodes, adj = (np.stack([r[i] for r in rows]) for i in range(3))
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(cache, flat=flat, nodes=nodes, adj=adj)
     return archs, flat, nodes, adj, per
+
+
+def load_all_tasks(names: list[str]) -> list[Task]:
+    """The named tasks from NASFLAT's file (ND, NX1-NX3) and the family-out splits (FO1-FO3)."""
+    pool = {t.name: t for path in (SHARED / "nasflat_tasks.json", FAMILY_OUT) for t in load_tasks(path)}
+    unknown = [n for n in names if n not in pool]
+    if unknown:
+        raise SystemExit(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(sorted(pool))}")
+    return [pool[n] for n in names]
 
 
 def main() -> int:
@@ -179,7 +202,13 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--out", default="out/graph_vs_dedicated")
     ap.add_argument("--workers", type=int, default=2, help="processes encoding the space")
+    ap.add_argument("--archs", type=int, default=0,
+                    help="use only this many archs of the space (drawn with seed 0; 0 = all 15625): the tasks "
+                         "pretrain and score on that subset, on both sides")
     ap.add_argument("--only", choices=("dedicated", "graph"), help="run one side of the comparison")
+    ap.add_argument("--prior", choices=("on", "off", "both", "blend"), default="on",
+                    help="the hardware-agnostic cost prior at transfer; 'both' runs with and without it on the "
+                         "same pretrained models and samples; 'blend' adds the prior with the fixed network weight")
     args = ap.parse_args()
     if not SHARED.exists():
         print(f"needs the shared NB201 data at {SHARED}", file=sys.stderr)
@@ -188,20 +217,27 @@ def main() -> int:
 
     torch.set_num_threads(1)
     out = Path(args.out)
+    tasks = load_all_tasks(args.tasks)
     report: dict = {"fidelity": check_fidelity(args.check) if args.check else None}
     print("fidelity", report["fidelity"], flush=True)
     t0 = time.perf_counter()
-    archs, flat, nodes, adj, per = encode_space(out / "nb201_graph_features.npz", args.workers)
+    suffix = f"_{args.archs}" if args.archs else ""
+    archs, flat, nodes, adj, per = encode_space(out / f"nb201_graph_features{suffix}.npz", args.workers, args.archs)
     report["encode_worker_s_per_arch"] = per
     report["load_or_encode_s"] = time.perf_counter() - t0
-    print(f"encoded 15625 archs in {report['load_or_encode_s']:.0f} s ({per * 1e3:.1f} worker-ms each)", flush=True)
+    print(f"encoded {len(archs)} archs in {report['load_or_encode_s']:.0f} s ({per * 1e3:.1f} worker-ms each)",
+          flush=True)
     add_graph_features(archs, flat, nodes, adj)
     register_graph_space(GRAPH_SPACE)
     PRETRAIN_CAPS[GRAPH_SPACE] = PRETRAIN_CAPS["nb201"]  # the same protocol: 512 archs per train device
     table = load_table([SHARED / "latency_long.parquet"], spaces={"nb201"})
-    tasks = load_tasks(SHARED / "nasflat_tasks.json", args.tasks)
-    graph_df = table.df.assign(search_space=GRAPH_SPACE)
-    graph_table = reduce_frame(graph_df)
+    if args.archs:
+        table = reduce_frame(table.df[table.df["arch"].isin(set(archs))])
+    graph_table = reduce_frame(table.df.assign(search_space=GRAPH_SPACE))
+    variants = {"on": {"prior": TransferConfig()}, "off": {"source": TransferConfig(agnostic_prior=False)},
+                "both": {"source": TransferConfig(agnostic_prior=False), "prior": TransferConfig()},
+                "blend": {"source": TransferConfig(agnostic_prior=False), "prior": TransferConfig(),
+                          "prior-fixed-blend": TransferConfig(evidence_blend=False)}}[args.prior]
     for label, tab, space in (("dedicated", table, "nb201"), ("graph", graph_table, GRAPH_SPACE)):
         if args.only not in (None, label):
             continue
@@ -209,15 +245,21 @@ def main() -> int:
             t.space = space
 
         def step(task: str, seed: int, res: dict, label: str = label) -> None:
-            print(f"{label} {task} seed {seed}: {np.mean([m['spearman'] for m in res.values()]):.4f}", flush=True)
+            print(f"{label} {task} seed {seed}: " + ", ".join(
+                f"{v} {np.mean([m['spearman'] for m in r.values()]):.4f}" for v, r in res.items()), flush=True)
 
-        report[label] = run_bench(tab, tasks, args.samples, args.seeds, "default", on_step=step)
+        report[label] = run_bench_variants(tab, tasks, args.samples, args.seeds, "default", variants, on_step=step)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"report{'-' + args.only if args.only else ''}.json").write_text(json.dumps(report, indent=1))
-    for name in args.tasks:
-        print(name + ": " + ", ".join(f"{label} {report[label]['tasks'][name]['spearman']:.4f} "
-                                      f"({report[label]['tasks'][name]['seconds']:.0f} s)"
-                                      for label in ("dedicated", "graph") if label in report))
+    name = (f"report{'-' + args.only if args.only else ''}{'-prior-' + args.prior if args.prior != 'on' else ''}"
+            f"{suffix}.json")
+    (out / name).write_text(json.dumps(report, indent=1))
+    print("task side/prior: Spearman, within 10 %, MAPE %, coverage +-1 std")
+    for t in tasks:
+        for label in ("dedicated", "graph"):
+            for v, rep in report.get(label, {}).items():
+                e = rep["tasks"][t.name]
+                print(f"{t.name} {label}/{v}: {e['spearman']:.4f}, {e['within_10pct']:.3f}, {e['mape']:.1f}, "
+                      f"{e['coverage_1sigma']:.3f} ({e['seconds']:.0f} s)")
     return 0
 
 

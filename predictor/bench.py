@@ -141,19 +141,31 @@ def run_task_seed(table: LatencyTable, task: Task, seed: int, samples: int, samp
                   train_cfg: TrainConfig | None = None, transfer_cfg: TransferConfig | None = None,
                   progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, float | None]]:
     """One task, one seed: pretrain, transfer to each test device, score; returns {device: metrics}."""
+    return run_task_seed_variants(table, task, seed, samples, sampler, {"": transfer_cfg or TransferConfig()},
+                                  train_cfg, progress)[""]
+
+
+def run_task_seed_variants(table: LatencyTable, task: Task, seed: int, samples: int, sampler: str,
+                           variants: dict[str, TransferConfig], train_cfg: TrainConfig | None = None,
+                           progress: Callable[[int, int], None] | None = None
+                           ) -> dict[str, dict[str, dict[str, float | None]]]:
+    """One task, one seed, several transfer configurations on the same pretrained model and the same
+    sampled archs (a side-by-side comparison that differs in nothing else): {variant: {device: metrics}}."""
     space = task.space
     validate_tasks(table, [task], samples)
     cfg = TrainConfig(**{**(train_cfg.__dict__ if train_cfg else {}), "seed": seed})
     model = pretrain_protocol(table, space, list(task.train_devices), cfg, progress)
-    out = {}
+    out: dict[str, dict[str, dict[str, float | None]]] = {label: {} for label in variants}
     for name in task.test_devices:
         s = table.device_series(space, name)
         picks = sample(sampler, space, list(s.index), samples, seed=seed, model=model)
-        target = f"{name}@target"
-        transfer(model, target, picks, s.loc[picks].to_numpy(), transfer_cfg, seed=seed)
         rest = s.drop(index=picks)
-        log_ms, log_std = model.predict(list(rest.index), target)
-        out[name] = score(np.exp(log_ms), rest.to_numpy(), log_std, get_encoder(space).degenerate(list(rest.index)))
+        degenerate = get_encoder(space).degenerate(list(rest.index))
+        for label, tcfg in variants.items():
+            target = f"{name}@target{'-' + label if label else ''}"
+            transfer(model, target, picks, s.loc[picks].to_numpy(), tcfg, seed=seed)
+            log_ms, log_std = model.predict(list(rest.index), target)
+            out[label][name] = score(np.exp(log_ms), rest.to_numpy(), log_std, degenerate)
     return out
 
 
@@ -162,24 +174,38 @@ def run_bench(table: LatencyTable, tasks: list[Task], samples: int, seeds: int, 
               on_step: Callable[[str, int, dict], None] | None = None,
               progress: Callable[[int, int], None] | None = None) -> dict:
     """Run every task for seeds 0..seeds-1; returns the JSON report (means, per-device per-seed lists)."""
+    step = None if on_step is None else (lambda task, seed, res: on_step(task, seed, res[""]))
+    return run_bench_variants(table, tasks, samples, seeds, sampler, {"": transfer_cfg or TransferConfig()},
+                              train_cfg, step, progress)[""]
+
+
+def run_bench_variants(table: LatencyTable, tasks: list[Task], samples: int, seeds: int, sampler: str,
+                       variants: dict[str, TransferConfig], train_cfg: TrainConfig | None = None,
+                       on_step: Callable[[str, int, dict], None] | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+    """``run_bench`` for several transfer configurations side by side (``run_task_seed_variants``): one
+    report per variant; ``seconds`` of a task cover all variants (they share the pretraining)."""
     validate_tasks(table, tasks, samples)  # all of them, before hours of training on the first
-    report: dict = {"samples": samples, "seeds": seeds, "sampler": sampler, "tasks": {}}
+    reports: dict[str, dict] = {label: {"samples": samples, "seeds": seeds, "sampler": sampler, "tasks": {}}
+                                for label in variants}
     for task in tasks:
         t0 = time.perf_counter()
-        per_dev: dict[str, dict[str, list[float]]] = {d: {m: [] for m in METRICS} for d in task.test_devices}
+        per_dev = {label: {d: {m: [] for m in METRICS} for d in task.test_devices} for label in variants}
         seed_seconds = []
         for seed in range(seeds):
             ts = time.perf_counter()
-            res = run_task_seed(table, task, seed, samples, sampler, train_cfg, transfer_cfg, progress)
+            res = run_task_seed_variants(table, task, seed, samples, sampler, variants, train_cfg, progress)
             seed_seconds.append(time.perf_counter() - ts)
-            for d, m in res.items():
-                for k, v in m.items():
-                    per_dev[d][k].append(v)
+            for label, by_dev in res.items():
+                for d, m in by_dev.items():
+                    for k, v in m.items():
+                        per_dev[label][d][k].append(v)
             if on_step is not None:
                 on_step(task.name, seed, res)
-        entry = {m: _mean([_mean(per_dev[d][m]) for d in task.test_devices]) for m in METRICS}
-        entry["seconds"] = time.perf_counter() - t0
-        entry["seconds_per_seed"] = seed_seconds
-        entry["devices"] = per_dev
-        report["tasks"][task.name] = entry
-    return report
+        for label in variants:
+            entry: dict = {m: _mean([_mean(per_dev[label][d][m]) for d in task.test_devices]) for m in METRICS}
+            entry["seconds"] = time.perf_counter() - t0
+            entry["seconds_per_seed"] = seed_seconds
+            entry["devices"] = per_dev[label]
+            reports[label]["tasks"][task.name] = entry
+    return reports

@@ -16,9 +16,16 @@ columns get analytic quantities, computed from the space's own layer plan (the s
 A device's cost of op ``o`` at position ``p`` is then ``sum_q theta_q * quantity_q[p, o]`` (the additive
 roofline: time = FLOPs / peak + bytes / bandwidth + launches x overhead), with a few device constants
 ``theta`` that 5-20 measurements can pin down -- plus, per op type, its own ``theta`` (a device can be
-unusually good or bad at depthwise convs or pooling). ``prior_components`` turns these into Gaussian prior
+unusually good or bad at depthwise convs or pooling). ``components`` turns these into Gaussian prior
 covariances over the design's cost vector; ``predictor.additive`` weighs them against the source prior by
 marginal likelihood.
+
+A graph-encoded space (``predictor.encode.GraphEncoder``: ONNX files, OFA, the ViT space, plug-ins) needs no
+table: its cost features (``predictor.graph.linear``) already are FLOPs, bytes and launches, per op type
+(``graph_quantities``). The same ``components`` give it the same prior -- a device constant per quantity
+shared by every op type, plus per (op type, quantity) its own efficiency -- with the typical arch taken from
+the archs at hand, since such a space has no uniform draw to average over. One implementation, whichever way
+the features were made (exported ONNX, or a tracer of the space's arch strings).
 """
 
 from __future__ import annotations
@@ -27,7 +34,20 @@ import functools
 
 import numpy as np
 
-from .encode import _FBNET_SHAPES, _NB201_STAGES, FBNET_OPS, NB201_EDGES, NB201_OPS, _fbnet_layer_cost
+from hwlat.spaces.graph import OP_TYPES
+
+from .encode import (
+    _FBNET_SHAPES,
+    _NB201_STAGES,
+    FBNET_OPS,
+    NB201_EDGES,
+    NB201_OPS,
+    GraphEncoder,
+    _fbnet_layer_cost,
+    get_encoder,
+    is_registered,
+)
+from .graph import K
 
 QUANTITIES = ("flops", "bytes", "launches")
 
@@ -85,35 +105,67 @@ def op_quantities(space: str) -> tuple[np.ndarray, list[str]]:
     raise KeyError(space)
 
 
-def _positions(space: str) -> int:
-    return len(NB201_EDGES) if space == "nb201" else len(_FBNET_SHAPES)
+def graph_quantities() -> tuple[np.ndarray, list[str]]:
+    """Quantities [3K, 3] and op types [3K] of the graph encoders' linear features (``predictor.graph.linear``).
 
-
-@functools.cache
-def prior_components(space: str) -> dict[str, np.ndarray]:
-    """Gaussian prior covariance components over the cost vector ``[intercept, linear features]``
-    (empty for a space without an analytic cost table: its transfer keeps the source prior alone).
-
-    ``shared``: ``G G'`` with one column per quantity (the device constants every op shares);
-    ``per_op``: one column per (op type, quantity) (an op type's own efficiency); ``intercept``: the fixed
-    skeleton (stem, reductions, head) of unknown cost. Each column is scaled so that it adds about 1 to a
-    uniformly drawn arch's latency, which is the unit the cost model works in (latency / mean latency): a
-    prior scale of 1 then means "this term could explain the whole latency".
+    Those columns *are* the quantities: per op type its FLOPs, bytes moved and launches, in
+    ``graph.LINEAR_UNITS``. Column ``q * K + t`` holds quantity ``q`` of op type ``t``, so its row here is the
+    unit vector of ``q``: the same roofline (one device constant per quantity, plus per op type its own
+    efficiency) over whatever network the graph came from -- an ONNX file, OFA, a ViT or a plug-in space.
     """
-    if space not in ("nb201", "fbnet"):
-        return {}
-    q, names = op_quantities(space)
-    n_pos = _positions(space)
-    ops = sorted(set(names), key=names.index)
-    n_ops = len(ops)
+    q = np.kron(np.eye(len(QUANTITIES)), np.ones((K, 1)))
+    return q, list(OP_TYPES) * len(QUANTITIES)
+
+
+def components(q: np.ndarray, names: list[str], typical: np.ndarray) -> dict[str, np.ndarray]:
+    """Gaussian prior covariance components over the cost vector ``[intercept, linear features]``.
+
+    ``q`` [F, Q]: each linear feature's quantities (FLOPs, bytes, launches); ``names`` [F]: its op type;
+    ``typical`` [F]: a typical arch's linear features (the mean of a uniformly drawn arch, or of the archs at
+    hand). ``shared``: ``G G'`` with one column per quantity (the device constants every op shares);
+    ``per_op``: one column per (op type, quantity) (an op type's own efficiency); ``intercept``: the fixed
+    skeleton (stem, reductions, head) of unknown cost. Each column is scaled so that it adds about 1 to the
+    typical arch's latency, which is the unit the cost model works in (latency / mean latency): a prior scale
+    of 1 then means "this term could explain the whole latency". A column no typical arch uses is dropped.
+    """
+    typical = np.asarray(typical, np.float64)
+    names_arr = np.asarray(names)
 
     def scaled(col: np.ndarray) -> np.ndarray:
-        typical = col.reshape(n_pos, n_ops).mean(1).sum()  # uniform op choice per position
-        return np.concatenate([[0.0], col / typical]) if typical > 0 else np.zeros(len(col) + 1)
+        t = float(typical @ col)
+        return np.concatenate([[0.0], col / t]) if t > 0 else np.zeros(len(col) + 1)
 
+    ops = sorted(set(names), key=names.index)
     shared = np.stack([scaled(q[:, j]) for j in range(q.shape[1])], 1)
-    per_op = np.stack([scaled(q[:, j] * (np.asarray(names) == op)) for op in ops for j in range(q.shape[1])], 1)
+    per_op = np.stack([scaled(q[:, j] * (names_arr == op)) for op in ops for j in range(q.shape[1])], 1)
+    shared = shared[:, np.abs(shared).sum(0) > 0]
     per_op = per_op[:, np.abs(per_op).sum(0) > 0]
     intercept = np.zeros((len(q) + 1, 1))
     intercept[0, 0] = 1.0
     return {"shared": shared @ shared.T, "per_op": per_op @ per_op.T, "intercept": intercept @ intercept.T}
+
+
+@functools.cache
+def _dedicated_components(space: str) -> dict[str, np.ndarray]:
+    """``components`` of a dedicated encoder's one-hot design; the typical arch draws each position's op
+    uniformly (one-hot mean ``1 / ops``)."""
+    q, names = op_quantities(space)
+    n_ops = len(set(names))
+    return components(q, names, np.full(len(q), 1.0 / n_ops))
+
+
+def prior_components(space: str, x: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The hardware-agnostic prior of ``space``'s cost model (``components``); empty for a space without
+    cost quantities (its transfer keeps the source prior alone).
+
+    ``nb201``/``fbnet``: from the analytic per-op table of their layer plans. A graph-encoded space (any
+    ``GraphEncoder``, whatever made its graphs): from ``graph_quantities``, with the typical arch the mean of
+    ``x``, the linear features of the archs at hand (the transfer's measured archs: their design, not their
+    latencies, so nothing held out is spent); such a space has no uniform arch to average over.
+    """
+    if space in ("nb201", "fbnet"):
+        return _dedicated_components(space)
+    if not is_registered(space) or not isinstance(get_encoder(space), GraphEncoder) or x is None or not len(x):
+        return {}
+    q, names = graph_quantities()
+    return components(q, names, np.asarray(x, np.float64).mean(0))

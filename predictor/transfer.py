@@ -12,9 +12,10 @@
    costs milliseconds per step instead of a full network pass.
 3. Fit the device's per-op cost model (``predictor.additive``): a Bayesian linear model in ms on the op
    one-hot features whose prior is the family of the source devices' cost vectors plus a
-   hardware-agnostic one (FLOPs, bytes, launches per op: ``predictor.opcost``), hyper-parameters by
-   marginal likelihood. Latency in these spaces is close to additive over op choices, so this model is
-   what carries most of the accuracy at N = 5-20; the networks add the non-additive part.
+   hardware-agnostic one (FLOPs, bytes, launches per op: ``predictor.opcost``; for a graph-encoded space
+   the per-op-type FLOPs, bytes and launches of its graphs), hyper-parameters by marginal likelihood.
+   Latency in these spaces is close to additive over op choices, so this model is what carries most of
+   the accuracy at N = 5-20; the networks add the non-additive part.
 4. Predict with the log-space blend ``w * networks + (1 - w) * cost model``, ``w = nn_weight * p_source``:
    ``p_source`` is the cost fit's posterior probability that the source prior alone explains the N
    points. A target unlike every source (its evidence prefers the agnostic prior by more than the
@@ -56,6 +57,10 @@ class TransferConfig:
     rank_weight: float = 0.5
     sources: int = 1
     nn_weight: float = 0.3
+    #: add the hardware-agnostic cost prior (``predictor.opcost``) to the source prior; off only to measure it
+    agnostic_prior: bool = True
+    #: scale the networks' blend weight by the cost fit's ``p_source`` (step 4); off: the fixed ``nn_weight``
+    evidence_blend: bool = True
 
 
 class FrozenHead:
@@ -179,9 +184,11 @@ def transfer(sm: SpaceModel, device: str, archs: list[str], lat_ms: np.ndarray,
     encoded = enc.encode(archs)
     heads = [FrozenHead(net, *to_tensors(encoded)) for net in sm.nets]
     embs, mu, sigma, best, rho = _fit(sm, heads, y, cfg)
-    cost = fit_target(sm.source_costs(), enc.linear(encoded.flat), lat_ms, prior_components(sm.space))
+    lin = enc.linear(encoded.flat)
+    cost = fit_target(sm.source_costs(), lin, lat_ms,
+                      prior_components(sm.space, lin) if cfg.agnostic_prior else None)
     # the networks only know the source devices: their share shrinks with the odds that the target is unlike them
-    nn_weight = cfg.nn_weight * cost.p_source
+    nn_weight = cfg.nn_weight * (cost.p_source if cfg.evidence_blend else 1.0)
     sm.add_device(device, embs, mu, sigma, cost, scale=float(lat_ms.mean()), nn_weight=nn_weight)
     return {"device": device, "n": n, "best_source": best, "source_spearman": rho, "nn_weight": nn_weight,
             "p_source": cost.p_source}
