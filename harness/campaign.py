@@ -31,6 +31,7 @@ from typing import Any
 from agents.errors import DeviceBusyError, UsageError
 from agents.records import Job, RunSpec
 from harness.device_runner import DeviceOutcome, DeviceRunner, describe_failure
+from harness.devices import DeviceProfile
 from harness.export import ExportFailure
 from harness.plan import (
     CampaignRequest,
@@ -132,14 +133,14 @@ def run_campaign(req: CampaignRequest, progress: Any = None,
             _store_export_failures(runner, formats.failures)
             if todo:
                 prior, prior_refs = ({}, {}) if req.remeasure else load_rounds(req.out, prof.name, prof.config_id())
+                if prior:  # rounds of a model that has a row (kept by a kill before the journal was pruned) are done
+                    stored = _stored(store, prof, store_lock)
+                    prior = {sha: rounds for sha, rounds in prior.items() if sha not in stored}
                 book = RoundBook(root=req.out, device=prof.name, config_id=prof.config_id(), session_id=session_id,
                                  timing=prof.timing, models=todo, prior=prior, prior_refs=prior_refs)
                 runner.measure_rounds(book, order_for, req.chunk_jobs, make_spec)
                 if not book.open:
-                    with store_lock:
-                        done = store.measured_keys(prof.name)
-                    prune_round_logs(req.out, prof.name, prof.config_id(),
-                                     {k.model_sha256 for k in done if k.config_id == prof.config_id()})
+                    prune_round_logs(req.out, prof.name, prof.config_id(), _stored(store, prof, store_lock))
         except Exception as exc:
             runner.outcome.error = describe_failure(exc)
             runner.outcome.busy = isinstance(exc, DeviceBusyError)
@@ -176,6 +177,13 @@ def run_campaign(req: CampaignRequest, progress: Any = None,
     return CampaignResult(session_id, req.out, [r.outcome for r, _, _ in runners], wall_s=time.monotonic() - t0,
                           export_s=export_s, measure_s=time.monotonic() - t1, warnings=warnings,
                           quarantined=store.quarantined)
+
+
+def _stored(store: DatasetStore, profile: DeviceProfile, store_lock: threading.Lock) -> set[str]:
+    """The models (sha256) that have a row of any agent status on this device configuration."""
+    with store_lock:
+        keys = store.measured_keys(profile.name)
+    return {k.model_sha256 for k in keys if k.config_id == profile.config_id()}
 
 
 def save_graphs(out: Path, onnx: Exported | None) -> None:

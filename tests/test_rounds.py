@@ -4,6 +4,7 @@ the re-measure path end to end, drift correction, and a real SIGKILL of `hwlat m
 from __future__ import annotations
 
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -17,11 +18,15 @@ import pytest
 from profiles import fast_profile
 
 from agents.records import MeasureResult, TimingConfig
+from agents.system import busy_pct_own_cpus
 from agents.timing import summarize
 from harness.rounds import ROUNDS_DIR, Reference, Round, drift_factor, judge, load_rounds
 from harness.store import read_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # spawned children inherit sys.path
+import loadgen  # noqa: E402
+
 BUNDLED = REPO / "datasets" / "device=epyc2c-ort-t1" / "search_space=nb201"
 T0 = datetime(2026, 11, 26, tzinfo=UTC)
 
@@ -111,8 +116,9 @@ def test_drift_factor_is_interpolated_in_time(recorded: list[list[float]]) -> No
 
 # ------------------------------------------------------------------------------------------- real campaigns
 def hwlat(*args: str, check_rc: int | None = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "hwlat", *args], capture_output=True, text=True, timeout=600,
-                          check=False, cwd=REPO)
+    """``hwlat measure ...`` queued behind any other local campaign on this (shared) machine."""
+    proc = subprocess.run([sys.executable, "-m", "hwlat", *args, "--wait", "300"], capture_output=True, text=True,
+                          timeout=600, check=False, cwd=REPO)
     if check_rc is not None:
         assert proc.returncode == check_rc, proc.stderr[-3000:]
     return proc
@@ -232,3 +238,49 @@ def test_v1_rows_read_with_null_round_columns() -> None:
     assert table.num_rows > 0 and set(table.column("schema_version").to_pylist()) == {1}
     for column in ("rounds", "round_medians_ms", "latency_corrected_ms", "drift_factor", "remeasured_rounds"):
         assert table.column(column).null_count == table.num_rows
+
+
+def _busy_first_seed() -> int:
+    """A load-generator seed whose schedule starts with a busy phase."""
+    return next(seed for seed in range(100) if loadgen.plan_phases(seed, 120.0, 120.0, 120.0)[0].kind == "busy")
+
+
+def test_busy_pct_own_cpus_sees_a_spinner_on_the_same_cpu() -> None:
+    cpu = min(os.sched_getaffinity(0))
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})  # the generator's process inherits it: it spins on our CPU
+    try:
+        with loadgen.LoadGenerator(seed=_busy_first_seed(), total_s=120.0, min_phase_s=120.0, max_phase_s=120.0):
+            time.sleep(0.3)
+            busy_pct_own_cpus()
+            time.sleep(1.0)  # we sleep, it spins: nearly all of this CPU is someone else's
+            assert busy_pct_own_cpus() > 50.0
+    finally:
+        os.sched_setaffinity(0, mask)
+
+
+def test_rounds_timed_beside_a_real_load_are_remeasured_and_say_why(tmp_path: Path, cache: Path) -> None:
+    """benchmarks/loadgen.py spins on the worker's CPU for the whole campaign: every round is 'busy', each model
+    gets its re-measure budget, and the rows say so."""
+    out = tmp_path / "ds"
+    cpu = min(os.sched_getaffinity(0))
+    profile = fast_profile(tmp_path, extra=f"cpu_affinity = [{cpu}]")
+    profile.write_text(profile.read_text().replace("min_time_s = 0.0", "min_time_s = 0.3").replace(
+        "max_runs = 20", "max_runs = 100000") + "rounds = 2\nremeasure_max = 1\n")
+    hwlat("measure", "--device", str(profile), "--space", "nb201", "--count", "2", "--seed", "4", "--out",
+          str(tmp_path / "warm"), "--cache", str(cache), "--reference-every", "0")  # export outside the load
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        with loadgen.LoadGenerator(seed=_busy_first_seed(), total_s=300.0, min_phase_s=300.0, max_phase_s=300.0):
+            hwlat("measure", "--device", str(profile), "--space", "nb201", "--count", "2", "--seed", "4", "--out",
+                  str(out), "--cache", str(cache))
+    finally:
+        os.sched_setaffinity(0, mask)
+    rows = read_dataset(out).to_pylist()
+    assert len(rows) == 2
+    for r in rows:
+        assert len(r["round_medians_ms"]) == 3 and r["remeasured_rounds"] == 1 and r["status"] == "unstable"
+        assert all(b >= 25.0 for b in r["round_busy_pct"])
+        reasons = r["remeasure_reasons"]
+        assert len(reasons) == 3 and all("busy: other processes used" in why for why in reasons)
