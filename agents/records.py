@@ -70,9 +70,9 @@ class TimingConfig:
     remeasure_max: int = 2
     #: a round whose median is this many % off the median of the model's rounds is disturbed
     remeasure_far_pct: float = 10.0
-    #: a round during which other processes used at least this % of the worker's CPUs is disturbed
+    #: a round during which other processes used more than this % of the worker's CPUs is disturbed (100 = never)
     remeasure_busy_pct: float = 25.0
-    #: a round between two reference measurements that differ by at least this % is disturbed
+    #: a round between two reference measurements that differ by more than this % is disturbed
     remeasure_drift_pct: float = 10.0
 
     @classmethod

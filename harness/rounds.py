@@ -13,8 +13,8 @@ next campaign on the same folder reads these files and measures only the rounds 
 model's row is stored its rounds are in the row (every raw run included) and the files holding only stored
 models are deleted.
 
-Judging (``judge``): a round is *disturbed* when other processes used at least ``remeasure_busy_pct`` of the
-worker's CPUs during its timed loop, when the two drift-reference measurements around it differ by at least
+Judging (``judge``): a round is *disturbed* when other processes used more than ``remeasure_busy_pct`` of the
+worker's CPUs during its timed loop, when the two drift-reference measurements around it differ by more than
 ``remeasure_drift_pct``, or when its drift-corrected median is more than ``remeasure_far_pct`` slower than the
 model's fastest undisturbed round (interference only ever adds time). A model with fewer than R undisturbed
 rounds gets another round in a later pass, as long as it has had fewer than ``rounds + remeasure_max`` rounds.
@@ -141,10 +141,10 @@ class Verdict:
 def disturbance(rnd: Round, refs: dict[str, list[Reference]], timing: TimingConfig) -> str:
     """Why this round alone looks disturbed ("" if it does not): busy CPUs, or drift across its window."""
     busy = rnd.busy_own_pct
-    if busy is not None and busy >= timing.remeasure_busy_pct:
+    if busy is not None and busy > timing.remeasure_busy_pct:
         return f"busy: other processes used {busy:.0f}% of the worker's CPUs"
     window = _window_drift_pct(rnd, refs)
-    if window is not None and window >= timing.remeasure_drift_pct:
+    if window is not None and window > timing.remeasure_drift_pct:
         return f"drift: the reference moved {window:.0f}% around this round"
     return ""
 

@@ -167,25 +167,6 @@ def test_multi_round_rows_carry_every_round_and_a_drift_corrected_latency(tmp_pa
     assert not (out / ROUNDS_DIR).exists()  # every round is in a row: the round journals are gone
 
 
-def test_disturbed_rounds_are_remeasured_end_to_end(tmp_path: Path, cache: Path) -> None:
-    """A far threshold of 1e-6 % makes every round slower than the model's fastest one 'far': deterministic
-    re-measures through the real campaign, up to the budget, and the row says so."""
-    out = tmp_path / "ds"
-    profile = _profile(tmp_path, rounds=2, remeasure_max=2, remeasure_far_pct=1e-6)
-    hwlat("measure", "--device", str(profile), "--space", "nb201", "--count", "3", "--seed", "4", "--out", str(out),
-          "--cache", str(cache))
-    for r in read_dataset(out).to_pylist():
-        assert len(r["round_medians_ms"]) == 4 and r["remeasured_rounds"] == 2 and r["rounds"] == 2
-        assert r["round_kept"].count(False) == 2 and sum(r["round_n_runs"]) == len(r["raw_ms"])
-        assert len(r["remeasure_reasons"]) == 3 and all("far: " in why for why in r["remeasure_reasons"])
-        assert r["status"] == "unstable"  # one kept round is still 'far': the budget ran out
-        kept = [m for m, k in zip(r["round_medians_ms"], r["round_kept"], strict=True) if k]
-        corrected = [m / f for m, f in zip(r["round_medians_ms"], r["round_drift_factor"], strict=True)]
-        fastest = sorted(range(4), key=corrected.__getitem__)[:2]
-        assert kept == [r["round_medians_ms"][i] for i in sorted(fastest)]  # the fastest after drift correction
-        assert r["latency_ms"] == pytest.approx(statistics.median(kept))
-
-
 def _journaled_rounds(out: Path) -> list[dict]:
     events = []
     for path in sorted((out / ROUNDS_DIR).rglob("*.jsonl")):
@@ -265,7 +246,7 @@ def test_rounds_timed_beside_a_real_load_are_remeasured_and_say_why(tmp_path: Pa
     out = tmp_path / "ds"
     cpu = min(os.sched_getaffinity(0))
     profile = fast_profile(tmp_path, extra=f"cpu_affinity = [{cpu}]")
-    profile.write_text(profile.read_text().replace("min_time_s = 0.0", "min_time_s = 0.3").replace(
+    profile.write_text(profile.read_text().replace("min_time_s = 0.0", "min_time_s = 0.2").replace(
         "max_runs = 20", "max_runs = 100000") + "rounds = 2\nremeasure_max = 1\n")
     hwlat("measure", "--device", str(profile), "--space", "nb201", "--count", "2", "--seed", "4", "--out",
           str(tmp_path / "warm"), "--cache", str(cache), "--reference-every", "0")  # export outside the load
