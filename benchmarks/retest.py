@@ -30,6 +30,7 @@ median between-round coefficient of variation of each mode (does a fresh process
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -58,6 +59,7 @@ from harness.devices import DeviceProfile, resolve_device
 from harness.export import export_models
 from harness.plan import plan_specs
 from harness.store import read_dataset
+from harness.transport.local import reserve_machine
 
 #: The old protocol: one session per model with the timed budget of before rounds existed.
 OLD_TIMING = {"rounds": 1, "min_runs": 30, "min_time_s": 1.5, "max_time_s": 10.0, "remeasure_max": 0}
@@ -119,6 +121,12 @@ def _profile(args: argparse.Namespace, work: Path) -> tuple[DeviceProfile, Any]:
 
 def retest(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     profile, server = _profile(args, work)
+    hold = reserve_machine(profile.name, 3600.0, on_wait=print) if profile.is_local else contextlib.nullcontext()
+    with hold:
+        return _retest(args, work, profile, server)
+
+
+def _retest(args: argparse.Namespace, work: Path, profile: DeviceProfile, server: Any) -> dict[str, Any]:
     try:
         protocols = {"new": profile,
                      "old": dataclasses.replace(profile, timing=dataclasses.replace(profile.timing, **OLD_TIMING))}
@@ -176,6 +184,11 @@ def retest(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def worker_experiment(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Same worker vs a fresh worker per job: the between-round spread of each model's medians."""
     profile, _ = _profile(args, work)
+    with reserve_machine(profile.name, 3600.0, on_wait=print):
+        return _worker_experiment(args, work, profile)
+
+
+def _worker_experiment(args: argparse.Namespace, work: Path, profile: DeviceProfile) -> dict[str, Any]:
     base = CampaignRequest(devices=[profile], out=work / "unused", count=args.worker_experiment, seed=args.seed)
     specs, _ = plan_specs(base)
     arts = export_models(specs, "onnx", work / "cache")
