@@ -13,7 +13,11 @@ Failure model (docs/reliability.md):
 
 A remote device gets its jobs in chunks, one agent run (``RunSpec``) per chunk: while chunk k is measured, a
 background thread uploads the models of the chunks after it, so only the first chunk's upload is waited for.
-On a local device there is one run and no uploads (nothing runs beside the timed loop).
+On a local device there is one run per pass and no uploads (nothing runs beside the timed loop).
+
+Rounds (``measure_rounds``, harness/rounds.py): the device's models are measured in passes, one round of each
+model per pass; every result goes to the ``RoundBook`` (journaled in the dataset folder at once), and a model's
+row is stored when its rounds are complete and judged.
 """
 
 from __future__ import annotations
@@ -312,13 +316,14 @@ class DeviceRunner:
         ``remeasure_max`` of a model's rounds are ever discarded. After each pass every model is settled.
         """
         self.book = book
-        self.settle(pass_over=False)  # complete models of a killed campaign: their rows, nothing measured
         offset = 0
         for p in range(book.timing.rounds + book.timing.remeasure_max):
             todo = book.next_pass()
-            if not todo or self.stop.is_set():
-                return
+            if not todo:
+                break
             slots = order_for(p, todo)
+            # models whose rounds a killed campaign completed are settled at the first reference measurement,
+            # once the agent's fingerprint is known
             self.measure(slots, chunk_jobs, lambda k, jobs, p=p: make_spec(p, k, jobs), offset)
             offset += len(slots)
             if self.stop.is_set():

@@ -117,7 +117,7 @@ def test_drift_factor_is_interpolated_in_time(recorded: list[list[float]]) -> No
 # ------------------------------------------------------------------------------------------- real campaigns
 def hwlat(*args: str, check_rc: int | None = 0) -> subprocess.CompletedProcess:
     """``hwlat measure ...`` queued behind any other local campaign on this (shared) machine."""
-    proc = subprocess.run([sys.executable, "-m", "hwlat", *args, "--wait", "300"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "hwlat", *args, "--wait", "900"], capture_output=True, text=True,
                           timeout=600, check=False, cwd=REPO)
     if check_rc is not None:
         assert proc.returncode == check_rc, proc.stderr[-3000:]
