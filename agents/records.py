@@ -46,10 +46,10 @@ class TimingConfig:
     warmup_min_runs: int = 10
     warmup_min_s: float = 0.1
     warmup_max_runs: int = 1000
-    min_runs: int = 30
-    min_time_s: float = 1.5
+    min_runs: int = 10
+    min_time_s: float = 0.5
     max_runs: int = 2000
-    max_time_s: float = 10.0
+    max_time_s: float = 3.4
     ci_rel_target: float = 0.01
     unstable_cv: float = 0.10
     seed: int = 0
@@ -59,6 +59,21 @@ class TimingConfig:
     cooldown_below_c: float = 0.0
     #: ... for at most this many seconds
     cooldown_max_s: float = 300.0
+    #: start a new worker process before every job (one process per round; docs/timing.md, "Rounds")
+    fresh_worker: bool = False
+    # The keys below are read by the coordinator only (harness/plan.py, harness/rounds.py): how a model's
+    # measurement is spread over the campaign and repaired when it was disturbed. The agent ignores them.
+    #: separate sessions (rounds) per model, spread over the campaign; each round is one job timed under the
+    #: warm-up and stopping rules above, so ``min_time_s``/``min_runs``/``max_time_s`` are per round
+    rounds: int = 3
+    #: most rounds of one model re-measured because they were disturbed (0 = never re-measure)
+    remeasure_max: int = 2
+    #: a round whose median is this many % off the median of the model's rounds is disturbed
+    remeasure_far_pct: float = 10.0
+    #: a round during which other processes used more than this % of the worker's CPUs is disturbed (100 = never)
+    remeasure_busy_pct: float = 25.0
+    #: a round between two reference measurements that differ by more than this % is disturbed
+    remeasure_drift_pct: float = 10.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TimingConfig:

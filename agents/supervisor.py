@@ -192,6 +192,8 @@ class Supervisor:
         #: The last worker's "ready" message (pid, agent_path, cpu_affinity, runtime description).
         self.worker_info: dict[str, Any] = {}
         self._parent = os.getppid() if exit_with_parent else None
+        #: jobs the current worker has served (``timing.fresh_worker`` replaces it after each)
+        self._served = 0
         self._runtime = dataclasses.replace(
             spec.runtime, custom_op_libraries=[self.resolve(p) for p in spec.runtime.custom_op_libraries]
         )
@@ -207,7 +209,10 @@ class Supervisor:
     def start_worker(self) -> WorkerProcess:
         """A ready worker (started now if needed); raises WorkerStartError on failure."""
         if self.worker is not None and self.worker.proc.poll() is None:
-            return self.worker
+            if not (self.spec.timing.fresh_worker and self._served):
+                return self.worker
+            self.stop_worker()
+        self._served = 0
         env = worker_env(self.spec.env)
         self.worker = WorkerProcess(self.spec.runtime.runtime, env, self.spec.cpu_affinity, self.log_path)
         limit = max(WORKER_START_TIMEOUT_S, self.spec.timeout_s)
@@ -245,6 +250,7 @@ class Supervisor:
                 "timing": dataclasses.asdict(self.spec.timing),
                 "op_profile": self.spec.op_profile,
             })
+            self._served += 1
             event = worker.read_event(time.monotonic() + self.spec.timeout_s, self.check_parent)
             result = validate_result(event, {job.job_id: job}, self.spec)
         except ProtocolError as exc:  # never journal what the coordinator would have to reject

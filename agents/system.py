@@ -136,16 +136,55 @@ def meminfo_mb_proc() -> dict[str, float]:
     return out
 
 
-def _proc_stat_times() -> tuple[float, float] | None:
-    """(busy, total) jiffies summed over all CPUs from /proc/stat."""
-    text = _read("/proc/stat")
-    if not text or not text.startswith("cpu "):
-        return None
-    fields = [float(v) for v in text.splitlines()[0].split()[1:]]
+def _busy_total(fields: list[float]) -> tuple[float, float]:
     # user nice system idle iowait irq softirq steal guest guest_nice; guest* are already in user.
     total = sum(fields[:8])
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
     return total - idle, total
+
+
+def _proc_stat_times(cpus: frozenset[int] | None = None) -> tuple[float, float] | None:
+    """(busy, total) jiffies from /proc/stat: summed over all CPUs, or over the CPUs numbered in ``cpus``."""
+    text = _read("/proc/stat")
+    if not text or not text.startswith("cpu "):
+        return None
+    if cpus is None:
+        return _busy_total([float(v) for v in text.splitlines()[0].split()[1:]])
+    busy = total = 0.0
+    for line in text.splitlines()[1:]:
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            b, t = _busy_total([float(v) for v in rest.split()])
+            busy, total = busy + b, total + t
+    return (busy, total) if total > 0 else None
+
+
+#: (busy jiffies, total jiffies, own CPU seconds, CPU set) at the previous ``busy_pct_own_cpus`` call.
+_last_own: tuple[float, float, float, frozenset[int]] | None = None
+
+
+def busy_pct_own_cpus() -> float | None:
+    """Like ``busy_pct`` but only over the CPUs this process may run on (its affinity), minus this process.
+
+    The figure that says whether something else competed with a timed loop: on a machine where the worker is
+    pinned to one core, other processes busy on the *other* cores raise ``busy_pct`` but do not touch the
+    timing. Since the previous call (no sleep; the first call of a process returns None): the worker calls it
+    right before each warm-up, so ``system_after`` holds the share over warm-up and timed runs. Linux only.
+    """
+    global _last_own
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = frozenset(os.sched_getaffinity(0))
+    now = _proc_stat_times(cpus)
+    own_now = sum(os.times()[:2])
+    if now is None:
+        return None
+    previous, _last_own = _last_own, (now[0], now[1], own_now, cpus)
+    if previous is None or previous[3] != cpus or now[1] <= previous[1]:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    busy = (now[0] - previous[0]) - (own_now - previous[2]) * ticks
+    return max(0.0, min(100.0, 100.0 * busy / (now[1] - previous[1])))
 
 
 #: (busy jiffies, total jiffies, own CPU seconds) at the previous ``busy_pct`` call of this process.
@@ -203,7 +242,8 @@ def pi_throttled() -> int | None:
 def snapshot() -> dict[str, Any]:
     """Flat, JSON-able system state taken before and after every job (< 50 ms).
 
-    Keys: ``time`` (UTC ISO), ``load1/5/15``, ``procs_running``, ``busy_pct``, ``mem_total_mb``,
+    Keys: ``time`` (UTC ISO), ``load1/5/15``, ``procs_running``, ``busy_pct``, ``busy_pct_own_cpus``,
+    ``mem_total_mb``,
     ``mem_available_mb``, ``cpu_freq_mhz`` (mean over cores), ``cpu_freq_min_mhz``,
     ``cpu_freq_max_mhz``, ``cpu_freq_mhz_cores`` (per-core list), ``governor`` (comma-joined
     distinct governors), ``temp_c`` (hottest sensor), ``throttled`` (Pi firmware flags). Values
@@ -217,6 +257,8 @@ def snapshot() -> dict[str, Any]:
     out["procs_running"] = procs_running()
     busy = busy_pct()
     out["busy_pct"] = round(busy, 2) if busy is not None else None
+    own = busy_pct_own_cpus()
+    out["busy_pct_own_cpus"] = round(own, 2) if own is not None else None
     out.update({k: round(v, 1) for k, v in meminfo_mb().items()})
     freqs = cpu_freqs_mhz()
     out["cpu_freq_mhz"] = round(float(np.mean(freqs)), 1) if freqs else None

@@ -24,7 +24,7 @@ from agents import memory
 from agents.backends import MissingRuntimeError, backend_class, get_backend
 from agents.files import sha256_file
 from agents.records import Job, MeasureResult, RuntimeConfig, TimingConfig
-from agents.system import snapshot, utc_now
+from agents.system import busy_pct_own_cpus, snapshot, utc_now
 from agents.timing import summarize, time_inference
 
 
@@ -97,6 +97,7 @@ def measure_job(job: Job, model_path: str, runtime: RuntimeConfig, timing: Timin
         result.error, result.error_type = one_line(exc), "load"
     else:
         try:
+            busy_pct_own_cpus()  # starts the window that system_after's busy_pct_own_cpus covers: the timed loop
             outcome = time_inference(lambda: backend.run(inputs), timing)
         except Exception as exc:
             result.error, result.error_type = one_line(exc), "run"

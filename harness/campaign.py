@@ -31,10 +31,12 @@ from typing import Any
 from agents.errors import DeviceBusyError, UsageError
 from agents.records import Job, RunSpec
 from harness.device_runner import DeviceOutcome, DeviceRunner, describe_failure
+from harness.devices import DeviceProfile
 from harness.export import ExportFailure
 from harness.plan import (
     CampaignRequest,
     Exported,
+    Slot,
     configure_device,
     export_plan,
     pending,
@@ -42,6 +44,7 @@ from harness.plan import (
     plan_order,
 )
 from harness.records import ModelArtifact
+from harness.rounds import RoundBook, load_rounds, prune_round_logs
 from harness.rows import export_failure_row
 from harness.store import DatasetStore
 from harness.transport import open_transport
@@ -114,16 +117,30 @@ def run_campaign(req: CampaignRequest, progress: Any = None,
         """One device's whole part; every exception ends here as the device's failure, never the thread's."""
         prof = runner.profile
 
-        def make_spec(k: int, jobs: list[Job]) -> RunSpec:
-            return RunSpec(run_id=f"{session_id}-{prof.name}-{k:03d}", runtime=prof.runtime, timing=prof.timing,
-                           jobs=jobs, timeout_s=prof.model_timeout_s, env=prof.env, cpu_affinity=prof.cpu_affinity,
-                           op_profile=req.op_profile)
+        runs = iter(range(10**6))
 
+        def make_spec(p: int, _k: int, jobs: list[Job]) -> RunSpec:
+            # run ids count on across passes; operator profiles are taken in the first pass only
+            return RunSpec(run_id=f"{session_id}-{prof.name}-{next(runs):03d}", runtime=prof.runtime,
+                           timing=prof.timing, jobs=jobs, timeout_s=prof.model_timeout_s, env=prof.env,
+                           cpu_affinity=prof.cpu_affinity, op_profile=req.op_profile and p == 0)
+
+        def order_for(p: int, models: list[ModelArtifact]) -> list[Slot]:
+            return plan_order(models, formats.reference, req.seed + p, req.reference_every, f"p{p}-" if p else "")
+
+        book: RoundBook | None = None
         try:
             _store_export_failures(runner, formats.failures)
             if todo:
-                runner.measure(plan_order(todo, formats.reference, req.seed, req.reference_every), req.chunk_jobs,
-                               make_spec)
+                prior, prior_refs = ({}, {}) if req.remeasure else load_rounds(req.out, prof.name, prof.config_id())
+                if prior:  # rounds of a model that has a row (kept by a kill before the journal was pruned) are done
+                    stored = _stored(store, prof, store_lock)
+                    prior = {sha: rounds for sha, rounds in prior.items() if sha not in stored}
+                book = RoundBook(root=req.out, device=prof.name, config_id=prof.config_id(), session_id=session_id,
+                                 timing=prof.timing, models=todo, prior=prior, prior_refs=prior_refs)
+                runner.measure_rounds(book, order_for, req.chunk_jobs, make_spec)
+                if not book.open:
+                    prune_round_logs(req.out, prof.name, prof.config_id(), _stored(store, prof, store_lock))
         except Exception as exc:
             runner.outcome.error = describe_failure(exc)
             runner.outcome.busy = isinstance(exc, DeviceBusyError)
@@ -133,6 +150,8 @@ def run_campaign(req: CampaignRequest, progress: Any = None,
                 store.log(session_id, f"device {prof.name} failed after {runner.outcome.rows} rows: "
                                       f"{runner.outcome.error}")
         finally:
+            if book is not None:
+                book.close()
             with contextlib.suppress(Exception):  # closing a broken connection can fail any way it likes
                 runner.transport.close()
 
@@ -158,6 +177,13 @@ def run_campaign(req: CampaignRequest, progress: Any = None,
     return CampaignResult(session_id, req.out, [r.outcome for r, _, _ in runners], wall_s=time.monotonic() - t0,
                           export_s=export_s, measure_s=time.monotonic() - t1, warnings=warnings,
                           quarantined=store.quarantined)
+
+
+def _stored(store: DatasetStore, profile: DeviceProfile, store_lock: threading.Lock) -> set[str]:
+    """The models (sha256) that have a row of any agent status on this device configuration."""
+    with store_lock:
+        keys = store.measured_keys(profile.name)
+    return {k.model_sha256 for k in keys if k.config_id == profile.config_id()}
 
 
 def save_graphs(out: Path, onnx: Exported | None) -> None:

@@ -13,7 +13,11 @@ Failure model (docs/reliability.md):
 
 A remote device gets its jobs in chunks, one agent run (``RunSpec``) per chunk: while chunk k is measured, a
 background thread uploads the models of the chunks after it, so only the first chunk's upload is waited for.
-On a local device there is one run and no uploads (nothing runs beside the timed loop).
+On a local device there is one run per pass and no uploads (nothing runs beside the timed loop).
+
+Rounds (``measure_rounds``, harness/rounds.py): the device's models are measured in passes, one round of each
+model per pass; every result goes to the ``RoundBook`` (journaled in the dataset folder at once), and a model's
+row is stored when its rounds are complete and judged.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from harness.devices import DeviceProfile
 from harness.ops import append_ops, op_rows
 from harness.plan import Slot
 from harness.records import ModelArtifact
-from harness.rows import make_row
+from harness.rounds import RoundBook
+from harness.rows import rounds_row
 from harness.store import DatasetStore
 from harness.transport.base import Transport
 
@@ -164,7 +169,10 @@ class DeviceRunner:
         self.seen: set[str] = set()
         self.ref_state: dict[str, Any] = {}
         self.first_ref: float | None = None
+        self.ref_count = 0
         self.fingerprint: dict = {}
+        #: the device's rounds (``measure_rounds``): every candidate result is a round, journaled and judged there
+        self.book: RoundBook | None = None
 
     def with_reconnect(self, step: Callable[[], T]) -> T:
         """Connect and run one step, retrying with back-off while it fails with ``TransportError``.
@@ -264,30 +272,64 @@ class DeviceRunner:
 
     def _result(self, spec: RunSpec, result: MeasureResult, by_id: dict[str, ModelArtifact],
                 order: dict[str, int]) -> None:
-        """Store a candidate's result once (a restarted agent may journal a job twice); track drift."""
+        """Journal a result once (a restarted agent may journal a job twice) as a round or a drift reference;
+        a reference measurement settles the models whose rounds it closes."""
         if result.job_id in self.seen:
             return
+        assert self.book is not None, "measure() runs inside measure_rounds()"
         self.seen.add(result.job_id)
+        self.outcome.timed_s += sum(result.raw_ms) / 1000.0
         if result.role == "reference":
-            self.outcome.timed_s += sum(result.raw_ms) / 1000.0
+            self.book.add_reference(spec.run_id, order[result.job_id], result)
             if result.median_ms:
                 self.first_ref = self.first_ref or result.median_ms
                 self.ref_state = {
                     "sha256": result.sha256,
                     "latency_ms": result.median_ms,
-                    "index": int(result.job_id[1:5]),
+                    "index": self.ref_count,
                     "drift_pct": 100.0 * (result.median_ms / self.first_ref - 1.0),
                 }
+            self.ref_count += 1
+            self.settle(pass_over=False)
             return
-        art = by_id[result.job_id]
-        row = make_row(session_id=self.session_id, run_id=spec.run_id, order_index=order[result.job_id],
-                       profile=self.profile, fingerprint=self.fingerprint, art=art, result=result,
-                       ref=self.ref_state)
-        self.store_rows(art.search_space, [row])
-        append_ops(self.store.root, op_rows(row, self.profile.name, art.search_space, result.op_times))
-        self.outcome.status_counts[result.status] = self.outcome.status_counts.get(result.status, 0) + 1
-        self.outcome.timed_s += sum(result.raw_ms) / 1000.0
-        self.on_row(self.profile.name, row)
+        self.book.add_round(spec.run_id, order[result.job_id], result, dict(self.ref_state))
+
+    def settle(self, pass_over: bool, force: bool = False) -> None:
+        """Store one row for every model whose rounds are complete and judged (``RoundBook.settle``)."""
+        assert self.book is not None
+        for verdict in self.book.settle(pass_over, force):
+            art = self.book.art(verdict)
+            row = rounds_row(session_id=self.session_id, profile=self.profile, fingerprint=self.fingerprint,
+                             art=art, verdict=verdict)
+            self.store_rows(art.search_space, [row])
+            ops = next((r.result.op_times for r in verdict.rounds if r.result.op_times), [])
+            append_ops(self.store.root, op_rows(row, self.profile.name, art.search_space, ops))
+            self.outcome.status_counts[row["status"]] = self.outcome.status_counts.get(row["status"], 0) + 1
+            self.on_row(self.profile.name, row)
+
+    def measure_rounds(self, book: RoundBook, order_for: Callable[[int, list[ModelArtifact]], list[Slot]],
+                       chunk_jobs: int, make_spec: Callable[[int, int, list[Job]], RunSpec]) -> None:
+        """Measure every model of ``book`` in passes: pass p holds one round of each model that still needs
+        one (``order_for(p, models)`` shuffles them and places the references), until none does.
+
+        At most ``rounds + remeasure_max`` passes: each adds one round per model in it and at most
+        ``remeasure_max`` of a model's rounds are ever discarded. After each pass every model is settled.
+        """
+        self.book = book
+        offset = 0
+        for p in range(book.timing.rounds + book.timing.remeasure_max):
+            todo = book.next_pass()
+            if not todo:
+                break
+            slots = order_for(p, todo)
+            # models whose rounds a killed campaign completed are settled at the first reference measurement,
+            # once the agent's fingerprint is known
+            self.measure(slots, chunk_jobs, lambda k, jobs, p=p: make_spec(p, k, jobs), offset)
+            offset += len(slots)
+            if self.stop.is_set():
+                return
+            self.settle(pass_over=True)
+        self.settle(pass_over=True, force=True)
 
     def store_rows(self, space: str, rows: list[dict[str, Any]]) -> None:
         """Append rows of this device to the dataset (one part file, atomic) and count them."""
@@ -296,7 +338,8 @@ class DeviceRunner:
         self.outcome.rows += len(rows)
         self.outcome.models.extend(model_summary({**row, "search_space": space}) for row in rows)
 
-    def measure(self, slots: list[Slot], chunk_jobs: int, make_spec: Callable[[int, list[Job]], RunSpec]) -> None:
+    def measure(self, slots: list[Slot], chunk_jobs: int, make_spec: Callable[[int, list[Job]], RunSpec],
+                offset: int = 0) -> None:
         """Push and measure a device's whole order: one run locally, chunks with background uploads remotely.
 
         Remotely, after the first chunk is on the device one background thread uploads the later chunks in
@@ -304,7 +347,7 @@ class DeviceRunner:
         background (device dropped) is redone here with reconnects; ``push_models`` skips what arrived intact.
         """
         by_id = {s.job_id: s.art for s in slots}
-        order = {s.job_id: i for i, s in enumerate(slots)}
+        order = {s.job_id: offset + i for i, s in enumerate(slots)}
         chunks = [slots] if self.profile.is_local else chunk_slots(slots, chunk_jobs)
 
         def push(chunk: list[Slot]) -> dict[str, str]:

@@ -179,7 +179,8 @@ def export_plan(req: CampaignRequest, plan: ModelPlan, formats: set[str], progre
 
 def pending(store: DatasetStore, device: DeviceProfile, candidates: list[ModelArtifact],
             req: CampaignRequest) -> list[ModelArtifact]:
-    """Resume: the candidates the dataset does not hold yet for this device and configuration."""
+    """Resume: the candidates the dataset does not hold yet for this device and configuration (rounds of them
+    measured by a killed campaign are found by ``harness.rounds.load_rounds``)."""
     if req.remeasure:
         return list(candidates)
     statuses = DONE_STATUSES if not req.retry_failed else USABLE_STATUSES
@@ -197,11 +198,11 @@ class Slot:
 
 
 def plan_order(candidates: list[ModelArtifact], reference: ModelArtifact | None, seed: int,
-               every: int) -> list[Slot]:
+               every: int, prefix: str = "") -> list[Slot]:
     """Shuffle candidates (seeded) and insert the reference model first, every ``every`` models, and last.
 
-    The order is decided once per device, before any chunking, so the drift references keep their places
-    whatever the chunk size.
+    The order is decided once per device and pass, before any chunking, so the drift references keep their
+    places whatever the chunk size. ``prefix`` keeps job ids unique across a campaign's passes (rounds).
     """
     order = list(candidates)
     random.Random(seed).shuffle(order)
@@ -210,13 +211,13 @@ def plan_order(candidates: list[ModelArtifact], reference: ModelArtifact | None,
     def add_reference() -> None:
         if reference is not None:
             ref_count = sum(1 for s in slots if s.role == "reference")
-            slots.append(Slot(f"r{ref_count:04d}-{reference.sha256[:12]}", "reference", reference))
+            slots.append(Slot(f"{prefix}r{ref_count:04d}-{reference.sha256[:12]}", "reference", reference))
 
     add_reference()
     for i, art in enumerate(order):
         if every > 0 and i > 0 and i % every == 0:
             add_reference()
-        slots.append(Slot(f"c{i:05d}-{art.sha256[:12]}", "candidate", art))
+        slots.append(Slot(f"{prefix}c{i:05d}-{art.sha256[:12]}", "candidate", art))
     if order:
         add_reference()
     return slots

@@ -13,9 +13,11 @@ from typing import Any
 
 from agents import __version__
 from agents.records import MeasureResult
+from agents.timing import summarize
 from harness.devices import DeviceProfile
 from harness.export import ExportFailure
 from harness.records import ModelArtifact
+from harness.rounds import Verdict, estimate
 from harness.store import SCHEMA_VERSION, dumps_compact
 
 
@@ -123,6 +125,73 @@ def make_row(*, session_id: str, run_id: str, order_index: int, profile: DeviceP
         "hwlat_version": __version__,
         "agent_version": fingerprint.get("agent_version"),
     }
+
+
+def _ts(text: str) -> datetime | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC) if text else None
+
+
+def rounds_row(*, session_id: str, profile: DeviceProfile, fingerprint: dict, art: ModelArtifact,
+               verdict: Verdict) -> dict[str, Any]:
+    """One row from all of a model's rounds (harness/rounds.py): every round's samples and figures kept.
+
+    The statistics (mean, percentiles, CI, spread) are over the kept rounds' samples pooled; ``latency_ms`` is
+    the median of the kept rounds' medians (``rounds.estimate``), ``latency_corrected_ms`` the same of their
+    drift-corrected medians. A failed round makes the row that round's failure (its earlier samples kept).
+    """
+    last = verdict.failed or verdict.kept[-1]
+    row = make_row(session_id=session_id, run_id=last.run_id, order_index=last.order_index, profile=profile,
+                   fingerprint=fingerprint, art=art, result=last.result, ref=last.ref)
+    rounds = verdict.rounds
+    kept_ids = {id(r) for r in verdict.kept}
+    factors = [verdict.factors.get(id(r)) for r in rounds]
+    first = rounds[0].result
+    row.update({
+        "raw_ms": [x for r in rounds for x in r.result.raw_ms],
+        "rounds": len(verdict.kept),
+        "round_medians_ms": [r.result.median_ms for r in rounds],
+        "round_n_runs": [r.result.n_runs for r in rounds],
+        "round_kept": [id(r) in kept_ids for r in rounds],
+        "round_started_at": [_ts(r.result.started_at) for r in rounds],
+        "round_session_ids": [r.session_id for r in rounds],
+        "round_busy_pct": [r.busy_own_pct for r in rounds],
+        "round_drift_factor": factors,
+        "remeasured_rounds": len(verdict.discarded),
+        "remeasure_reasons": [f"round {i + 1}: {verdict.discarded.get(id(r)) or verdict.kept_disturbed[id(r)]}"
+                              + ("" if id(r) in verdict.discarded else " (kept: re-measure budget spent)")
+                              for i, r in enumerate(rounds)
+                              if id(r) in verdict.discarded or id(r) in verdict.kept_disturbed],
+        "load_ms": first.load_ms,
+        "first_ms": first.first_ms,
+        "warmup_runs": sum(r.result.warmup_runs for r in rounds),
+        "started_at": first.started_at or None,
+        "load1_before": _num(first.system_before, "load1"),
+        "busy_pct_before": _num(first.system_before, "busy_pct"),
+        "cpu_freq_mhz_before": _num(first.system_before, "cpu_freq_mhz"),
+        "temp_c_before": _num(first.system_before, "temp_c"),
+        "mem_available_mb_before": _num(first.system_before, "mem_available_mb"),
+        "system_before_json": dumps_compact(first.system_before),
+        "base_rss_mb": first.base_rss_mb,
+        "peak_rss_mb": max((r.result.peak_rss_mb for r in rounds if r.result.peak_rss_mb is not None), default=None),
+        "cooldown_s": sum(r.result.cooldown_s or 0.0 for r in rounds),
+    })
+    row["n_runs"] = len(row["raw_ms"])
+    if verdict.failed is not None:
+        return row
+    pooled = [x for r in verdict.kept for x in r.result.raw_ms]
+    stats = summarize(pooled, profile.timing.unstable_cv)
+    unstable = stats.pop("unstable") or bool(verdict.kept_disturbed)
+    stats.pop("n_runs")
+    row.update({k: v for k, v in stats.items() if k != "median_ms"})
+    row["pooled_median_ms"] = stats["median_ms"]
+    row["latency_ms"] = estimate([r.result.median_ms for r in verdict.kept])  # type: ignore[misc]
+    kept_factors = [verdict.factors.get(id(r)) for r in verdict.kept]
+    if all(f for f in kept_factors):
+        row["latency_corrected_ms"] = estimate([r.result.median_ms / f  # type: ignore[operator]
+                                                for r, f in zip(verdict.kept, kept_factors, strict=True)])
+        row["drift_factor"] = row["latency_ms"] / row["latency_corrected_ms"]
+    row["status"] = "unstable" if unstable else "ok"
+    return row
 
 
 def export_failure_row(*, session_id: str, profile: DeviceProfile, failure: ExportFailure) -> dict[str, Any]:

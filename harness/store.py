@@ -136,6 +136,22 @@ SCHEMA = pa.schema(
         ("ref_latency_ms", pa.float64()),
         ("ref_index", pa.int32()),
         ("ref_drift_pct", pa.float64()),
+        # rounds (harness/rounds.py; null in rows written before rounds existed): one entry per round measured,
+        # kept or discarded, in measurement order; raw_ms holds their samples one round after another
+        ("rounds", pa.int32()),
+        ("round_medians_ms", pa.list_(pa.float64())),
+        ("round_n_runs", pa.list_(pa.int32())),
+        ("round_kept", pa.list_(pa.bool_())),
+        ("round_started_at", pa.list_(_TS)),
+        ("round_session_ids", pa.list_(pa.string())),
+        ("round_busy_pct", pa.list_(pa.float64())),
+        ("round_drift_factor", pa.list_(pa.float64())),
+        ("pooled_median_ms", pa.float64()),
+        ("remeasured_rounds", pa.int32()),
+        ("remeasure_reasons", pa.list_(pa.string())),
+        # drift correction: the reference's speed interpolated in time at the model's rounds
+        ("drift_factor", pa.float64()),
+        ("latency_corrected_ms", pa.float64()),
         # time and provenance
         ("started_at", _TS),
         ("finished_at", _TS),

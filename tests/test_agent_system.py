@@ -11,7 +11,8 @@ import pytest
 from agents import system
 
 SNAPSHOT_KEYS = {
-    "time", "load1", "load5", "load15", "procs_running", "busy_pct", "mem_total_mb", "mem_available_mb",
+    "time", "load1", "load5", "load15", "procs_running", "busy_pct", "busy_pct_own_cpus", "mem_total_mb",
+    "mem_available_mb",
     "cpu_freq_mhz", "cpu_freq_min_mhz", "cpu_freq_max_mhz", "cpu_freq_mhz_cores", "governor", "temp_c", "throttled",
 }
 

@@ -57,6 +57,11 @@ PROFILE_CASES = {
     "env value with NUL": ('env = { A = "x\\u0000y" }\n', "env.A"),
     "NUL in python": ('python = "/usr/bin/python3\\u0000 -c evil"\n', "python"),
     "huge threads": ('threads = 100000000000\n', "threads"),
+    "zero rounds": ('[timing]\nrounds = 0\n', "timing.rounds"),
+    "negative re-measure budget": ('[timing]\nremeasure_max = -1\n', "timing.remeasure_max"),
+    "zero far threshold": ('[timing]\nremeasure_far_pct = 0\n', "timing.remeasure_far_pct"),
+    "busy above 100%": ('[timing]\nremeasure_busy_pct = 150\n', "timing.remeasure_busy_pct"),
+    "fresh_worker not a boolean": ('[timing]\nfresh_worker = 1\n', "timing.fresh_worker"),
 }
 
 
