@@ -129,9 +129,12 @@ def test_devices_json_keeps_lists() -> None:
 
 def test_predictor_info_and_predict_json(tmp_path: Path) -> None:
     info = json.loads(hwlat("predictor", "info", "--json").stdout)  # the bundled model
-    assert set(info["spaces"]) == {"nb201", "fbnet"} and info["bytes"] > 0 and info["fingerprint"]
+    assert set(info["spaces"]) == {"nb201", "fbnet", "ofa", "autoformer"} and info["bytes"] > 0 and info["fingerprint"]
     devices = info["spaces"]["nb201"]["pretrained"]
-    assert devices and info["spaces"]["nb201"]["transferred"] == []
+    assert "epyc2c-ort-t1" in devices and info["spaces"]["nb201"]["transferred"] == []
+    for space in ("fbnet", "ofa", "autoformer"):
+        assert "epyc2c-ort-t1" in info["spaces"][space]["pretrained"]
+    devices = ["epyc2c-ort-t1"]
     assert devices[0] in hwlat("predictor", "info").stdout
     archs = tmp_path / "archs.txt"
     archs.write_text("\n".join(ARCHS) + "\n")
