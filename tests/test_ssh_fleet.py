@@ -36,8 +36,10 @@ from harness.transport.ssh import SSHTransport
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"warmup_min_runs": 2, "warmup_min_s": 0.0, "min_runs": 5, "min_time_s": 0.0, "max_runs": 20,
         "max_time_s": 1.0}
-#: Long enough per model that a fault can be injected while the campaign is running.
-SLOW = {**FAST, "min_time_s": 0.6, "max_runs": 100000, "max_time_s": 0.8}
+#: Long enough per model that a fault can be injected while the campaign is running. One round per model and no
+#: re-measures: these tests count agent runs and results of one pass (the rounds protocol's passes over SSH are
+#: the loopback tests' FAST profiles).
+SLOW = {**FAST, "min_time_s": 0.6, "max_runs": 100000, "max_time_s": 0.8, "rounds": 1, "remeasure_max": 0}
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 
@@ -303,7 +305,8 @@ def test_segfault_and_hang_are_typed_failures_rest_measured(server: SSHServer, t
     conv_model(models / "e_ok.onnx", 16)
     workdir = tmp_path / "work"
     # The .so lives on this machine, which is the device; on a board it is a path on the board.
-    profile = server.profile(tmp_path / "p.toml", "crashy", workdir, timing=FAST, timeouts={"model_s": 8.0},
+    profile = server.profile(tmp_path / "p.toml", "crashy", workdir, timing={**FAST, "rounds": 1},  # one agent run
+                             timeouts={"model_s": 8.0},
                              custom_op_libraries=[str(lib)])
     out = tmp_path / "ds"
     run = hwlat("measure", "--device", str(profile), "--models", str(models), "--out", str(out))
