@@ -46,11 +46,6 @@ pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("export-cache")
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[SSHServer]:
     try:

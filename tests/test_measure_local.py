@@ -30,12 +30,6 @@ def hwlat(*args: str, cache: Path | None = None, check_rc: int | None = 0,
     return proc
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One export cache for the module: the same archs are exported once, as users get it."""
-    return tmp_path_factory.mktemp("export-cache")
-
-
 def test_contract_five_ok_rows_then_nothing_new(tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "ds"
     hwlat("measure", "--device", "local", "--space", "nb201", "--count", "5", "--seed", "1", "--out", str(out),

@@ -5,18 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from profiles import fast_profile
 from test_measure_local import hwlat
 
 from harness.store import read_dataset
 
 EXAMPLE_SPEC = "docs/examples/my_space.py:TinyConvSpace"
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("export-cache")
 
 
 def measure(tmp_path: Path, cache: Path, space: str, *extra: str) -> list[dict]:

@@ -130,11 +130,6 @@ def _profile(tmp_path: Path, **timing: float) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("export-cache")
-
-
 def test_multi_round_rows_carry_every_round_and_a_drift_corrected_latency(tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "ds"
     profile = _profile(tmp_path, rounds=3, remeasure_max=0)

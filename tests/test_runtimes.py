@@ -37,11 +37,6 @@ def profile(tmp_path: Path, runtime: str, extra: str = "", name: str = "") -> Pa
     return fast_profile(tmp_path, name or f"fast-{runtime}", extra=f'runtime = "{runtime}"\n{extra}')
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("export-cache")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("runtime", "extra", "fmt", "provider"), [
     ("openvino", 'device = "CPU"\nprecision_hint = "f32"', "onnx", "CPU:f32"),

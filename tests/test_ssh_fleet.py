@@ -43,12 +43,6 @@ SLOW = {**FAST, "min_time_s": 0.6, "max_runs": 100000, "max_time_s": 0.8, "round
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One export cache for the module, so each arch is exported once."""
-    return tmp_path_factory.mktemp("export-cache")
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[SSHServer]:
     try:
