@@ -2,6 +2,7 @@
 
     python benchmarks/retest.py [--device local|PROFILE] [--count 200] [--cpu 1] [--config default|ort2-noopt]
                                 [--ssh] [--no-load] [--load-seed 0] [--timeit-count 30] [--json OUT.json]
+                                [--keep DIR]
     python benchmarks/retest.py --worker-experiment 8 [--rounds 4] [--cpu 1]
 
 One invocation runs, over the same NB201 archs, two separate campaigns (two sessions, two agent runs, two
@@ -231,12 +232,16 @@ def main() -> int:
     parser.add_argument("--worker-experiment", type=int, default=0, metavar="N")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per model in --worker-experiment")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", type=Path, help="copy the four campaigns' datasets here before cleaning up")
     args = parser.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, args.cpu)  # inherited by the load generator; the agent gets cpu_affinity
     work = Path(tempfile.mkdtemp(prefix="hwlat-retest-"))
     try:
         figures = worker_experiment(args, work) if args.worker_experiment else retest(args, work)
+        if args.keep:
+            for campaign in sorted(work.glob("*-[12]")):
+                shutil.copytree(campaign, args.keep / campaign.name)
         print(json.dumps(figures, indent=1))
         if args.json:
             args.json.write_text(json.dumps(figures, indent=1))
