@@ -44,11 +44,11 @@ class TimingConfig:
     """
 
     warmup_min_runs: int = 10
-    warmup_min_s: float = 0.1
+    warmup_min_s: float = 0.035
     warmup_max_runs: int = 1000
     min_runs: int = 10
     min_time_s: float = 0.5
-    max_runs: int = 2000
+    max_runs: int = 667
     max_time_s: float = 3.4
     ci_rel_target: float = 0.01
     unstable_cv: float = 0.10

@@ -63,7 +63,8 @@ from harness.store import read_dataset
 from harness.transport.local import reserve_machine
 
 #: The old protocol: one session per model with the timed budget of before rounds existed.
-OLD_TIMING = {"rounds": 1, "min_runs": 30, "min_time_s": 1.5, "max_time_s": 10.0, "remeasure_max": 0}
+OLD_TIMING = {"rounds": 1, "min_runs": 30, "min_time_s": 1.5, "max_time_s": 10.0, "max_runs": 2000,
+              "warmup_min_s": 0.1, "remeasure_max": 0}
 #: Columns compared for each protocol: the row's latency and the alternatives it carries.
 ESTIMATORS = ("latency_ms", "pooled_median_ms", "latency_corrected_ms")
 
