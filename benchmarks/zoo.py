@@ -298,22 +298,14 @@ def transfer_picks(zoo: ZooData, family: str, n: int, seed: int) -> list[int]:
 
 def copy_best_source(zoo: ZooData, target: int, picks: list[int], held: list[int]
                      ) -> tuple[np.ndarray, np.ndarray, str]:
-    """The baseline: the other configuration whose latencies rank ``picks`` most like the target's (ties: the
-    one that fits them best once scaled), scaled by the geometric-mean ratio on ``picks``; std = rms log
-    residual there. Returns (ms, log_std, source)."""
-    from scipy.stats import spearmanr
+    """The baseline (``predictor.bench.copy_best_source``) over the other configurations. Returns (ms,
+    log_std, source)."""
+    from predictor.bench import copy_best_source as bench_copy_best_source
 
-    y = np.log(zoo.lat[picks, target])
-    fits = []
-    for c in range(len(zoo.configs)):
-        if c == target:
-            continue
-        rho = spearmanr(zoo.lat[picks, c], y)[0]
-        offset = float(np.mean(y - np.log(zoo.lat[picks, c])))
-        rms = float(np.sqrt(np.mean((y - np.log(zoo.lat[picks, c]) - offset) ** 2)))
-        fits.append((-np.inf if np.isnan(rho) else rho, -rms, c, offset))
-    _rho, neg_rms, best, offset = max(fits)
-    return zoo.lat[held, best] * np.exp(offset), np.full(len(held), -neg_rms), zoo.configs[best]
+    others = [c for c in range(len(zoo.configs)) if c != target]
+    ms, std, best = bench_copy_best_source(zoo.lat[picks, target], zoo.lat[np.ix_(picks, others)],
+                                           zoo.lat[np.ix_(held, others)])
+    return ms, std, zoo.configs[others[best]]
 
 
 def flops_fit(zoo: ZooData, target: int, picks: list[int], held: list[int]) -> tuple[np.ndarray, np.ndarray]:

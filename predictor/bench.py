@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy.stats import kendalltau, spearmanr
 
 from agents.errors import UsageError
@@ -131,6 +132,25 @@ def score(pred_ms: np.ndarray, true_ms: np.ndarray, log_std: np.ndarray, degener
     return out
 
 
+def copy_best_source(picks_ms: np.ndarray, sources_picks_ms: np.ndarray, sources_held_ms: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, int]:
+    """The copy-best-source baseline, chosen on the N measured picks only (no held-out data): of the source
+    columns, the one whose latencies rank the target's ``picks_ms`` best (Spearman; ties: the smaller rms log
+    residual once scaled), scaled by the geometric-mean ratio on the picks; std = that rms log residual.
+    ``sources_*_ms`` are (archs, sources) on the picks and on the held-out archs. Returns (held-out ms, log
+    std per held-out arch, index of the chosen source)."""
+    y = np.log(picks_ms)
+    fits = []
+    for c in range(sources_picks_ms.shape[1]):
+        x = np.log(sources_picks_ms[:, c])
+        rho = spearmanr(x, y)[0]
+        offset = float(np.mean(y - x))
+        rms = float(np.sqrt(np.mean((y - x - offset) ** 2)))
+        fits.append((-np.inf if np.isnan(rho) else rho, -rms, c, offset))
+    _rho, neg_rms, best, offset = max(fits)
+    return sources_held_ms[:, best] * np.exp(offset), np.full(len(sources_held_ms), -neg_rms), best
+
+
 def _mean(values: list) -> float | None:
     """Mean of the values that exist (None where none do)."""
     have = [v for v in values if v is not None]
@@ -157,16 +177,31 @@ def run_task_seed_variants(table: LatencyTable, task: Task, seed: int, samples: 
     model = pretrain_protocol(table, space, list(task.train_devices), cfg, progress)
     out: dict[str, dict[str, dict[str, float | None]]] = {label: {} for label in variants}
     for name in task.test_devices:
-        s = table.device_series(space, name)
-        picks = sample(sampler, space, list(s.index), samples, seed=seed, model=model)
-        rest = s.drop(index=picks)
-        degenerate = get_encoder(space).degenerate(list(rest.index))
-        for label, tcfg in variants.items():
-            target = f"{name}@target{'-' + label if label else ''}"
-            transfer(model, target, picks, s.loc[picks].to_numpy(), tcfg, seed=seed)
-            log_ms, log_std = model.predict(list(rest.index), target)
-            out[label][name] = score(np.exp(log_ms), rest.to_numpy(), log_std, degenerate)
+        _picks, by_label = transfer_and_score(model, table.device_series(space, name), samples, sampler, seed,
+                                              variants, f"{name}@target")
+        for label, metrics in by_label.items():
+            out[label][name] = metrics
     return out
+
+
+def transfer_and_score(model: SpaceModel, series: pd.Series, samples: int, sampler: str, seed: int,
+                       variants: dict[str, TransferConfig], prefix: str
+                       ) -> tuple[list[str], dict[str, dict[str, float | None]]]:
+    """The protocol's step on one target device (its latencies ``series``, ms by arch): pick ``samples`` archs
+    with ``sampler``, transfer ``model`` once per variant from the same picks (as device ``prefix-label``, or
+    ``prefix`` for the label ""), and score each on every other arch. Returns (picks, {variant: metrics}), the
+    picks so that a caller can score a baseline on the same split."""
+    space = model.space
+    picks = sample(sampler, space, list(series.index), samples, seed=seed, model=model)
+    rest = series.drop(index=picks)
+    degenerate = get_encoder(space).degenerate(list(rest.index))
+    out: dict[str, dict[str, float | None]] = {}
+    for label, tcfg in variants.items():
+        target = f"{prefix}{'-' + label if label else ''}"
+        transfer(model, target, picks, series.loc[picks].to_numpy(), tcfg, seed=seed)
+        log_ms, log_std = model.predict(list(rest.index), target)
+        out[label] = score(np.exp(log_ms), rest.to_numpy(), log_std, degenerate)
+    return picks, out
 
 
 def run_bench(table: LatencyTable, tasks: list[Task], samples: int, seeds: int, sampler: str,
