@@ -54,11 +54,11 @@ def export_pte(model: Any, sample: Any, path: Path) -> None:
     ExecuTorch's portable kernels (the agent reports which: ``XnnpackBackend+portable``).
 
     Lowered with ``to_edge`` + ``to_backend`` rather than ``to_edge_transform_and_lower``, told up front
-    which operators the partitioner keeps whole: the same program byte for byte, ~1.4x faster
+    which operators the partitioner keeps whole: the same program byte for byte, ~1.6x faster
     (docs/benchmarks.md, "ExecuTorch export cost"). ``to_edge_transform_and_lower`` decomposes the
     graph three times (once to functionalize, once keeping every operator XNNPACK might take whole,
-    once more after asking the partitioner which of those it really takes); each is a full retrace
-    costing a fifth of the lowering. Asking the partitioner first, on the exported graph, lets one
+    once more after asking the partitioner which of those it really takes), each a full retrace, ~40 %
+    of the lowering together. Asking the partitioner first, on the exported graph, lets one
     decomposition do all three. A graph where the partitioner takes some calls of an operator and
     not others cannot be decomposed in one go, and goes the long way.
     """
