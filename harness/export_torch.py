@@ -8,7 +8,10 @@ byte-for-byte reproducible here (torch 2.13, executorch 1.5), so the content add
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +51,63 @@ def export_pt2(model: Any, sample: Any, path: Path) -> None:
 
 def export_pte(model: Any, sample: Any, path: Path) -> None:
     """ExecuTorch program: every operator XNNPACK supports is delegated to it, the rest run on
-    ExecuTorch's portable kernels (the agent reports which: ``XnnpackBackend+portable``)."""
+    ExecuTorch's portable kernels (the agent reports which: ``XnnpackBackend+portable``).
+
+    Lowered with ``to_edge`` + ``to_backend`` rather than ``to_edge_transform_and_lower``, told up front
+    which operators the partitioner keeps whole: the same program byte for byte, ~1.6x faster
+    (docs/benchmarks.md, "ExecuTorch export cost"). ``to_edge_transform_and_lower`` decomposes the
+    graph three times (once to functionalize, once keeping every operator XNNPACK might take whole,
+    once more after asking the partitioner which of those it really takes), each a full retrace, ~40 %
+    of the lowering together. Asking the partitioner first, on the exported graph, lets one
+    decomposition do all three. A graph where the partitioner takes some calls of an operator and
+    not others cannot be decomposed in one go, and goes the long way.
+    """
     try:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
+        from executorch.exir import EdgeCompileConfig, to_edge, to_edge_transform_and_lower
     except ImportError:
         raise UsageError("ExecuTorch export needs executorch: pip install 'hwlat[executorch]'") from None
-    with warnings.catch_warnings():
+    program = _exported(model, sample)
+    partitioner = XnnpackPartitioner()
+    kept = xnnpack_kept_ops(partitioner, program)
+    with warnings.catch_warnings(), _quiet_partitioner():
         warnings.simplefilter("ignore")
-        program = to_edge_transform_and_lower(_exported(model, sample), partitioner=[XnnpackPartitioner()])
-        path.write_bytes(program.to_executorch().buffer)
+        if kept is None:
+            lowered = to_edge_transform_and_lower(program, partitioner=[partitioner])
+        else:
+            # No IR validity check: it re-verifies every node after each step and changes nothing
+            # in the program (the to_edge_transform_and_lower path keeps it as the reference).
+            config = EdgeCompileConfig(preserve_ops=kept, _check_ir_validity=False)
+            lowered = to_edge(program, compile_config=config).to_backend(partitioner)
+        path.write_bytes(lowered.to_executorch().buffer)
+
+
+def xnnpack_kept_ops(partitioner: Any, program: Any) -> list[Any] | None:
+    """The operators ``partitioner`` keeps from decomposition in ``program`` (those it takes whole,
+    like ``aten.linear``): what ``to_edge_transform_and_lower`` works out with two extra
+    decompositions. None when it takes some calls of an operator and rejects others (only the long
+    way handles that)."""
+    ops, check = partitioner.ops_to_not_decompose(program)
+    verdicts: dict[Any, set[bool]] = {}
+    for node in program.graph.nodes:
+        if node.op == "call_function" and node.target in ops:
+            verdicts.setdefault(node.target, set()).add(bool(check(node)) if check else True)
+    if any(len(v) > 1 for v in verdicts.values()):
+        return None
+    return [op for op, v in verdicts.items() if v == {True}]
+
+
+@contextlib.contextmanager
+def _quiet_partitioner() -> Iterator[None]:
+    """Drop the XNNPACK partitioner's "deprecated to_edge() + to_backend() workflow" warning, logged once
+    per model: ``export_pte`` passes it the operators to keep itself, which is what the warning is about."""
+    logger = logging.getLogger("executorch.backends.xnnpack.partition.xnnpack_partitioner")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "to_edge() + to_backend()" not in record.getMessage()
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)

@@ -67,3 +67,56 @@ def test_openvino_on_the_onnx_export_matches_torch(tmp_path, space_name: str) ->
     compiled = ov.Core().compile_model(art.path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     out = compiled.create_infer_request().infer({"input": x})
     np.testing.assert_allclose(next(iter(out.values())), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_pte_export_is_byte_identical_to_the_one_call_lowering(tmp_path) -> None:
+    """``export_pte`` lowers with ``to_edge`` + ``to_backend`` (faster); the program must stay the one
+    ``to_edge_transform_and_lower`` writes, byte for byte."""
+    pytest.importorskip("executorch.exir")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from harness.export_torch import _exported, export_pte
+
+    space = get_space("nb201")
+    arch, x, _ = reference("nb201")
+    model = space.build(arch)
+    export_pte(model, torch.from_numpy(x), tmp_path / "new.pte")
+    one_call = to_edge_transform_and_lower(_exported(model, torch.from_numpy(x)), partitioner=[XnnpackPartitioner()])
+    assert (tmp_path / "new.pte").read_bytes() == one_call.to_executorch().buffer
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+class _MixedLinear(_Linear):
+    """Two linears: XNNPACK takes the one with a weight parameter whole, not the one whose weight is the input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(self.fc(x), x)
+
+
+@pytest.mark.parametrize(("module", "kept"), [(_Linear, ["aten.linear.default"]), (_MixedLinear, None)])
+def test_pte_kept_ops_and_the_mixed_fallback(tmp_path, module: type, kept: list[str] | None) -> None:
+    """The operators XNNPACK keeps whole are found before lowering; a graph where it keeps some calls of an
+    operator and rejects others goes the one-call way. Both programs give torch's output."""
+    pytest.importorskip("executorch.exir")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.runtime import Runtime, Verification
+
+    from harness.export_torch import _exported, export_pte, xnnpack_kept_ops
+
+    model, x = module().eval(), torch.randn(8, 8)
+    found = xnnpack_kept_ops(XnnpackPartitioner(), _exported(model, x))
+    assert (found if found is None else [str(op) for op in found]) == kept
+    export_pte(model, x, tmp_path / "m.pte")
+    method = Runtime.get().load_program(str(tmp_path / "m.pte"), verification=Verification.Minimal)
+    (out,) = method.load_method("forward").execute([x])
+    with torch.no_grad():
+        np.testing.assert_allclose(out.numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
