@@ -60,7 +60,8 @@ TOP_MOVED = 5
 
 #: The quantile of the reference's latencies that normalized latencies are put on (see the module docstring).
 BASELINE_QUANTILE = 10
-_ROUND_COLUMNS = ("ref_model_sha256", "round_medians_ms", "round_kept", "round_ref_ms")
+_ROUND_COLUMNS = ("ref_model_sha256", "round_medians_ms", "round_kept", "round_ref_ms", "round_drift_factor",
+                  "round_session_ids", "ref_latency_ms", "ref_drift_pct")
 
 
 def _rows(path: Path) -> pd.DataFrame:
@@ -69,12 +70,28 @@ def _rows(path: Path) -> pd.DataFrame:
     need = {*KEY, "arch", "status", "latency_ms"}
     if not need <= set(table.column_names):
         raise UsageError(f"{path} is not an hwlat dataset (missing columns {sorted(need - set(table.column_names))})")
-    df = table.select(sorted(need | (set(_ROUND_COLUMNS) & set(table.column_names)))).to_pandas()
-    for column in _ROUND_COLUMNS:
+    optional = {"session_id", *_ROUND_COLUMNS}
+    df = table.select(sorted(need | (optional & set(table.column_names)))).to_pandas()
+    for column in optional:
         if column not in df:
             df[column] = None
     df = df[df["status"].astype(str).isin(USABLE_STATUSES) & (df["latency_ms"] > 0)]
-    return df.astype({"device": str})
+    df = df.astype({"device": str})
+    return df.assign(round_ref_ms=[_round_ref(row) for row in df.itertuples()])
+
+
+def _round_ref(row: Any) -> Any:
+    """The row's ``round_ref_ms``; for rows written before that column existed (2026-11-26), rebuilt as each
+    round's drift factor times its session's first reference latency, which the row's ``ref_*`` columns give
+    (``ref_latency_ms / (1 + ref_drift_pct / 100)``) when every round is of the row's own session."""
+    if row.round_ref_ms is not None:
+        return row.round_ref_ms
+    factors, sessions = row.round_drift_factor, row.round_session_ids
+    if factors is None or sessions is None or row.ref_latency_ms is None or pd.isna(row.ref_drift_pct) \
+            or set(sessions) != {row.session_id}:
+        return None
+    first = row.ref_latency_ms / (1.0 + row.ref_drift_pct / 100.0)
+    return [f * first if f else None for f in factors]
 
 
 def _latencies(df: pd.DataFrame, column: str = "latency_ms") -> pd.DataFrame:

@@ -69,9 +69,11 @@ def test_too_few_matches_is_one_line_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "need at least 3" in proc.stderr
 
 
-def _rounds_dataset(root: Path, cfg: str, refs: list[float], follows: bool) -> Path:
+def _rounds_dataset(root: Path, cfg: str, refs: list[float], follows: bool, legacy: bool = False) -> Path:
     """Four models of true latency 1-4 ms, one round per entry of ``refs`` (the drift reference's latency then):
-    a round's median is the true latency times the reference's slowdown if ``follows``, else the true latency."""
+    a round's median is the true latency times the reference's slowdown if ``follows``, else the true latency.
+    ``legacy``: rows as written before ``round_ref_ms`` existed (drift factors against a first reference of
+    0.8 ms, and the latest reference state in ``ref_latency_ms`` / ``ref_drift_pct``)."""
     store = DatasetStore(root)
     store.ensure_writable()
     rows = []
@@ -80,7 +82,8 @@ def _rounds_dataset(root: Path, cfg: str, refs: list[float], follows: bool) -> P
         rows.append({"schema_version": 1, "row_id": f"m{k}", "session_id": "s1", "arch": f"m{k}", "config_id": cfg,
                      "model_sha256": f"sha-m{k}", "status": "ok", "latency_ms": float(np.median(medians)),
                      "ref_model_sha256": "sha-ref", "round_medians_ms": medians, "round_kept": [True] * len(refs),
-                     "round_ref_ms": refs})
+                     **({"round_drift_factor": [ref / 0.8 for ref in refs], "round_session_ids": ["s1"] * len(refs),
+                         "ref_latency_ms": 1.2, "ref_drift_pct": 50.0} if legacy else {"round_ref_ms": refs})})
     store.append("dev", "onnx", "s1", rows)
     return root
 
@@ -109,6 +112,11 @@ def test_normalized_to_the_drift_reference_by_hand(tmp_path: Path) -> None:
     r = compare(c, d)
     assert r["reference"]["baselines"][0]["beta"] == pytest.approx(0.0)
     assert r["normalized"]["median_abs_rel_diff"] == pytest.approx(0.0, abs=1e-12)
-    # rows without round reference data (written before round_ref_ms existed): no normalized figures
+    # rows written before round_ref_ms existed: rebuilt from the drift factors, the same figures
+    legacy = compare(_rounds_dataset(tmp_path / "la", "c", [1.0, 1.1], follows=True, legacy=True),
+                     _rounds_dataset(tmp_path / "lb", "c", [1.5, 1.2], follows=True, legacy=True))
+    assert legacy["reference"]["baselines"][0]["baseline_ms"] == pytest.approx(1.0)
+    assert legacy["normalized"]["median_abs_rel_diff"] == pytest.approx(0.0, abs=1e-12)
+    # rows without any round reference data: no normalized figures
     e = _dataset(tmp_path / "e", [("m1", "c", 1.0, "ok"), ("m2", "c", 2.0, "ok"), ("m3", "c", 3.0, "ok")])
     assert compare(e, e)["normalized"] is None
