@@ -189,7 +189,7 @@ def export_entry(entry: Entry, out: Path) -> dict[str, Any]:
         onnx.checker.check_model(model)
         sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
         # UsageError (and the file is not kept) if the encoder cannot read it; its FLOPs/params are the ones the
-        # predictor sees (plain ONNX shape inference misses shapes behind ShuffleNet's computed Reshapes)
+        # predictor sees (and the ones `hwlat measure --models` writes: the same counter)
         graph = encode_model(model, sha, label=entry.name)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         session.run(None, {INPUT_NAME: sample.numpy()})
