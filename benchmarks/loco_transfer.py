@@ -88,7 +88,8 @@ def run(data: list[str], space: str, samples: list[int], seeds: int, devices: li
         for seed in range(seeds):
             model = pretrain_protocol(table, space, sources, TrainConfig(seed=seed))
             for n in samples:
-                picks, by_label = transfer_and_score(model, s, n, "default", seed, VARIANTS, f"{target}@{n}-{seed}")
+                picks, by_label = transfer_and_score(model, s, n, "default", seed, VARIANTS, f"{target}@{n}-{seed}",
+                                                     degenerate=degenerate_all)
                 for label, metrics in by_label.items():
                     for m, v in metrics.items():
                         per[label][n][m].append(v)

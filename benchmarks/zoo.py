@@ -54,6 +54,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/zoo.py` from the repo root i
 
 from agents.errors import UsageError  # noqa: E402
 from agents.files import atomic_path, atomic_write  # noqa: E402
+from predictor.bench import copy_best_source as bench_copy_best_source  # noqa: E402
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -189,7 +190,7 @@ def export_entry(entry: Entry, out: Path) -> dict[str, Any]:
         onnx.checker.check_model(model)
         sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
         # UsageError (and the file is not kept) if the encoder cannot read it; its FLOPs/params are the ones the
-        # predictor sees (plain ONNX shape inference misses shapes behind ShuffleNet's computed Reshapes)
+        # predictor sees (and the ones `hwlat measure --models` writes: the same counter)
         graph = encode_model(model, sha, label=entry.name)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         session.run(None, {INPUT_NAME: sample.numpy()})
@@ -300,8 +301,6 @@ def copy_best_source(zoo: ZooData, target: int, picks: list[int], held: list[int
                      ) -> tuple[np.ndarray, np.ndarray, str]:
     """The baseline (``predictor.bench.copy_best_source``) over the other configurations. Returns (ms,
     log_std, source)."""
-    from predictor.bench import copy_best_source as bench_copy_best_source
-
     others = [c for c in range(len(zoo.configs)) if c != target]
     ms, std, best = bench_copy_best_source(zoo.lat[picks, target], zoo.lat[np.ix_(picks, others)],
                                            zoo.lat[np.ix_(held, others)])

@@ -5,8 +5,9 @@ sha256 of its bytes, input shapes from the graph inputs and, where shapes allow 
 parameters computed from the graph (same definitions as the exporter, see docs/spaces.md):
 
 - ``params``: elements of all initializers (after export, BatchNorm is usually folded into convs).
-- ``flops``: 2 x multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul nodes; None when a
-  needed shape cannot be inferred.
+- ``flops``: 2 x multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul nodes; None (with a warning)
+  when a needed shape cannot be inferred or an operator multiply-accumulates without a counting rule
+  (``hwlat.spaces.graph.model_flops``).
 
 Dynamic input dimensions (``batch``, ``N``, ``seq``, ...) must be given a size: ``--input-shape
 NAME=1x3x224x224`` fixes a whole input, ``--batch`` a dynamic first dimension and ``--resolution`` dynamic
@@ -20,19 +21,20 @@ fixed dimensions contradict are refused too, never ignored. The sizes chosen are
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
-from onnx import shape_inference
 
 from agents.errors import UsageError
 from harness.records import ModelArtifact
 from hwlat.spaces import one_line
-from hwlat.spaces.graph import graph_input_shapes
+from hwlat.spaces.graph import model_flops
 
 SPACE_NAME = "onnx"
+log = logging.getLogger("hwlat")
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ def read_model(path: str | Path, request: ShapeRequest | None = None) -> ModelAr
         feed_shapes=shapes,
         batch=first[0] if first else 1,
         resolution=first[-1] if len(first) == 4 else 0,
-        flops=onnx_flops(model, shapes),
+        flops=onnx_flops(model, shapes, label=path.name),
         params=onnx_params(model),
         opset=_default_opset(model),
     )
@@ -188,72 +190,16 @@ def onnx_params(model: onnx.ModelProto) -> int:
     return sum(math.prod(init.dims) for init in model.graph.initializer)
 
 
-def onnx_flops(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> int | None:
-    """2 x MACs of Conv/ConvTranspose/Gemm/MatMul nodes, or None when a shape is unknown.
-
-    ``input_shapes`` (dynamic dims already fixed) replace the graph's input dims before shape
-    inference; by default they come from ``graph_input_shapes``.
-    """
-    if input_shapes is None:
-        input_shapes = graph_input_shapes(model)[0]
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    for inp in fixed.graph.input:
-        if inp.name in input_shapes:
-            for dim, value in zip(inp.type.tensor_type.shape.dim, input_shapes[inp.name], strict=False):
-                dim.Clear()
-                dim.dim_value = value
+def onnx_flops(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None,
+               label: str = "model") -> int | None:
+    """2 x MACs of Conv/ConvTranspose/Gemm/MatMul nodes at ``input_shapes`` (dynamic dims already fixed;
+    default ``graph_input_shapes``), or None -- with a warning naming ``label`` and why -- when they cannot
+    be counted (``hwlat.spaces.graph.model_flops``, the one counter the graph encoder uses too)."""
     try:
-        inferred = shape_inference.infer_shapes(fixed)
-    except Exception:
+        return model_flops(model, input_shapes)
+    except ValueError as exc:
+        log.warning("%s: flops not counted: %s", label, exc)
         return None
-    shapes = {init.name: list(init.dims) for init in inferred.graph.initializer}
-    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        dims = vi.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            shapes[vi.name] = [d.dim_value for d in dims]
-    macs = 0
-    for node in inferred.graph.node:
-        counter = _MAC_COUNTERS.get(node.op_type)
-        if counter is None:
-            continue
-        try:
-            macs += counter(node, shapes)
-        except (KeyError, IndexError, ValueError):
-            return None
-    return 2 * macs
-
-
-def _conv_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int:
-    # weight [M, C/group, k...]; output [N, M, spatial...]: each output element does C/group*k MACs.
-    weight, out = shapes[node.input[1]], shapes[node.output[0]]
-    return math.prod(out) * math.prod(weight[1:])
-
-
-def _conv_transpose_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int:
-    # weight [C, M/group, k...]; every input element is scattered through M/group * k MACs.
-    weight, inp = shapes[node.input[1]], shapes[node.input[0]]
-    return math.prod(inp) * math.prod(weight[1:])
-
-
-def _gemm_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int:
-    a = shapes[node.input[0]]
-    trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
-    k = a[0] if trans_a else a[1]
-    return math.prod(shapes[node.output[0]]) * k
-
-
-def _matmul_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int:
-    a = shapes[node.input[0]]
-    return math.prod(shapes[node.output[0]]) * a[-1]
-
-
-_MAC_COUNTERS = {
-    "Conv": _conv_macs,
-    "ConvTranspose": _conv_transpose_macs,
-    "Gemm": _gemm_macs,
-    "MatMul": _matmul_macs,
-}
 
 
 def _default_opset(model: onnx.ModelProto) -> int | None:

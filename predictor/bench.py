@@ -185,16 +185,18 @@ def run_task_seed_variants(table: LatencyTable, task: Task, seed: int, samples: 
 
 
 def transfer_and_score(model: SpaceModel, series: pd.Series, samples: int, sampler: str, seed: int,
-                       variants: dict[str, TransferConfig], prefix: str
+                       variants: dict[str, TransferConfig], prefix: str, degenerate: pd.Series | None = None
                        ) -> tuple[list[str], dict[str, dict[str, float | None]]]:
     """The protocol's step on one target device (its latencies ``series``, ms by arch): pick ``samples`` archs
     with ``sampler``, transfer ``model`` once per variant from the same picks (as device ``prefix-label``, or
     ``prefix`` for the label ""), and score each on every other arch. Returns (picks, {variant: metrics}), the
-    picks so that a caller can score a baseline on the same split."""
+    picks so that a caller can score a baseline on the same split. ``degenerate``: the space's flags of the
+    series' archs (bool, indexed like ``series``) when the caller has them already, else they are computed."""
     space = model.space
     picks = sample(sampler, space, list(series.index), samples, seed=seed, model=model)
     rest = series.drop(index=picks)
-    degenerate = get_encoder(space).degenerate(list(rest.index))
+    degenerate = (get_encoder(space).degenerate(list(rest.index)) if degenerate is None
+                  else degenerate.loc[rest.index].to_numpy())
     out: dict[str, dict[str, float | None]] = {}
     for label, tcfg in variants.items():
         target = f"{prefix}{'-' + label if label else ''}"

@@ -35,6 +35,8 @@ from .encode import (
 )
 
 REQUIRED = ("search_space", "arch", "device", "latency_ms")
+#: the input size a row was measured at (harness rows have them; a table without them was measured at the default)
+SIZE = ("batch", "resolution")
 #: Latencies outside this range are refused (ms): 1 ns is below any timer, 10^7 ms (2.8 h) above any timed
 #: network. Beyond them a value is a unit or data error, and near 1e308 it overflows the means and cost
 #: models to inf (and the training to NaN).
@@ -124,11 +126,11 @@ def load_table(paths: Sequence[str | Path], spaces: Collection[str] | None = Non
             raise UsageError(f"{p}: missing column(s) {', '.join(missing)} (need {', '.join(REQUIRED)})")
         if "status" in df.columns:
             df = df[df["status"].astype(str).isin(USABLE_STATUSES)]
-        df = df[[*REQUIRED, *(["model_sha256"] if "model_sha256" in df.columns else [])]].copy()
+        df = df[[*REQUIRED, *(c for c in ("model_sha256", *SIZE) if c in df.columns)]].copy()
         df["search_space"] = df["search_space"].astype(str)
         if spaces is not None:
             df = df[df["search_space"].map(_space_keys(df)).isin(set(spaces))]
-        frames.append(_graph_rows(df, Path(p))[list(REQUIRED)])
+        frames.append(_sized_rows(_graph_rows(df, Path(p)))[list(REQUIRED)])
     return reduce_frame(pd.concat(frames, ignore_index=True))
 
 
@@ -165,6 +167,32 @@ def _graph_rows(df: pd.DataFrame, path: Path) -> pd.DataFrame:
         register_graph_space(name)
     df = df.copy()
     df.loc[graph, "arch"] = df.loc[graph, "model_sha256"].astype(str)
+    return df
+
+
+def _sized_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Key the rows of traced spaces by what their encoder names the measured network
+    (``TracedEncoder.measured_keys``): the arch string at the size it names, else the model's sha256, traced at
+    the row's recorded batch and resolution."""
+    if not any(c in df.columns for c in SIZE):
+        return df
+    keys = df["search_space"].map(_space_keys(df))
+    traced = keys.map(lambda k: is_registered(k) and is_traced_space(k)).astype(bool)
+    if not traced.any():
+        return df
+    df = df.copy()
+
+    def column(sel: pd.Series, name: str) -> list:
+        if name not in df.columns:
+            return [None] * int(sel.sum())
+        values = df.loc[sel, name]
+        return values.astype(object).where(values.notna(), None).tolist()
+
+    for name in keys[traced].unique():
+        sel = keys == name
+        df.loc[sel, "arch"] = get_encoder(name).measured_keys(
+            df.loc[sel, "arch"].tolist(), column(sel, "batch"), column(sel, "resolution"),
+            column(sel, "model_sha256"))
     return df
 
 

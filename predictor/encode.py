@@ -442,17 +442,54 @@ class TracedEncoder(GraphEncoder):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.aliases = (name,)
+        #: rows of networks measured at another input size than their arch string names (``measured_keys``)
+        self._measured: dict[str, tuple] = {}
 
     def _space(self) -> Any:
         from hwlat.spaces import get_space
 
         return get_space(self.name)
 
+    def measured_keys(self, archs: Sequence[str], batches: Sequence[int | None],
+                      resolutions: Sequence[int | None], shas: Sequence[str | None]) -> list[str]:
+        """The key of each measured row (arch, recorded batch and resolution, ``model_sha256``): its canonical
+        arch string when that string names the network that was measured -- batch 1 at the arch's own or the
+        space's default resolution, what ``encode`` traces an arch string as -- else its ``model_sha256``,
+        whose features are traced here at the recorded batch and resolution.
+
+        Why: an arch string names one network only at one input size. A row measured with ``--batch`` or
+        ``--resolution`` is another network (its FLOPs scale with both), which must neither be encoded at
+        the default size nor averaged with the same arch's rows at other sizes. A model's sha256 is how the
+        graph-encoded spaces name a measured network already (so ``predict`` of that ONNX file finds it),
+        and rows at the default size keep their arch strings (profile pools and ``--archs`` are strings).
+        A missing batch or resolution (a published table) means the default.
+        """
+        space = self._space()
+        keys: list[str] = []
+        sized: dict[tuple[int, int], dict[str, str]] = {}  # (batch, resolution) -> {sha: canonical arch}
+        for arch, batch, res, sha in zip(archs, batches, resolutions, shas, strict=True):
+            canon = space.validate(arch)  # ArchError naming what is wrong
+            batch = 1 if _missing(batch) else int(batch)
+            res = space.resolution_for(canon, None if _missing(res) else int(res))
+            if batch == 1 and res == space.resolution_for(canon):
+                keys.append(canon)
+                continue
+            if _missing(sha) or not str(sha):
+                raise UsageError(f"{self.name} arch {arch!r} was measured at batch {batch}, resolution {res} (not "
+                                 "the size its arch string names): its row needs a model_sha256")
+            keys.append(str(sha))
+            if str(sha) not in self._measured:
+                sized.setdefault((batch, res), {})[str(sha)] = canon
+        for (batch, res), todo in sized.items():
+            rows = traced_rows(self.name, list(todo.values()), batch, res)
+            self._measured.update(zip(todo, rows, strict=True))
+        return keys
+
     def _rows(self, archs: Sequence[str]) -> list[tuple]:
         space = None
         canon: list[str | None] = []
         for a in archs:
-            if isinstance(a, str) and a in _GRAPH_FEATURES:
+            if isinstance(a, str) and (a in self._measured or a in _GRAPH_FEATURES):
                 canon.append(None)
                 continue
             space = space or self._space()
@@ -461,8 +498,8 @@ class TracedEncoder(GraphEncoder):
             canon.append(space.validate(a))  # ArchError naming what is wrong
         todo = [c for c in canon if c is not None]
         rows = iter(traced_rows(self.name, todo) if todo else [])
-        return [(*_GRAPH_FEATURES[a], None, None) if c is None else next(rows) for a, c in zip(archs, canon,
-                                                                                             strict=True)]
+        return [next(rows) if c is not None else self._measured[a] if a in self._measured
+                else (*_GRAPH_FEATURES[a], None, None) for a, c in zip(archs, canon, strict=True)]
 
     def encode_one(self, arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._rows([arch])[0][:3]
@@ -482,6 +519,11 @@ class TracedEncoder(GraphEncoder):
     def flops(self, archs: Sequence[str]) -> np.ndarray:
         """Exact FLOPs (2 x MACs) of each arch's network, from its trace."""
         return np.array([np.nan if r[3] is None else r[3] for r in self._rows(list(archs))], np.float64)
+
+
+def _missing(value: Any) -> bool:
+    """None or NaN (a Parquet null read by pandas)."""
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def _autoregister(name: str) -> Callable[[], SpaceEncoder] | None:

@@ -86,15 +86,15 @@ def _write_shard(folder: Path, keys: list[str], rows: list[Row]) -> None:
         log.warning("cannot write the traced-graph cache %s: %s", folder, exc.strerror or exc)
 
 
-def _trace_rows(ref: str, archs: list[str], batch: int) -> list[Row]:
-    """Trace canonical archs of the space ``ref`` (in this process or a worker)."""
+def _trace_rows(ref: str, archs: list[str], batch: int, resolution: int | None = None) -> list[Row]:
+    """Trace canonical archs of the space ``ref`` at one input size (in this process or a worker)."""
     import torch
 
     torch.set_num_threads(1)
     space = get_space(ref)
     rows = []
     for arch in archs:
-        enc = trace_encoding(space, arch, batch)
+        enc = trace_encoding(space, arch, batch, resolution)
         flat, nodes, adj = features(enc)
         rows.append((flat, nodes, adj, float(enc.total("flops")), float(enc.total("params"))))
     return rows
@@ -108,18 +108,18 @@ def _workers(n: int) -> int:
     return max(1, min(MAX_WORKERS, cpus, n // (PARALLEL_MIN // 2)))
 
 
-def _trace_many(space_name: str, archs: list[str], batch: int) -> list[Row]:
+def _trace_many(space_name: str, archs: list[str], batch: int, resolution: int | None) -> list[Row]:
     ref = space_ref(space_name)
     workers = _workers(len(archs)) if len(archs) >= PARALLEL_MIN else 1
     if workers == 1:
-        return _trace_rows(ref, archs, batch)
+        return _trace_rows(ref, archs, batch, resolution)
     chunks = [archs[i::workers * 4] for i in range(workers * 4)]
     ctx = multiprocessing.get_context("spawn")
     out: dict[str, Row] = {}
     try:
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            for chunk, rows in zip(chunks, pool.map(_trace_rows, [ref] * len(chunks), chunks,
-                                                    [batch] * len(chunks)), strict=True):
+            for chunk, rows in zip(chunks, pool.map(_trace_rows, [ref] * len(chunks), chunks, [batch] * len(chunks),
+                                                    [resolution] * len(chunks)), strict=True):
                 out.update(zip(chunk, rows, strict=True))
     except cf.process.BrokenProcessPool:
         raise UsageError("a graph-tracing worker process died (a script that calls the predictor needs the "
@@ -127,10 +127,11 @@ def _trace_many(space_name: str, archs: list[str], batch: int) -> list[Row]:
     return [out[a] for a in archs]
 
 
-def traced_rows(space_name: str, archs: Sequence[str], batch: int = 1) -> list[Row]:
-    """Feature rows of canonical ``archs`` of a space, from the caches or traced (and then cached)."""
+def traced_rows(space_name: str, archs: Sequence[str], batch: int = 1, resolution: int | None = None) -> list[Row]:
+    """Feature rows of canonical ``archs`` of a space built for input ``batch`` x ``resolution`` (None: each
+    arch's own or the space's default, ``SearchSpace.resolution_for``), from the caches or traced (then cached)."""
     space = get_space(space_name)
-    keys = [trace_key(space, a, batch, space.resolution_for(a)) for a in archs]
+    keys = [trace_key(space, a, batch, space.resolution_for(a, resolution)) for a in archs]
     folder = _space_dir(space.cache_identity())
     missing = [i for i, k in enumerate(keys) if k not in _ROWS]
     if missing:
@@ -138,8 +139,8 @@ def traced_rows(space_name: str, archs: Sequence[str], batch: int = 1) -> list[R
         missing = [i for i in missing if keys[i] not in _ROWS]
     if missing:
         todo = list(dict.fromkeys(archs[i] for i in missing))
-        new_keys = [trace_key(space, a, batch, space.resolution_for(a)) for a in todo]
-        rows = _trace_many(space_name, todo, batch)
+        new_keys = [trace_key(space, a, batch, space.resolution_for(a, resolution)) for a in todo]
+        rows = _trace_many(space_name, todo, batch, resolution)
         _ROWS.update(zip(new_keys, rows, strict=True))
         _write_shard(folder, new_keys, rows)
     return [_ROWS[k] for k in keys]

@@ -111,3 +111,24 @@ def test_profile_pool_predictions_and_report_for_ofa(tmp_path: Path, monkeypatch
     assert len(pred) == 40 and (pred["latency_ms"] > 0).all() and pred["flops"].notna().all()
     in_pool = set(pool) & set(measured)  # `hwlat measure --count 12` drew the pool's first archs (seed 0)
     assert in_pool and pred["measured_ms"].notna().sum() == len(in_pool) and out["report"].is_file()
+
+
+def test_rows_measured_at_another_size_are_encoded_at_that_size(tmp_path: Path) -> None:
+    """A plug-in arch measured at three input sizes is three networks: three training rows (never averaged), each
+    encoded at its recorded batch and resolution (FLOPs those of the module at that size: ~4x at twice the
+    resolution, 2x at batch 2); the row at the default size keeps its arch string."""
+    space = get_space(canonical_space(EXAMPLE_SPEC))
+    arch = "16x2,32x1,64x3"
+    sizes = [(1, 32), (1, 64), (2, 32)]
+    flops = [torch_flops_params(space.build(arch), space.sample_input(b, r))[0] for b, r in sizes]
+    assert 3.9 * flops[0] < flops[1] < 4 * flops[0] and flops[2] == 2 * flops[0]  # the head does not scale
+    frame = pd.DataFrame({"search_space": space.name, "arch": arch, "device": "cpu-a",
+                          "latency_ms": [1.0, 3.0, 2.0], "model_sha256": [f"{i}" * 64 for i in range(3)],
+                          "batch": [b for b, _ in sizes], "resolution": [r for _, r in sizes], "flops": flops})
+    frame.to_parquet(tmp_path / "rows.parquet")
+    table = load_table([tmp_path / "rows.parquet"]).df.set_index("latency_ms")
+    assert len(table) == 3 and table.loc[1.0, "arch"] == arch
+    keys = table.loc[[1.0, 3.0, 2.0], "arch"].tolist()
+    assert np.array_equal(analytic_flops(space.name, keys), flops)
+    flat = get_encoder(space.name).encode(keys).flat
+    assert len({row.tobytes() for row in flat}) == 3

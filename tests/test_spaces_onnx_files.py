@@ -100,3 +100,72 @@ def test_empty_or_missing_directory(tmp_path):
         scan_models(tmp_path)
     with pytest.raises(UsageError, match="not a directory"):
         scan_models(tmp_path / "missing")
+
+
+def _shuffle_block():
+    """ShuffleNet V2's stride-1 unit (torchvision's ``InvertedResidual``) and a linear head: ``x.chunk(2, dim=1)``,
+    1x1 / depthwise 3x3 / 1x1 convs on one half, concat, channel shuffle (view, transpose, view). Exported, the
+    chunk is Shape -> Gather -> Div -> Slice: plain ONNX shape inference knows no shape after it."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.branch = nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                                        nn.Conv2d(8, 8, 1), nn.ReLU())
+            self.head = nn.Linear(16, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, b = x.chunk(2, dim=1)
+            x = torch.cat((a, self.branch(b)), dim=1)
+            n, c, h, w = x.shape
+            x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+            return self.head(x.mean((2, 3)))
+
+    return Block().eval()
+
+
+def test_flops_counted_through_run_time_shape_arithmetic(tmp_path):
+    """The ShuffleNet case: FLOPs after a computed Slice are counted, equal to torch's count of the module."""
+    import warnings
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.export import torch_flops_params
+
+    module, x = _shuffle_block(), torch.randn(2, 16, 12, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), str(tmp_path / "shuffle.onnx"), opset_version=17, dynamo=False,
+                          do_constant_folding=True, input_names=["input"], output_names=["output"])
+    with FlopCounterMode(display=False) as counter:
+        module(x)
+    model = onnx.load(tmp_path / "shuffle.onnx")
+    assert {"Shape", "Slice", "Transpose"} <= {n.op_type for n in model.graph.node}
+    assert onnx_flops(model) == torch_flops_params(module, x)[0] == counter.get_total_flops() > 0
+    assert scan_models(tmp_path)[0].flops == counter.get_total_flops()
+
+
+def _with_node(node: onnx.NodeProto, extra: list) -> onnx.ModelProto:
+    """``_tiny_model`` with one more node reading the Gemm output ``y`` (and the initializers ``extra``)."""
+    model = _tiny_model(1)
+    model.graph.node.append(node)
+    model.graph.initializer.extend(extra)
+    del model.graph.output[:]
+    model.graph.output.extend([helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)])
+    return model
+
+
+def test_operators_without_arithmetic_count_zero_and_uncounted_ones_blank_with_a_warning(caplog):
+    base = onnx_flops(_tiny_model(1))
+    assert base == 2 * (8 * 16 * 16 * 3 * 9 + 5 * 8)
+    k = numpy_helper.from_array(np.array([2], np.int64), "k")
+    topk = helper.make_node("TopK", ["y", "k"], ["top", "idx"], name="pick")  # no graph-encoder type, no MACs
+    assert onnx_flops(_with_node(topk, [k])) == base
+    m = numpy_helper.from_array(np.ones((5, 7), np.float32), "m")
+    einsum = helper.make_node("Einsum", ["y", "m"], ["z"], name="mix", equation="bi,ij->bj")  # MACs, no rule
+    with caplog.at_level("WARNING", logger="hwlat"):
+        assert onnx_flops(_with_node(einsum, [m]), label="mix.onnx") is None
+    assert "mix.onnx: flops not counted: operator Einsum (node 'mix') has no FLOPs counting rule" in caplog.text
