@@ -32,7 +32,9 @@
 docs/predictor.md): 0.2 and 0.3 tie at N = 20 (0.9561), 0.3 is ahead at N = 10, and both beat either model
 alone (networks 0.923, cost model 0.952 at N = 20). Choosing the weight per device by 5-fold
 cross-validation on the N points was measured and rejected: 0.948 vs 0.956 (the out-of-fold error of 16
-points is too noisy a judge; it hurt most on raspi4 and pixel3).
+points is too noisy a judge; it hurt most on raspi4 and pixel3). Step 5 is the form of it that did not lose:
+two candidates instead of a continuous weight, strong prior odds for the blend and a heavy-tailed likelihood
+(docs/predictor.md, "The networks' judge").
 """
 
 from __future__ import annotations
