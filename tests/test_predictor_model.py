@@ -174,8 +174,10 @@ def test_transferred_device_blends_networks_and_cost_model(split: tuple, tmp_pat
     lat = target.set_index("arch").loc[measured, "latency_ms"].to_numpy()
     info = model.transfer("blend-dev", measured, lat, cfg=TransferConfig(nn_weight=0.4))
     sm = model.models["nb201"]
-    w = info["nn_weight"]  # the networks' share shrinks with the evidence that the sources do not fit
-    assert w == pytest.approx(0.4 * info["p_source"]) and sm.nn_weight[-1] == w
+    # the networks' share shrinks with the evidence that the sources do not fit, and grows with the odds that the
+    # networks alone predict better out of fold
+    w, w_blend = info["nn_weight"], 0.4 * info["p_source"]
+    assert w == pytest.approx(w_blend + info["p_networks"] * (1 - w_blend)) and sm.nn_weight[-1] == w
     rest = target["arch"].tolist()[12:]
     enc = get_encoder("nb201").encode(rest)
     nets = sm.mu[:, -1:] + sm.sigma[:, -1:] * sm.raw(enc, len(sm.devices) - 1)
@@ -188,6 +190,28 @@ def test_transferred_device_blends_networks_and_cost_model(split: tuple, tmp_pat
     assert np.array_equal(back.predict(rest, "blend-dev"), model.predict(rest, "blend-dev"))
     _ms, std = back.predict_with_uncertainty(rest, "blend-dev")
     assert np.all(std > 0)
+
+
+def test_a_target_the_networks_already_know_keeps_their_ranking(split: tuple) -> None:
+    """A target that *is* a pretrained device as the networks see it (its predicted latencies x 1.3: same ranking,
+    not additive over the op choices) keeps the networks' Spearman: the out-of-fold judge gives them the
+    prediction. The cost-table evidence alone (``judge=False``) keeps the blend at <= 0.3 and loses ranking."""
+    from predictor.transfer import TransferConfig
+
+    model, _, target = split
+    archs = target["arch"].tolist()
+    lat = 1.3 * model.predict(archs, "dev2")
+    picks = sample("diversity", "nb201", archs, 20, seed=0)
+    fit = [archs.index(a) for a in picks]
+    rest = [i for i in range(len(archs)) if i not in set(fit)]
+    rho, info = {}, {}
+    for label, cfg in (("judged", TransferConfig()), ("evidence only", TransferConfig(judge=False)),
+                       ("networks", TransferConfig(nn_weight=1.0, evidence_blend=False, judge=False))):
+        info[label] = model.transfer(f"dev2-again-{label}", picks, lat[fit], cfg=cfg)
+        rho[label] = spearmanr(model.predict([archs[i] for i in rest], f"dev2-again-{label}"), lat[rest])[0]
+    assert info["judged"]["best_source"] == "dev2" and info["judged"]["p_networks"] > 0.99, info
+    assert rho["judged"] >= rho["networks"] - 1e-3, rho
+    assert rho["evidence only"] < rho["networks"] - 3e-3 and info["evidence only"]["nn_weight"] <= 0.3, (rho, info)
 
 
 def test_hybrid_sampler(split: tuple) -> None:
