@@ -307,15 +307,27 @@ class RoundBook:
                 done.append(verdict)
         return done
 
+    def _need(self, sha: str) -> int:
+        rounds = self.rounds[sha]
+        return judge(rounds, self.refs, self.timing).need if rounds else self.timing.rounds
+
     def next_pass(self) -> list[ModelArtifact]:
         """The models that still need a round (each at most once per pass), in a stable order."""
-        out = []
-        for sha in sorted(self.open):
-            rounds = self.rounds[sha]
-            need = judge(rounds, self.refs, self.timing).need if rounds else self.timing.rounds
-            if need > 0:
-                out.append(self.arts[sha])
-        return out
+        return [self.arts[sha] for sha in sorted(self.open) if self._need(sha) > 0]
+
+    def planned_passes(self) -> list[list[ModelArtifact]]:
+        """The passes that can be planned before anything is measured: pass p holds the models that lack more
+        than p rounds today (R for a new model), in ``next_pass``'s order.
+
+        This is what ``next_pass`` would return pass after pass if every new round came out calm; the re-measure
+        passes are decided only once these are judged. A model is planned no more rounds than its re-measure
+        budget allows (``rounds + remeasure_max`` in all), so none of its planned rounds can arrive after its
+        row was settled, unless a round fails.
+        """
+        cap = self.timing.rounds + self.timing.remeasure_max
+        lacking = {sha: min(self._need(sha), cap - len(self.rounds[sha])) for sha in sorted(self.open)}
+        depth = max(lacking.values(), default=0)
+        return [[self.arts[sha] for sha, n in lacking.items() if n > p] for p in range(depth)]
 
     def art(self, verdict: Verdict) -> ModelArtifact:
         return self.arts[verdict.rounds[0].result.sha256]
