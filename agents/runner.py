@@ -35,7 +35,7 @@ from agents.supervisor import (
     Supervisor,
     WorkerStartError,
 )
-from agents.system import fingerprint
+from agents.system import fingerprint, thread_warnings
 from agents.worker import one_line
 
 
@@ -185,6 +185,8 @@ def run_agent(run_dir: str | os.PathLike[str], exit_with_parent: bool = False) -
         # The worker describes the runtime it imported; the supervisor never imports one itself.
         runtimes = {spec.runtime.runtime: worker["runtime"]} if "runtime" in worker else {}
         info = fingerprint(runtimes=runtimes)
+        cpus = worker.get("cpu_affinity") or info.get("cpu_affinity") or []
+        info["warnings"] += thread_warnings(spec.runtime.threads, len(cpus) if isinstance(cpus, list) else 0)
         event = {"type": "fingerprint", "run_id": spec.run_id, "pid": os.getpid(), **info, "worker": worker}
         journal.append(json.dumps(event))
         for job in pending:

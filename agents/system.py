@@ -374,6 +374,18 @@ def timing_warnings(info: dict[str, Any]) -> list[str]:
     return warnings
 
 
+def thread_warnings(threads: int, cpus: int) -> list[str]:
+    """A runtime given a thread for every CPU its worker may use leaves none to the OS, the agent and other work:
+    each of them then preempts a thread of the timed loop. On the 2-vCPU development VM, onnxruntime with 2
+    threads ran whole campaigns in a fast or a slow mode 1.6x apart (docs/benchmarks.md, "Retest"), where one
+    thread on one CPU reproduced within 1-3%. ``threads`` 0 (the runtime's default) is not judged."""
+    if threads > 1 and 0 < cpus <= threads:
+        return [f"the runtime runs {threads} threads on the {cpus} CPUs its worker may use: the timed loop shares "
+                "every CPU with the OS and the agent, so campaigns can land in different speed modes; leave a CPU "
+                "free, or compare campaigns with hwlat datasets compare (it normalizes to the drift reference)"]
+    return []
+
+
 def fingerprint(runtimes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything that identifies this device and software stack, plus timing warnings.
 

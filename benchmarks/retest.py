@@ -3,6 +3,7 @@
     python benchmarks/retest.py [--device local|PROFILE] [--count 200] [--cpu 1] [--config default|ort2-noopt]
                                 [--ssh] [--no-load] [--load-seed 0] [--timeit-count 30] [--json OUT.json]
                                 [--keep DIR]
+    python benchmarks/retest.py --reanalyse DIR      # the agreement figures of campaigns kept with --keep
     python benchmarks/retest.py --worker-experiment 8 [--rounds 4] [--cpu 1]
 
 One invocation runs, over the same NB201 archs, two separate campaigns (two sessions, two agent runs, two
@@ -16,8 +17,9 @@ The first campaign of each protocol runs beside the seeded on/off background loa
 (one spinning process in 5-20 s phases, started afresh with the same seed for each protocol), the second is
 quiet. The campaigns alternate (new 1, old 1, new 2, old 2) so both protocols see the same phases of the day.
 For each protocol and estimator column it reports Spearman, median and p90 |relative difference| and ICC(2,1)
-(``harness.compare``); plus the measuring wall time of each campaign, and harness-vs-``timeit`` agreement on a
-subset after the first campaign (quiet).
+(``harness.compare``), and the same for ``reference_normalized``: both campaigns put on one drift-reference
+baseline by ``hwlat datasets compare`` (harness/compare.py); plus the measuring wall time of each campaign,
+and harness-vs-``timeit`` agreement on a subset after the first campaign (quiet).
 
 ``--cpu`` pins this process, the agent (the profile's ``cpu_affinity``), the load generator and the timeit loop
 to the given CPUs. ``--config ort2-noopt``: onnxruntime with 2 intra-op threads and graph optimisation off.
@@ -55,7 +57,7 @@ import loadgen
 
 from agents.records import Job, RunSpec
 from harness.campaign import CampaignRequest, run_campaign
-from harness.compare import icc
+from harness.compare import compare, icc
 from harness.devices import DeviceProfile, resolve_device
 from harness.export import export_models
 from harness.plan import plan_specs
@@ -82,6 +84,27 @@ def agreement(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     return {"archs": len(common), "spearman": float(spearmanr(x, y).statistic),
             "median_abs_rel_diff_pct": float(np.median(rel) * 100), "p90_abs_rel_diff_pct":
             float(np.percentile(rel, 90) * 100), "icc2_1": icc(np.log(np.column_stack([x, y])))["icc2_1"]}
+
+
+def agreements(work: Path, name: str) -> dict[str, Any]:
+    """Every estimator's agreement between campaigns ``work/<name>-1`` and ``-2``, and campaign 1's re-measures."""
+    entry: dict[str, Any] = {}
+    for column in ESTIMATORS:
+        a, b = _column(work / f"{name}-1", column), _column(work / f"{name}-2", column)
+        if len(set(a) & set(b)) >= 3:
+            entry[column] = agreement(a, b)
+    result = compare(work / f"{name}-1", work / f"{name}-2")
+    if result["normalized"] is not None:
+        norm = result["normalized"]
+        entry["reference_normalized"] = {
+            "archs": norm["matched"], "spearman": norm["spearman"],
+            "median_abs_rel_diff_pct": 100 * norm["median_abs_rel_diff"],
+            "p90_abs_rel_diff_pct": 100 * norm["p90_abs_rel_diff"], "icc2_1": norm["icc2_1"],
+            "beta": [b["beta"] for b in result["reference"]["baselines"]],
+            "reference_spread_pct": [100 * result["reference"][k]["spread"] for k in ("a", "b")]}
+    remeasured = read_dataset(work / f"{name}-1").column("remeasured_rounds").to_pylist()
+    entry["remeasured_rounds_campaign1"] = int(sum(r or 0 for r in remeasured))
+    return entry
 
 
 def timeit_median_ms(model: Path, profile: DeviceProfile, repeat: int = 200) -> float:
@@ -161,13 +184,7 @@ def _retest(args: argparse.Namespace, work: Path, profile: DeviceProfile, server
                 print(f"{name}-{k}: {outcome.rows} rows, measure {result.measure_s:.0f} s, timed "
                       f"{outcome.timed_s:.0f} s, {outcome.status_counts}", flush=True)
         for name in protocols:
-            entry = out["protocols"][name]
-            for column in ESTIMATORS:
-                a, b = _column(work / f"{name}-1", column), _column(work / f"{name}-2", column)
-                if len(set(a) & set(b)) >= 3:
-                    entry[column] = agreement(a, b)
-            remeasured = read_dataset(work / f"{name}-1").column("remeasured_rounds").to_pylist()
-            entry["remeasured_rounds_campaign1"] = int(sum(r or 0 for r in remeasured))
+            out["protocols"][name] |= agreements(work, name)
         if args.timeit_count and not args.ssh:
             new2 = _column(work / "new-2", "latency_ms")
             models = {p.stem: p for p in (work / "cache" / "models").glob("*.onnx")}
@@ -234,7 +251,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4, help="rounds per model in --worker-experiment")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", type=Path, help="copy the four campaigns' datasets here before cleaning up")
+    parser.add_argument("--reanalyse", type=Path, metavar="DIR",
+                        help="measure nothing: print the figures of the campaigns kept in DIR by --keep")
     args = parser.parse_args()
+    if args.reanalyse:
+        figures = {name: agreements(args.reanalyse, name) for name in ("new", "old")
+                   if (args.reanalyse / f"{name}-1").is_dir()}
+        print(json.dumps(figures, indent=1))
+        return 0
     if args.cpu is not None:
         os.sched_setaffinity(0, args.cpu)  # inherited by the load generator; the agent gets cpu_affinity
     work = Path(tempfile.mkdtemp(prefix="hwlat-retest-"))

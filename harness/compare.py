@@ -15,6 +15,24 @@ Figures (what a retest on another day, or after a change to the harness, must re
   as much as one of a big model; unlike Spearman it also drops when B is shifted as a whole. ICC(3,1)
   (consistency, blind to a uniform shift) is reported beside it;
 * the models that moved most, and one verdict line, as pyperf's ``compare_to`` ends with one.
+
+The machine's speed moves between campaigns (docs/benchmarks.md, "Retest"): on the 2-vCPU VM with two threads
+whole campaigns ran in a fast or a slow mode, ~1.6x apart. Both campaigns measured the same drift reference model,
+so where their rows carry ``round_ref_ms`` (the reference's latency when each round ran) the same figures are
+also computed on *reference-normalized* latencies: every kept round's median ``m`` becomes
+``m * (baseline / round_ref_ms) ** beta`` and the row's value is their median, with per device configuration
+
+* one ``baseline`` for both datasets: the 10th percentile of every kept round's reference latency in A and B.
+  A low quantile, not the median, because interference only adds time: the fast state the machine reached is
+  the one both campaigns can be put in, however long either spent slow;
+* ``beta``, how much of the reference's movement a model shares, fitted by least squares on the datasets' own
+  within-model evidence: over the rows with two or more kept rounds, the log of each round's median around the
+  row's mean against the log of its reference latency around the row's mean, clipped to [0, 1]. When the
+  reference only moves by its own measurement noise, beta is small and the correction adds little of that noise;
+  when the machine changes speed for everyone, beta is near 1. Rows of one round each give no such evidence:
+  beta is then 1 (the full correction).
+
+docs/timing.md, "Drift correction", has the measurement behind this.
 """
 
 from __future__ import annotations
@@ -40,15 +58,109 @@ MEDIAN_DIFF_MAX = 0.05
 TOP_MOVED = 5
 
 
-def _latencies(path: Path) -> pd.DataFrame:
+#: The quantile of the reference's latencies that normalized latencies are put on (see the module docstring).
+BASELINE_QUANTILE = 10
+_ROUND_COLUMNS = ("ref_model_sha256", "round_medians_ms", "round_kept", "round_ref_ms", "round_drift_factor",
+                  "round_session_ids", "ref_latency_ms", "ref_drift_pct")
+
+
+def _rows(path: Path) -> pd.DataFrame:
+    """Usable rows with a latency: the key, arch, latency and (null where absent) the per-round reference data."""
     table = read_dataset(path)
     need = {*KEY, "arch", "status", "latency_ms"}
     if not need <= set(table.column_names):
         raise UsageError(f"{path} is not an hwlat dataset (missing columns {sorted(need - set(table.column_names))})")
-    df = table.select(sorted(need)).to_pandas()
+    optional = {"session_id", *_ROUND_COLUMNS}
+    df = table.select(sorted(need | (optional & set(table.column_names)))).to_pandas()
+    for column in optional:
+        if column not in df:
+            df[column] = None
     df = df[df["status"].astype(str).isin(USABLE_STATUSES) & (df["latency_ms"] > 0)]
     df = df.astype({"device": str})
-    return df.groupby(KEY, as_index=False).agg(arch=("arch", "first"), latency_ms=("latency_ms", "median"))
+    return df.assign(round_ref_ms=[_round_ref(row) for row in df.itertuples()])
+
+
+def _round_ref(row: Any) -> Any:
+    """The row's ``round_ref_ms``; for rows written before that column existed (2026-11-26), rebuilt as each
+    round's drift factor times its session's first reference latency, which the row's ``ref_*`` columns give
+    (``ref_latency_ms / (1 + ref_drift_pct / 100)``) when every round is of the row's own session."""
+    if row.round_ref_ms is not None:
+        return row.round_ref_ms
+    factors, sessions = row.round_drift_factor, row.round_session_ids
+    if factors is None or sessions is None or row.ref_latency_ms is None or pd.isna(row.ref_drift_pct) \
+            or set(sessions) != {row.session_id}:
+        return None
+    first = row.ref_latency_ms / (1.0 + row.ref_drift_pct / 100.0)
+    return [f * first if f else None for f in factors]
+
+
+def _latencies(df: pd.DataFrame, column: str = "latency_ms") -> pd.DataFrame:
+    """One latency per key (the median of a key measured more than once)."""
+    df = df.dropna(subset=[column])
+    return df.groupby(KEY, as_index=False).agg(arch=("arch", "first"), latency_ms=(column, "median"))
+
+
+def _kept_rounds(row: Any) -> list[tuple[float, float]]:
+    """(median, reference latency) of the row's kept rounds that have a reference latency."""
+    if row.round_ref_ms is None or row.round_medians_ms is None or row.round_kept is None:
+        return []
+    return [(float(m), float(r)) for m, k, r in zip(row.round_medians_ms, row.round_kept, row.round_ref_ms,
+                                                    strict=True) if k and r]
+
+
+def _reference_rounds(df: pd.DataFrame) -> dict[tuple[str, str, str], list[list[tuple[float, float]]]]:
+    """Each row's kept rounds with a reference latency, grouped by (device, config_id, reference model)."""
+    out: dict[tuple[str, str, str], list[list[tuple[float, float]]]] = {}
+    for row in df.itertuples():
+        kept = _kept_rounds(row)
+        if isinstance(row.ref_model_sha256, str) and kept:
+            out.setdefault((row.device, row.config_id, row.ref_model_sha256), []).append(kept)
+    return out
+
+
+def shared_fraction(rows: list[list[tuple[float, float]]]) -> float:
+    """``beta``: the least-squares slope of a round's log median on its log reference latency, both taken around
+    the row's own means, over rows of two or more rounds; clipped to [0, 1]; 1 without such rows."""
+    sxy = sxx = 0.0
+    for kept in rows:
+        if len(kept) < 2:
+            continue
+        log_m, log_ref = np.log([m for m, _ in kept]), np.log([ref for _, ref in kept])
+        x = log_ref - log_ref.mean()
+        sxy += float(x @ (log_m - log_m.mean()))
+        sxx += float(x @ x)
+    return float(np.clip(sxy / sxx, 0.0, 1.0)) if sxx > 0 else 1.0
+
+
+def normalize(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Both datasets' rows with ``normalized_ms`` added (NaN where a row has no round reference data), and what
+    each dataset's reference did: per dataset, its rounds' reference latencies (median, 10th and 90th
+    percentile, and their spread ``p90 / p10 - 1``) and the shared baselines."""
+    rounds = {"a": _reference_rounds(a), "b": _reference_rounds(b)}
+    keys = sorted(set(rounds["a"]) | set(rounds["b"]))
+    pooled = {key: [r for name in rounds for r in rounds[name].get(key, [])] for key in keys}
+    baselines = {key: float(np.percentile([ref for row in pooled[key] for _, ref in row], BASELINE_QUANTILE))
+                 for key in keys if any(pooled[key])}
+    betas = {key: shared_fraction(pooled[key]) for key in baselines}
+
+    def normalized(row: Any) -> float:
+        key = (row.device, row.config_id, row.ref_model_sha256)
+        kept = _kept_rounds(row)
+        if key not in baselines or not kept:
+            return math.nan
+        return float(np.median([m * (baselines[key] / ref) ** betas[key] for m, ref in kept]))
+
+    summary: dict[str, Any] = {}
+    for name in rounds:
+        refs = [ref for rows in rounds[name].values() for row in rows for _, ref in row]
+        if refs:
+            p10, p50, p90 = np.percentile(refs, [10, 50, 90])
+            summary[name] = {"rounds": len(refs), "median_ms": float(p50), "p10_ms": float(p10),
+                             "p90_ms": float(p90), "spread": float(p90 / p10 - 1.0)}
+    summary["baselines"] = [{"device": key[0], "config_id": key[1], "ref_model_sha256": key[2],
+                             "baseline_ms": baselines[key], "beta": betas[key]} for key in baselines]
+    return (a.assign(normalized_ms=[normalized(r) for r in a.itertuples()]),
+            b.assign(normalized_ms=[normalized(r) for r in b.itertuples()]), summary)
 
 
 def icc(ratings: np.ndarray) -> dict[str, float]:
@@ -65,15 +177,8 @@ def icc(ratings: np.ndarray) -> dict[str, float]:
     }
 
 
-def compare(path_a: Path | str, path_b: Path | str) -> dict[str, Any]:
-    """Every figure of the comparison as one JSON-ready dict (``hwlat datasets compare --json`` prints it)."""
-    a, b = _latencies(Path(path_a)), _latencies(Path(path_b))
-    both = a.merge(b, on=KEY, suffixes=("_a", "_b"))
-    out: dict[str, Any] = {"a": str(path_a), "b": str(path_b), "matched": len(both),
-                           "only_a": len(a) - len(both), "only_b": len(b) - len(both)}
-    if len(both) < 3:
-        raise UsageError(f"only {len(both)} model(s) measured in both {path_a} and {path_b} on the same device "
-                         "configuration (device, config_id, model_sha256); need at least 3 to compare")
+def _figures(both: pd.DataFrame) -> dict[str, Any]:
+    """The agreement figures of matched latencies (``latency_ms_a``, ``latency_ms_b``) and who moved most."""
     la, lb = both["latency_ms_a"].to_numpy(), both["latency_ms_b"].to_numpy()
     rel = lb / la - 1.0
     with warnings.catch_warnings():  # constant input: the coefficient is NaN (reported as undefined), no warning
@@ -82,7 +187,8 @@ def compare(path_a: Path | str, path_b: Path | str) -> dict[str, Any]:
         kendall = stats.kendalltau(la, lb)
     log_ratio = np.log(lb / la)
     shift_p = float(stats.wilcoxon(log_ratio).pvalue) if np.any(log_ratio != 0) else 1.0
-    out |= {
+    out: dict[str, Any] = {
+        "matched": len(both),
         "spearman": float(spearman.statistic),
         "kendall": float(kendall.statistic),
         "median_abs_rel_diff": float(np.median(np.abs(rel))),
@@ -98,7 +204,28 @@ def compare(path_a: Path | str, path_b: Path | str) -> dict[str, Any]:
         for r in both.head(TOP_MOVED).itertuples()
     ]
     # a constant column (every model the same latency) leaves a correlation undefined: null, not NaN, in JSON
-    out = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
+
+
+def compare(path_a: Path | str, path_b: Path | str) -> dict[str, Any]:
+    """Every figure of the comparison as one JSON-ready dict (``hwlat datasets compare --json`` prints it).
+
+    ``normalized`` holds the same figures on reference-normalized latencies (module docstring), or is null when
+    fewer than 3 matched models have round reference data (rows written before ``round_ref_ms`` existed);
+    ``reference`` says what each dataset's drift reference did.
+    """
+    rows_a, rows_b = _rows(Path(path_a)), _rows(Path(path_b))
+    a, b = _latencies(rows_a), _latencies(rows_b)
+    both = a.merge(b, on=KEY, suffixes=("_a", "_b"))
+    if len(both) < 3:
+        raise UsageError(f"only {len(both)} model(s) measured in both {path_a} and {path_b} on the same device "
+                         "configuration (device, config_id, model_sha256); need at least 3 to compare")
+    out: dict[str, Any] = {"a": str(path_a), "b": str(path_b), "only_a": len(a) - len(both),
+                           "only_b": len(b) - len(both), **_figures(both)}
+    rows_a, rows_b, out["reference"] = normalize(rows_a, rows_b)
+    norm = _latencies(rows_a, "normalized_ms").merge(_latencies(rows_b, "normalized_ms"), on=KEY,
+                                                     suffixes=("_a", "_b"))
+    out["normalized"] = _figures(norm) if len(norm) >= 3 else None
     out["verdict"] = verdict(out)
     return out
 
@@ -114,5 +241,11 @@ def verdict(result: dict[str, Any]) -> str:
     good = rho is not None and rho >= SPEARMAN_MIN and result["median_abs_rel_diff"] <= MEDIAN_DIFF_MAX
     head = "reproduces" if good else "does NOT reproduce"
     shown = "undefined (constant latencies)" if rho is None else f"{rho:.3f}"
-    return (f"{head}: Spearman {shown}, median |diff| {100 * result['median_abs_rel_diff']:.1f}% "
+    line = (f"{head}: Spearman {shown}, median |diff| {100 * result['median_abs_rel_diff']:.1f}% "
             f"over {result['matched']} models; {shift}")
+    norm = result.get("normalized")
+    if norm and norm["spearman"] is not None:
+        again = norm["spearman"] >= SPEARMAN_MIN and norm["median_abs_rel_diff"] <= MEDIAN_DIFF_MAX
+        line += (f"; normalized to the drift reference: {'reproduces' if again else 'does NOT reproduce'} "
+                 f"(Spearman {norm['spearman']:.3f}, median |diff| {100 * norm['median_abs_rel_diff']:.1f}%)")
+    return line

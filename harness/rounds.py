@@ -89,11 +89,13 @@ class Reference:
     median_ms: float
 
 
-def drift_factor(rnd: Round, refs: dict[str, list[Reference]]) -> float | None:
-    """The machine's speed when ``rnd`` ran, relative to its session's first reference measurement.
+def reference_ms(rnd: Round, refs: dict[str, list[Reference]]) -> float | None:
+    """The drift reference's latency when ``rnd`` ran (ms): the row's ``round_ref_ms``.
 
-    The reference latency is interpolated linearly in time between the reference measurements just before and
-    just after the round's mid-point (the nearest one at either end of the session); None without references.
+    Interpolated linearly in time between the reference measurements just before and just after the round's
+    mid-point (the nearest one at either end of the session); None without references. Kept absolute so that a
+    reader can put several campaigns on one baseline (``harness.compare``), which a factor relative to each
+    session's own first reference measurement cannot.
     """
     timeline = refs.get(rnd.session_id) or []
     t = _midpoint(rnd.result)
@@ -103,10 +105,14 @@ def drift_factor(rnd: Round, refs: dict[str, list[Reference]]) -> float | None:
     after = [r for r in timeline if r.t > t]
     if before and after:
         a, b = before[-1], after[0]
-        value = a.median_ms + (b.median_ms - a.median_ms) * (t - a.t) / (b.t - a.t)
-    else:
-        value = (before[-1] if before else after[0]).median_ms
-    return value / timeline[0].median_ms
+        return a.median_ms + (b.median_ms - a.median_ms) * (t - a.t) / (b.t - a.t)
+    return (before[-1] if before else after[0]).median_ms
+
+
+def drift_factor(rnd: Round, refs: dict[str, list[Reference]]) -> float | None:
+    """The machine's speed when ``rnd`` ran, relative to its session's first reference measurement."""
+    value = reference_ms(rnd, refs)
+    return None if value is None else value / refs[rnd.session_id][0].median_ms
 
 
 def _window_drift_pct(rnd: Round, refs: dict[str, list[Reference]]) -> float | None:
@@ -136,6 +142,8 @@ class Verdict:
     factors: dict[int, float | None]
     need: int
     failed: Round | None = None
+    #: id(round) -> the drift reference's latency when it ran (``reference_ms``)
+    ref_ms: dict[int, float | None] = field(default_factory=dict)
 
 
 def disturbance(rnd: Round, refs: dict[str, list[Reference]], timing: TimingConfig) -> str:
@@ -153,8 +161,9 @@ def judge(rounds: list[Round], refs: dict[str, list[Reference]], timing: TimingC
     """Judge a model's rounds (in measurement order); see the module docstring for the rules."""
     failed = next((r for r in rounds if not r.usable), None)
     factors = {id(r): drift_factor(r, refs) for r in rounds}
+    ref_ms = {id(r): reference_ms(r, refs) for r in rounds}
     if failed is not None:
-        return Verdict(rounds, [r for r in rounds if r.usable], {}, {}, factors, 0, failed)
+        return Verdict(rounds, [r for r in rounds if r.usable], {}, {}, factors, 0, failed, ref_ms)
     reasons = {id(r): disturbance(r, refs, timing) for r in rounds}
 
     def corrected(r: Round) -> float:
@@ -183,7 +192,7 @@ def judge(rounds: list[Round], refs: dict[str, list[Reference]], timing: TimingC
     kept_ids = {id(r) for r in kept}
     discarded = {id(r): reasons[id(r)] for r in rounds if id(r) not in kept_ids}
     kept_disturbed = {id(r): reasons[id(r)] for r in kept if reasons[id(r)]}
-    return Verdict(rounds, kept, discarded, kept_disturbed, factors, need)
+    return Verdict(rounds, kept, discarded, kept_disturbed, factors, need, ref_ms=ref_ms)
 
 
 def _result_event(kind: str, session_id: str, run_id: str, config_id: str, order_index: int,

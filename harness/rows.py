@@ -156,6 +156,7 @@ def rounds_row(*, session_id: str, profile: DeviceProfile, fingerprint: dict, ar
         "round_session_ids": [r.session_id for r in rounds],
         "round_busy_pct": [r.busy_own_pct for r in rounds],
         "round_drift_factor": factors,
+        "round_ref_ms": [verdict.ref_ms.get(id(r)) for r in rounds],
         "remeasured_rounds": len(verdict.discarded),
         "remeasure_reasons": [f"round {i + 1}: {verdict.discarded.get(id(r)) or verdict.kept_disturbed[id(r)]}"
                               + ("" if id(r) in verdict.discarded else " (kept: re-measure budget spent)")

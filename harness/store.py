@@ -146,6 +146,7 @@ SCHEMA = pa.schema(
         ("round_session_ids", pa.list_(pa.string())),
         ("round_busy_pct", pa.list_(pa.float64())),
         ("round_drift_factor", pa.list_(pa.float64())),
+        ("round_ref_ms", pa.list_(pa.float64())),
         ("pooled_median_ms", pa.float64()),
         ("remeasured_rounds", pa.int32()),
         ("remeasure_reasons", pa.list_(pa.string())),

@@ -71,3 +71,11 @@ def test_fingerprint_uses_given_runtime_descriptions() -> None:
     assert info["machine"] == platform.machine() and info["cores_logical"] == os.cpu_count()
     assert info["ram_mb"] > 0 and info["cores_physical"] >= 1
     assert isinstance(info["warnings"], list)
+
+
+def test_thread_warning_when_the_runtime_takes_every_cpu() -> None:
+    assert system.thread_warnings(1, 1) == [] and system.thread_warnings(2, 4) == []
+    assert system.thread_warnings(0, 2) == []  # the runtime's default: not judged
+    (warning,) = system.thread_warnings(2, 2)
+    assert "2 threads on the 2 CPUs" in warning and "leave a CPU free" in warning
+    assert system.thread_warnings(4, 2)  # more threads than CPUs: worse still

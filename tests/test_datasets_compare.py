@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.compare import icc
+from harness.compare import compare, icc
 from harness.store import DatasetStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,3 +67,56 @@ def test_too_few_matches_is_one_line_exit_2(tmp_path: Path) -> None:
     a = _dataset(tmp_path / "a", [("m1", "c", 1.0, "ok"), ("m2", "c", 2.0, "ok")])
     proc = _hwlat("datasets", "compare", str(a), str(a))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "need at least 3" in proc.stderr
+
+
+def _rounds_dataset(root: Path, cfg: str, refs: list[float], follows: bool, legacy: bool = False) -> Path:
+    """Four models of true latency 1-4 ms, one round per entry of ``refs`` (the drift reference's latency then):
+    a round's median is the true latency times the reference's slowdown if ``follows``, else the true latency.
+    ``legacy``: rows as written before ``round_ref_ms`` existed (drift factors against a first reference of
+    0.8 ms, and the latest reference state in ``ref_latency_ms`` / ``ref_drift_pct``)."""
+    store = DatasetStore(root)
+    store.ensure_writable()
+    rows = []
+    for k in range(1, 5):
+        medians = [k * (ref if follows else 1.0) for ref in refs]
+        rows.append({"schema_version": 1, "row_id": f"m{k}", "session_id": "s1", "arch": f"m{k}", "config_id": cfg,
+                     "model_sha256": f"sha-m{k}", "status": "ok", "latency_ms": float(np.median(medians)),
+                     "ref_model_sha256": "sha-ref", "round_medians_ms": medians, "round_kept": [True] * len(refs),
+                     **({"round_drift_factor": [ref / 0.8 for ref in refs], "round_session_ids": ["s1"] * len(refs),
+                         "ref_latency_ms": 1.2, "ref_drift_pct": 50.0} if legacy else {"round_ref_ms": refs})})
+    store.append("dev", "onnx", "s1", rows)
+    return root
+
+
+def test_normalized_to_the_drift_reference_by_hand(tmp_path: Path) -> None:
+    # the machine is 1.35x slower on average in B and every model follows the reference: raw latencies disagree
+    # by 1.35/1.05 - 1; within each row the rounds move exactly with the reference (beta = 1), and both datasets
+    # are put on the 10th percentile of the 16 reference latencies (1.0): the true latencies, in full agreement
+    a = _rounds_dataset(tmp_path / "a", "c", [1.0, 1.1], follows=True)
+    b = _rounds_dataset(tmp_path / "b", "c", [1.5, 1.2], follows=True)
+    proc = _hwlat("datasets", "compare", str(a), str(b), "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["median_abs_rel_diff"] == pytest.approx(1.35 / 1.05 - 1)
+    [base] = r["reference"]["baselines"]
+    assert base["beta"] == pytest.approx(1.0) and base["baseline_ms"] == pytest.approx(1.0)
+    assert r["reference"]["b"]["spread"] == pytest.approx(1.5 / 1.2 - 1)
+    norm = r["normalized"]
+    assert norm["matched"] == 4 and norm["median_abs_rel_diff"] == pytest.approx(0.0, abs=1e-12)
+    assert norm["geomean_ratio"] == pytest.approx(1.0)
+    assert r["verdict"].startswith("does NOT reproduce") and r["verdict"].endswith(
+        "normalized to the drift reference: reproduces (Spearman 1.000, median |diff| 0.0%)")
+    # the reference moves but the models do not (its own noise): beta = 0, the latencies are left as measured
+    c = _rounds_dataset(tmp_path / "c", "d", [1.0, 1.3], follows=False)
+    d = _rounds_dataset(tmp_path / "d", "d", [1.2, 1.5], follows=False)
+    r = compare(c, d)
+    assert r["reference"]["baselines"][0]["beta"] == pytest.approx(0.0)
+    assert r["normalized"]["median_abs_rel_diff"] == pytest.approx(0.0, abs=1e-12)
+    # rows written before round_ref_ms existed: rebuilt from the drift factors, the same figures
+    legacy = compare(_rounds_dataset(tmp_path / "la", "c", [1.0, 1.1], follows=True, legacy=True),
+                     _rounds_dataset(tmp_path / "lb", "c", [1.5, 1.2], follows=True, legacy=True))
+    assert legacy["reference"]["baselines"][0]["baseline_ms"] == pytest.approx(1.0)
+    assert legacy["normalized"]["median_abs_rel_diff"] == pytest.approx(0.0, abs=1e-12)
+    # rows without any round reference data: no normalized figures
+    e = _dataset(tmp_path / "e", [("m1", "c", 1.0, "ok"), ("m2", "c", 2.0, "ok"), ("m3", "c", 3.0, "ok")])
+    assert compare(e, e)["normalized"] is None

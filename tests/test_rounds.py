@@ -154,6 +154,9 @@ def test_multi_round_rows_carry_every_round_and_a_drift_corrected_latency(tmp_pa
         assert r["latency_corrected_ms"] == pytest.approx(statistics.median(
             m / f for m, f in zip(r["round_medians_ms"], r["round_drift_factor"], strict=True)))
         assert r["drift_factor"] == pytest.approx(r["latency_ms"] / r["latency_corrected_ms"])
+        # the reference's absolute latency at each round: the factor times the session's first reference
+        first_ref = r["ref_latency_ms"] / (1 + r["ref_drift_pct"] / 100)
+        assert r["round_ref_ms"] == pytest.approx([f * first_ref for f in r["round_drift_factor"]])
         assert json.loads(r["timing_json"])["rounds"] == 3
     # rounds interleave: every model's round 1 before any model's round 2
     firsts = [r["round_started_at"][0] for r in rows]

@@ -26,6 +26,14 @@ def cmd_datasets_compare(args: argparse.Namespace) -> int:
                   f"ICC(3,1) {figures['icc3_1']}  (on log latency)")
     console.print(f"|B/A - 1|: median {100 * result['median_abs_rel_diff']:.2f}%, "
                   f"p90 {100 * result['p90_abs_rel_diff']:.2f}%   geometric mean B/A {result['geomean_ratio']:.4f}")
+    norm = result["normalized"]
+    if norm is not None:
+        beta = ", ".join(f"{b['beta']:.2f}" for b in result["reference"]["baselines"])
+        spread = "   ".join(f"{name.upper()} {100 * result['reference'][name]['spread']:.1f}%"
+                           for name in ("a", "b") if name in result["reference"])
+        console.print(f"drift reference p90/p10 - 1: {spread}   normalized (beta {beta}): Spearman "
+                      f"{norm['spearman']:.4f}, |B/A - 1| median {100 * norm['median_abs_rel_diff']:.2f}%, "
+                      f"p90 {100 * norm['p90_abs_rel_diff']:.2f}%, ICC(2,1) {norm['icc2_1']:.4f}")
     table = Table(title="moved most")
     for col in ("device", "arch", "A ms", "B ms", "B/A - 1"):
         table.add_column(col)
@@ -41,7 +49,9 @@ def register(dsub: argparse._SubParsersAction) -> None:
     c = dsub.add_parser("compare", help="agreement of two datasets: Spearman, Kendall, relative difference, ICC",
                         description="Match rows by (device, config_id, model_sha256) and report rank agreement "
                                     "(Spearman, Kendall), the median and p90 |relative difference|, ICC(2,1) and "
-                                    "ICC(3,1) on log latency, the models that moved most, and a verdict line.")
+                                    "ICC(3,1) on log latency, the same on latencies normalized to the drift "
+                                    "reference where the rows carry it, the models that moved most, and a "
+                                    "verdict line.")
     c.add_argument("a", help="dataset A (the baseline): folder or Parquet file")
     c.add_argument("b", help="dataset B (the retest)")
     c.add_argument("--json", action="store_true", help="print every figure as one JSON object")
