@@ -4,7 +4,10 @@ as one row (docs/timing.md, "Rounds"; docs/dataset.md for the columns).
 Why: a model timed in one stretch keeps whatever the machine was doing in that stretch (a busy neighbour, a
 clock step, a warm or cold board) in its one number, and its own confidence interval cannot see it. A campaign
 measures round 1 of every model (shuffled, the drift reference every K models), then round 2 of every model in
-another shuffled order, and so on, so the rounds of one model sit in different phases of the machine.
+another shuffled order, and so on, so the rounds of one model sit in different phases of the machine. The passes
+known before anything is measured (``RoundBook.planned_passes``) go to the device one after the other as one
+order (one agent run locally, harness/device_runner.py); the re-measure passes (``next_pass``) are decided once
+those rounds are judged.
 
 Durability: the coordinator appends every round and every reference result, the moment it arrives, to
 ``DIR/_rounds/<device>/<session_id>.jsonl`` (one ``write`` + ``fsync`` per line, the agent's journal format;
