@@ -10,9 +10,9 @@ The stages live in their own modules; this one only puts them in order:
 * ``harness.rows`` / ``harness.store``: one Parquet row per result, appended atomically, merged per session.
 
 On a local device, exporting is finished before timing starts and nothing else happens while it measures
-(one run, no chunks): on a 2-core machine, export or copy work beside the timed loop would slow it down and
-bias the numbers. Remote devices receive uploads while they measure; the coordinator's own CPU load does not
-reach their timed loops.
+(one agent run for every planned round of every model, no chunks): on a 2-core machine, export or copy
+work beside the timed loop would slow it down and bias the numbers. Remote devices receive uploads while they
+measure; the coordinator's own CPU load does not reach their timed loops.
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ def run_campaign(req: CampaignRequest, progress: Any = None,
         runs = iter(range(10**6))
 
         def make_spec(p: int, _k: int, jobs: list[Job]) -> RunSpec:
-            # run ids count on across passes; operator profiles are taken in the first pass only
+            # p: the first pass in this run. Run ids count on across runs; operator profiles are taken in the
+            # first pass only, which then is a run of its own (measure_rounds' first_pass_alone)
             return RunSpec(run_id=f"{session_id}-{prof.name}-{next(runs):03d}", runtime=prof.runtime,
                            timing=prof.timing, jobs=jobs, timeout_s=prof.model_timeout_s, env=prof.env,
                            cpu_affinity=prof.cpu_affinity, op_profile=req.op_profile and p == 0)
@@ -138,7 +139,7 @@ def run_campaign(req: CampaignRequest, progress: Any = None,
                     prior = {sha: rounds for sha, rounds in prior.items() if sha not in stored}
                 book = RoundBook(root=req.out, device=prof.name, config_id=prof.config_id(), session_id=session_id,
                                  timing=prof.timing, models=todo, prior=prior, prior_refs=prior_refs)
-                runner.measure_rounds(book, order_for, req.chunk_jobs, make_spec)
+                runner.measure_rounds(book, order_for, req.chunk_jobs, make_spec, first_pass_alone=req.op_profile)
                 if not book.open:
                     prune_round_logs(req.out, prof.name, prof.config_id(), _stored(store, prof, store_lock))
         except Exception as exc:

@@ -13,11 +13,16 @@ Failure model (docs/reliability.md):
 
 A remote device gets its jobs in chunks, one agent run (``RunSpec``) per chunk: while chunk k is measured, a
 background thread uploads the models of the chunks after it, so only the first chunk's upload is waited for.
-On a local device there is one run per pass and no uploads (nothing runs beside the timed loop).
+On a local device the whole order is one run and there are no uploads (nothing runs beside the timed loop).
 
 Rounds (``measure_rounds``, harness/rounds.py): the device's models are measured in passes, one round of each
 model per pass; every result goes to the ``RoundBook`` (journaled in the dataset folder at once), and a model's
-row is stored when its rounds are complete and judged.
+row is stored when its rounds are complete and judged (at the next drift-reference measurement). The passes
+known before anything is measured (R rounds of every new model) are concatenated into one order, so a local
+campaign starts the agent once for them (Python and the runtime imported once, not once per pass); only the
+re-measure passes, decided when those rounds are judged, are runs of their own. A model whose round failed is
+settled as that failure at once, and its later rounds are never measured: the run holding them is stopped and
+the rest of its order goes on in a new run (a failure can cost up to the model timeout, and would only repeat).
 """
 
 from __future__ import annotations
@@ -137,6 +142,23 @@ def chunk_slots(slots: list[Slot], largest: int) -> list[list[Slot]]:
     return chunks
 
 
+def concat_passes(orders: list[list[Slot]]) -> tuple[list[Slot], set[str]]:
+    """One order from consecutive passes' orders, and the job ids that end each pass.
+
+    Where a pass ends with the drift reference and the next one begins with it, the second is left out: in one
+    run the two would be measured back to back, and the first already closes one pass and opens the next.
+    """
+    slots: list[Slot] = []
+    ends: set[str] = set()
+    for pass_order in orders:
+        if slots and pass_order and slots[-1].role == pass_order[0].role == "reference":
+            pass_order = pass_order[1:]
+        slots.extend(pass_order)
+        if slots:
+            ends.add(slots[-1].job_id)
+    return slots, ends
+
+
 def build_jobs(slots: list[Slot], paths: dict[str, str]) -> list[Job]:
     """The agent's jobs for these slots; ``paths`` (sha256 -> path on the device) from ``push_models``."""
     return [Job(s.job_id, paths[s.art.sha256], s.art.sha256, s.art.format, s.role, dict(s.art.feed_shapes))
@@ -173,6 +195,8 @@ class DeviceRunner:
         self.fingerprint: dict = {}
         #: the device's rounds (``measure_rounds``): every candidate result is a round, journaled and judged there
         self.book: RoundBook | None = None
+        #: the job that ends each pass of the order being measured: its result settles the pass's models
+        self.pass_ends: set[str] = set()
 
     def with_reconnect(self, step: Callable[[], T]) -> T:
         """Connect and run one step, retrying with back-off while it fails with ``TransportError``.
@@ -205,7 +229,10 @@ class DeviceRunner:
                 self.launch_lock.release()
 
     def run(self, spec: RunSpec, by_id: dict[str, ModelArtifact], order: dict[str, int]) -> None:
-        """Launch one run (unless stopped) and store its results until its agent reports ``done``.
+        """Launch one run (unless stopped) and store its results until its agent reports ``done``, or until a
+        model is settled while the run still holds a round of it to measure (``_holds_settled``: a round of it
+        failed): then the agent is stopped, what it journaled before it stopped is read, and ``measure`` goes
+        on without that model.
 
         ``by_id`` and ``order`` cover every job of the device (all chunks); ``order`` gives a job's place
         in the device's whole order, stored as ``order_index``. Every journal line is parsed and checked
@@ -218,7 +245,9 @@ class DeviceRunner:
             self.with_reconnect(lambda: self.transport.start_run(spec))
         offset = 0
         restarts = 0
-        done = False
+        done = cut = False
+        assert self.book is not None
+        open_models = len(self.book.open)
         while not done and not self.stop.is_set():
             # Read the journal before judging the agent: it may have finished (written "done") while the
             # device was unreachable, and must not be started again for nothing.
@@ -235,8 +264,16 @@ class DeviceRunner:
                 else:
                     done = True
                     self._check_complete(spec)
+            if not done and not cut and len(self.book.open) < open_models and self._holds_settled(spec):
+                cut = True
+                self.with_reconnect(lambda: self.transport.stop_run(spec.run_id))
+                self._wait_exit(spec.run_id)
+                continue  # read to the end of what the agent journaled before it stopped
+            open_models = len(self.book.open)
             if events or done:
                 continue
+            if cut:
+                return
             if not self.with_reconnect(lambda: self.transport.agent_alive(spec.run_id)):
                 # The agent stopped without "done": killed or crashed. Resume it; it skips finished jobs.
                 restarts += 1
@@ -247,6 +284,18 @@ class DeviceRunner:
             time.sleep(0.1)
         if done:
             self._wait_exit(spec.run_id)
+
+    def _holds_settled(self, spec: RunSpec) -> bool:
+        """Whether the run has a round still to measure of a model already settled (a round of it failed)."""
+        assert self.book is not None
+        return any(job.role == "candidate" and job.job_id not in self.seen and job.sha256 not in self.book.open
+                   for job in spec.jobs)
+
+    def _live(self, slots: list[Slot]) -> list[Slot]:
+        """The slots still to measure: no result yet, and not a round of a settled model."""
+        assert self.book is not None
+        return [s for s in slots if s.job_id not in self.seen
+                and (s.role == "reference" or s.art.sha256 in self.book.open)]
 
     def _check_complete(self, spec: RunSpec) -> None:
         """``done`` must come after a result for every job the run was sent."""
@@ -290,9 +339,11 @@ class DeviceRunner:
                     "drift_pct": 100.0 * (result.median_ms / self.first_ref - 1.0),
                 }
             self.ref_count += 1
-            self.settle(pass_over=False)
+            self.settle(pass_over=result.job_id in self.pass_ends)
             return
         self.book.add_round(spec.run_id, order[result.job_id], result, dict(self.ref_state))
+        if result.job_id in self.pass_ends:  # a pass without a drift reference (its export failed) ends here
+            self.settle(pass_over=True)
 
     def settle(self, pass_over: bool, force: bool = False) -> None:
         """Store one row for every model whose rounds are complete and judged (``RoundBook.settle``)."""
@@ -308,28 +359,49 @@ class DeviceRunner:
             self.on_row(self.profile.name, row)
 
     def measure_rounds(self, book: RoundBook, order_for: Callable[[int, list[ModelArtifact]], list[Slot]],
-                       chunk_jobs: int, make_spec: Callable[[int, int, list[Job]], RunSpec]) -> None:
+                       chunk_jobs: int, make_spec: Callable[[int, int, list[Job]], RunSpec],
+                       first_pass_alone: bool = False) -> None:
         """Measure every model of ``book`` in passes: pass p holds one round of each model that still needs
         one (``order_for(p, models)`` shuffles them and places the references), until none does.
 
-        At most ``rounds + remeasure_max`` passes: each adds one round per model in it and at most
-        ``remeasure_max`` of a model's rounds are ever discarded. After each pass every model is settled.
+        The passes planned up front (``RoundBook.planned_passes``) are measured as one order (``concat_passes``),
+        so locally as one agent run; ``first_pass_alone`` gives pass 0 a run of its own (``make_spec``'s first
+        argument is the first pass of the run: operator profiles are taken in pass 0 only, and an agent run
+        profiles all of its jobs or none). Each re-measure pass, decided once the planned ones are judged, is
+        an order and a run of its own. At most ``rounds + remeasure_max`` passes: each adds at most one round
+        per model and at most ``remeasure_max`` of a model's rounds are ever discarded. After each order every
+        model is settled.
         """
         self.book = book
-        offset = 0
-        for p in range(book.timing.rounds + book.timing.remeasure_max):
+        planned = book.planned_passes()
+        groups = [planned[:1], planned[1:]] if first_pass_alone else [planned]
+        first = offset = 0
+        for passes in filter(None, groups):
+            offset = self._measure_passes(first, passes, order_for, chunk_jobs, make_spec, offset)
+            first += len(passes)
+            if self.stop.is_set():
+                return
+        for p in range(len(planned), book.timing.rounds + book.timing.remeasure_max):
             todo = book.next_pass()
             if not todo:
                 break
-            slots = order_for(p, todo)
-            # models whose rounds a killed campaign completed are settled at the first reference measurement,
-            # once the agent's fingerprint is known
-            self.measure(slots, chunk_jobs, lambda k, jobs, p=p: make_spec(p, k, jobs), offset)
-            offset += len(slots)
+            offset = self._measure_passes(p, [todo], order_for, chunk_jobs, make_spec, offset)
             if self.stop.is_set():
                 return
-            self.settle(pass_over=True)
         self.settle(pass_over=True, force=True)
+
+    def _measure_passes(self, first: int, passes: list[list[ModelArtifact]],
+                        order_for: Callable[[int, list[ModelArtifact]], list[Slot]], chunk_jobs: int,
+                        make_spec: Callable[[int, int, list[Job]], RunSpec], offset: int) -> int:
+        """Measure passes ``first``, ``first + 1``, ... as one order starting at ``offset`` in the device's whole
+        order, then settle; returns the offset after it."""
+        slots, ends = concat_passes([order_for(first + i, models) for i, models in enumerate(passes)])
+        # models whose rounds a killed campaign completed are settled at the first reference measurement,
+        # once the agent's fingerprint is known
+        self.measure(slots, chunk_jobs, lambda k, jobs: make_spec(first, k, jobs), offset, ends)
+        if not self.stop.is_set():
+            self.settle(pass_over=True)
+        return offset + len(slots)
 
     def store_rows(self, space: str, rows: list[dict[str, Any]]) -> None:
         """Append rows of this device to the dataset (one part file, atomic) and count them."""
@@ -339,15 +411,19 @@ class DeviceRunner:
         self.outcome.models.extend(model_summary({**row, "search_space": space}) for row in rows)
 
     def measure(self, slots: list[Slot], chunk_jobs: int, make_spec: Callable[[int, list[Job]], RunSpec],
-                offset: int = 0) -> None:
+                offset: int = 0, pass_ends: set[str] | None = None) -> None:
         """Push and measure a device's whole order: one run locally, chunks with background uploads remotely.
 
         Remotely, after the first chunk is on the device one background thread uploads the later chunks in
         order while the agent measures; each chunk waits only for its own upload. An upload that failed in the
         background (device dropped) is redone here with reconnects; ``push_models`` skips what arrived intact.
+        A run is launched with the jobs of its chunk that are still to measure (``_live``): rounds of a model
+        settled meanwhile (it failed) are left out, and a run stopped for them goes on as a new run.
+        ``pass_ends``: the jobs whose result ends a pass (``concat_passes``).
         """
         by_id = {s.job_id: s.art for s in slots}
         order = {s.job_id: offset + i for i, s in enumerate(slots)}
+        self.pass_ends = set(pass_ends or ())
         chunks = [slots] if self.profile.is_local else chunk_slots(slots, chunk_jobs)
 
         def push(chunk: list[Slot]) -> dict[str, str]:
@@ -369,6 +445,9 @@ class DeviceRunner:
                         paths = later[k - 1].result()
                     except TransportError:
                         paths = self.with_reconnect(lambda chunk=chunk: push(chunk))
-                self.run(make_spec(k, build_jobs(chunk, paths)), by_id, order)
+                while live := self._live(chunk):
+                    self.run(make_spec(k, build_jobs(live, paths)), by_id, order)
+                    if self.stop.is_set():
+                        return
         finally:
             uploader.shutdown(wait=False, cancel_futures=True)

@@ -4,7 +4,10 @@ as one row (docs/timing.md, "Rounds"; docs/dataset.md for the columns).
 Why: a model timed in one stretch keeps whatever the machine was doing in that stretch (a busy neighbour, a
 clock step, a warm or cold board) in its one number, and its own confidence interval cannot see it. A campaign
 measures round 1 of every model (shuffled, the drift reference every K models), then round 2 of every model in
-another shuffled order, and so on, so the rounds of one model sit in different phases of the machine.
+another shuffled order, and so on, so the rounds of one model sit in different phases of the machine. The passes
+known before anything is measured (``RoundBook.planned_passes``) go to the device one after the other as one
+order (one agent run locally, harness/device_runner.py); the re-measure passes (``next_pass``) are decided once
+those rounds are judged.
 
 Durability: the coordinator appends every round and every reference result, the moment it arrives, to
 ``DIR/_rounds/<device>/<session_id>.jsonl`` (one ``write`` + ``fsync`` per line, the agent's journal format;
@@ -316,15 +319,27 @@ class RoundBook:
                 done.append(verdict)
         return done
 
+    def _need(self, sha: str) -> int:
+        rounds = self.rounds[sha]
+        return judge(rounds, self.refs, self.timing).need if rounds else self.timing.rounds
+
     def next_pass(self) -> list[ModelArtifact]:
         """The models that still need a round (each at most once per pass), in a stable order."""
-        out = []
-        for sha in sorted(self.open):
-            rounds = self.rounds[sha]
-            need = judge(rounds, self.refs, self.timing).need if rounds else self.timing.rounds
-            if need > 0:
-                out.append(self.arts[sha])
-        return out
+        return [self.arts[sha] for sha in sorted(self.open) if self._need(sha) > 0]
+
+    def planned_passes(self) -> list[list[ModelArtifact]]:
+        """The passes that can be planned before anything is measured: pass p holds the models that lack more
+        than p rounds today (R for a new model), in ``next_pass``'s order.
+
+        This is what ``next_pass`` would return pass after pass if every new round came out calm; the re-measure
+        passes are decided only once these are judged. A model is planned no more rounds than its re-measure
+        budget allows (``rounds + remeasure_max`` in all), so none of its planned rounds can arrive after its
+        row was settled, unless a round fails.
+        """
+        cap = self.timing.rounds + self.timing.remeasure_max
+        lacking = {sha: min(self._need(sha), cap - len(self.rounds[sha])) for sha in sorted(self.open)}
+        depth = max(lacking.values(), default=0)
+        return [[self.arts[sha] for sha, n in lacking.items() if n > p] for p in range(depth)]
 
     def art(self, verdict: Verdict) -> ModelArtifact:
         return self.arts[verdict.rounds[0].result.sha256]

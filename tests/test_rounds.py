@@ -163,6 +163,23 @@ def test_multi_round_rows_carry_every_round_and_a_drift_corrected_latency(tmp_pa
     seconds = [r["round_started_at"][1] for r in rows]
     assert max(firsts) < min(seconds)
     assert not (out / ROUNDS_DIR).exists()  # every round is in a row: the round journals are gone
+    # the three passes were one agent run (one agent start): 4 models x 3 rounds and the drift reference first,
+    # after every 2 models and last in each pass, a pass's first reference being the previous pass's last
+    runs = _agent_runs(tmp_path / "agent")
+    assert list(runs) == [rows[0]["run_id"]] and {r["run_id"] for r in rows} == set(runs)
+    events = runs[rows[0]["run_id"]]
+    assert [e["type"] for e in events].count("fingerprint") == 1
+    results = [e for e in events if e["type"] == "result"]
+    assert len(results) == 12 + 7 and len({e["job_id"] for e in results}) == 19
+    assert sum(e["role"] == "reference" for e in results) == 7
+    orders = sorted(r["order_index"] for r in rows)  # the row's order_index is its last round's place
+    assert len(set(orders)) == 4 and min(orders) >= 13 and max(orders) <= 17
+
+
+def _agent_runs(workdir: Path) -> dict[str, list[dict]]:
+    """Every agent run of a local workdir: run id -> the events of its journal."""
+    return {run.name: [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
+            for run in sorted((workdir / "runs").iterdir())}
 
 
 def _journaled_rounds(out: Path) -> list[dict]:
@@ -209,6 +226,9 @@ def test_sigkill_between_rounds_loses_at_most_the_round_in_flight(tmp_path: Path
         assert old == [e["result"]["median_ms"] for e in mine]  # every completed round kept, in order
     resumed = sum(s != killed_session for r in rows for s in r["round_session_ids"])
     assert resumed == 12 - len(before)  # only the missing rounds were measured again
+    # models lacking one round and models lacking two: still one agent run for all of them
+    new_session = next(s for r in rows for s in r["round_session_ids"] if s != killed_session)
+    assert sum(run.startswith(new_session) for run in _agent_runs(tmp_path / "agent")) == 1
     assert not (out / ROUNDS_DIR).exists()
 
 
@@ -258,6 +278,9 @@ def test_rounds_timed_beside_a_real_load_are_remeasured_and_say_why(tmp_path: Pa
         os.sched_setaffinity(0, mask)
     rows = read_dataset(out).to_pylist()
     assert len(rows) == 2
+    # the two planned rounds were one agent run; the re-measure pass, decided after them, is a second one
+    session = rows[0]["session_id"]
+    assert sum(run.startswith(session) for run in _agent_runs(tmp_path / "agent")) == 2
     for r in rows:
         assert len(r["round_medians_ms"]) == 3 and r["remeasured_rounds"] == 1 and r["status"] == "unstable"
         assert all(b >= 25.0 for b in r["round_busy_pct"])
