@@ -674,8 +674,7 @@ def save_dataset_graphs(dataset: str | Path,
     folder = Path(dataset) / DATASET_GRAPHS
     warnings: list[str] = []
     for sha, path, shapes in models:
-        if (shapes and _cache_path(folder, graph_key(sha, shapes)).exists()) \
-                or find_cached(folder, sha, shapes or None) is not None:
+        if find_cached(folder, sha, shapes or None) is not None:
             continue
         try:
             enc = encode_file(path, cache_dir=folder, input_shapes=shapes or None)
