@@ -190,10 +190,12 @@ def _stored(store: DatasetStore, profile: DeviceProfile, store_lock: threading.L
 def save_graphs(out: Path, onnx: Exported | None) -> None:
     """Store the graph of every ONNX candidate beside the rows (``out/_graphs``), before anything is timed:
     the predictor then trains on any measured network without the model files. A model whose graph cannot be
-    read is still measured (a warning says its rows cannot train the graph predictor)."""
+    read is still measured (a warning says its rows cannot train the graph predictor). Each graph is encoded at
+    the input shapes the model is measured at (a file with dynamic dimensions is another network at each size),
+    keyed by ``hwlat.spaces.graph.graph_key``."""
     if onnx is None:
         return
-    for warning in save_dataset_graphs(out, [(a.sha256, a.path) for a in onnx.candidates]):
+    for warning in save_dataset_graphs(out, [(a.sha256, a.path, a.input_shapes) for a in onnx.candidates]):
         logging.getLogger("hwlat").warning("%s", warning)
 
 

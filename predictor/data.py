@@ -1,5 +1,6 @@
 """Latency data in: any Parquet file or hive-partitioned folder with ``search_space, arch, device, latency_ms``
-(plus ``model_sha256`` and the dataset's ``_graphs/`` for spaces without a dedicated encoder).
+(plus ``model_sha256``, ``input_shapes_json`` and the dataset's ``_graphs/`` for spaces without a dedicated
+encoder, and for rows measured at another size than their dedicated encoder describes).
 
 The harness writes one row per measurement (with ``status``, ``config_id``, repeats); the shared NB201
 table has one row per (device, arch). Both reduce to the same ``LatencyTable``: ok rows only, spaces
@@ -10,6 +11,8 @@ one (space, device, arch) averaged. Anything malformed is a one-line ``UsageErro
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ import pyarrow.dataset as pads
 
 from agents.errors import ArchError, UnknownSpaceError, UsageError
 from agents.records import USABLE_STATUSES
-from hwlat.spaces.graph import DATASET_GRAPHS, read_cached
+from hwlat.spaces.graph import DATASET_GRAPHS, find_cached
 
 from .encode import (
     add_graphs,
@@ -34,9 +37,16 @@ from .encode import (
     space_key,
 )
 
+log = logging.getLogger("hwlat")
+
 REQUIRED = ("search_space", "arch", "device", "latency_ms")
 #: the input size a row was measured at (harness rows have them; a table without them was measured at the default)
 SIZE = ("batch", "resolution")
+#: the shapes of every graph input a row was measured at (``{"name": [dims]}``): with ``model_sha256``, which
+#: graph encoding in ``_graphs/`` is the measured network's (``hwlat.spaces.graph.graph_key``)
+SHAPES = "input_shapes_json"
+#: the graph-encoded space that takes a dedicated space's rows measured at another size than its encoder's
+GRAPH_SUFFIX = "-graph"
 #: Latencies outside this range are refused (ms): 1 ns is below any timer, 10^7 ms (2.8 h) above any timed
 #: network. Beyond them a value is a unit or data error, and near 1e308 it overflows the means and cost
 #: models to inf (and the training to NaN).
@@ -112,9 +122,11 @@ def load_table(paths: Sequence[str | Path], spaces: Collection[str] | None = Non
 
     ``spaces`` (canonical names, see ``space_key``) keeps only those spaces' rows, so a benchmark can read
     files that also hold spaces it does not use. Rows of a space without a dedicated encoder are keyed
-    by ``model_sha256`` and encoded from the graphs in the dataset's ``_graphs/`` folder, except spaces hwlat
-    can build (OFA, ``autoformer``, plug-ins): those keep their arch strings and are encoded by tracing the
-    space's module (``predictor.traced``), the same path that encodes a profile's candidate pool.
+    by ``model_sha256`` (and their input shapes) and encoded from the graphs in the dataset's ``_graphs/``
+    folder, except spaces hwlat can build (OFA, ``autoformer``, plug-ins): those keep their arch strings and
+    are encoded by tracing the space's module (``predictor.traced``), the same path that encodes a profile's
+    candidate pool. Rows of a dedicated space (NB201, FBNet) measured at another batch or resolution than its
+    encoder describes become rows of the graph-encoded space ``<space>-graph`` (``_off_size_rows``).
     """
     if not paths:
         raise UsageError("no --data given")
@@ -126,10 +138,16 @@ def load_table(paths: Sequence[str | Path], spaces: Collection[str] | None = Non
             raise UsageError(f"{p}: missing column(s) {', '.join(missing)} (need {', '.join(REQUIRED)})")
         if "status" in df.columns:
             df = df[df["status"].astype(str).isin(USABLE_STATUSES)]
-        df = df[[*REQUIRED, *(c for c in ("model_sha256", *SIZE) if c in df.columns)]].copy()
+        df = df[[*REQUIRED, *(c for c in ("model_sha256", *SIZE, SHAPES) if c in df.columns)]].copy()
         df["search_space"] = df["search_space"].astype(str)
+        df, moved = _off_size_rows(df, Path(p))
         if spaces is not None:
-            df = df[df["search_space"].map(_space_keys(df)).isin(set(spaces))]
+            keep = df["search_space"].map(_space_keys(df)).isin(set(spaces))
+            for derived, (origin, n) in moved.items():
+                if origin in spaces and derived not in spaces:
+                    log.warning("%s: %d %s row(s) measured at another size than the %s encoder's are left out "
+                                "(they train the %s space)", p, n, origin, origin, derived)
+            df = df[keep]
         frames.append(_sized_rows(_graph_rows(df, Path(p)))[list(REQUIRED)])
     return reduce_frame(pd.concat(frames, ignore_index=True))
 
@@ -139,8 +157,72 @@ def _space_keys(df: pd.DataFrame) -> dict[str, str]:
     return {name: space_key(name) for name in df["search_space"].unique()}
 
 
+def _off_size_rows(df: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dict[str, tuple[str, int]]]:
+    """Move the rows of dedicated spaces measured at another size than their encoder's (``SpaceEncoder.size``)
+    to the graph-encoded space ``<space>-graph``; returns the frame and {that space: (the space, rows moved)}.
+
+    Why: an NB201 or FBNet encoder's features (its FLOPs, its layer shapes) describe the network at one input
+    size. A row measured with ``--batch`` or ``--resolution`` is another network: encoded by its arch string it
+    would train on wrong features, and be averaged with the same arch's rows at the default size. Its graph (the
+    ONNX file that was timed, at the shapes it was timed at, in ``_graphs/``) describes it whatever its size, and
+    keeping these rows in a space of their own keeps each space's encoding one kind. A missing batch or
+    resolution (a published table) means the encoder's.
+    """
+    if not any(c in df.columns for c in SIZE):
+        return df, {}
+    keys = df["search_space"].map(_space_keys(df))
+    moved: dict[str, tuple[str, int]] = {}
+    for name in keys.unique():
+        size = get_encoder(name).size if is_registered(name) else None
+        if size is None:
+            continue
+        off = (keys == name).to_numpy(bool, copy=True)
+        wrong = np.zeros(len(df), bool)
+        for col, want in zip(SIZE, size, strict=True):
+            if col in df.columns:
+                got = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
+                wrong |= ~np.isnan(got) & (got != want)
+        off &= wrong
+        if not off.any():
+            continue
+        canon = get_encoder(name).name
+        n = int(off.sum())
+        first = df[off].iloc[0]
+        where = ", ".join(f"{c} {first[c]}" for c in SIZE if c in df.columns)
+        default = f"batch {size[0]}, resolution {size[1]}"
+        if "model_sha256" not in df.columns or df.loc[off, "model_sha256"].isna().any():
+            raise UsageError(f"{path}: {n} {canon} row(s) were measured at another size than the {canon} encoder "
+                             f"describes ({default}; first: {first['arch']!r} at {where}) and have no model_sha256 "
+                             "to find their graphs by; leave them out of the data")
+        derived = canon + GRAPH_SUFFIX
+        df = df.copy()
+        df.loc[off, "search_space"] = derived
+        moved[derived] = (canon, n)
+        log.warning("%s: %d %s row(s) measured at another size than the %s encoder's (%s; first: %s) are encoded "
+                    "from their ONNX graphs, as the space %s", path, n, canon, canon, default, where, derived)
+    return df, moved
+
+
+def _input_shapes(value: object, path: Path, arch: object) -> dict[str, list[int]] | None:
+    """A row's ``input_shapes_json`` as {input: dims}; None when the row has none (a table without them)."""
+    if value is None or (isinstance(value, float) and value != value) or value == "":
+        return None
+    try:
+        shapes = {str(k): [int(d) for d in v] for k, v in json.loads(str(value)).items()}
+    except (ValueError, TypeError, AttributeError):
+        raise UsageError(f"{path}: row {arch!r} has an unreadable input_shapes_json {str(value)[:80]!r}") from None
+    return shapes or None
+
+
 def _graph_rows(df: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Key the rows of graph-encoded spaces by ``model_sha256`` and load their graphs from ``_graphs/``."""
+    """Key the rows of graph-encoded spaces by the network measured (``model_sha256`` at the row's input shapes,
+    ``hwlat.spaces.graph.graph_key``) and load their graphs from ``_graphs/``.
+
+    Why the shapes: one ONNX file with dynamic dimensions measured at two sizes is two networks under one
+    ``model_sha256``; each size has its own encoding there. Datasets written before encodings were keyed by
+    size hold the file's own shapes under the bare sha256 (``find_cached`` takes one only for rows at those
+    shapes).
+    """
     keys = df["search_space"].map(_space_keys(df))
     graph = keys.map(lambda k: not is_registered(k) or (is_graph_space(k) and not is_traced_space(k))).astype(bool)
     if not graph.any():
@@ -150,23 +232,35 @@ def _graph_rows(df: pd.DataFrame, path: Path) -> pd.DataFrame:
         raise UnknownSpaceError(f"unknown search space {first!r}; known: {', '.join(known_spaces())} (rows of "
                                 "other spaces need a model_sha256 column and graph encodings in _graphs/)")
     folder = (path if path.is_dir() else path.parent) / DATASET_GRAPHS
-    encodings, missing = [], []
-    for sha in df.loc[graph, "model_sha256"].astype(str).unique():
-        enc = read_cached(folder, sha)
+    sel = df.loc[graph]
+    shas = sel["model_sha256"].astype(str).tolist()
+    shape_json = sel[SHAPES].astype(object).where(sel[SHAPES].notna(), None).tolist() if SHAPES in sel.columns \
+        else [None] * len(sel)
+    encodings, found = [], {}
+    missing: list[tuple[str, dict[str, list[int]] | None, int]] = []
+    for i, pair in enumerate(zip(shas, shape_json, strict=True)):
+        if pair in found:
+            continue
+        shapes = _input_shapes(pair[1], path, sel["arch"].iloc[i])
+        enc = find_cached(folder, pair[0], shapes)
+        found[pair] = None if enc is None else enc.key
         if enc is None:
-            missing.append(sha)
+            missing.append((pair[0], shapes, i))
         else:
             encodings.append(enc)
     if missing:
-        row = df[df["model_sha256"] == missing[0]].iloc[0]
+        sha, shapes, i = missing[0]
+        row = sel.iloc[i]
+        at = f" at input shapes {json.dumps(shapes, separators=(',', ':'))}" if shapes else ""
         raise UsageError(f"{path}: {len(missing)} measured network(s) have no graph encoding in {folder} (first: "
-                         f"{row['search_space']} {row['arch']!r}, model_sha256 {missing[0][:12]}); `hwlat measure` "
-                         "writes them beside the rows")
+                         f"{row['search_space']} {row['arch']!r}, model_sha256 {sha[:12]}{at}); `hwlat measure` "
+                         "writes them beside the rows: run the command that measured them on this folder again (it "
+                         "measures nothing twice), or leave those rows out")
     add_graphs(encodings)
     for name in keys[graph].unique():
         register_graph_space(name)
     df = df.copy()
-    df.loc[graph, "arch"] = df.loc[graph, "model_sha256"].astype(str)
+    df.loc[graph, "arch"] = [found[pair] for pair in zip(shas, shape_json, strict=True)]
     return df
 
 

@@ -64,6 +64,10 @@ class SpaceEncoder:
     #: fitted at transfer (a per-op cost model); the rest (counts, flags, FLOPs) would let one odd sample
     #: (e.g. a disconnected cell) dominate a 5-20 point fit.
     linear_features: slice = slice(None)
+    #: the one input size (batch, resolution) whose network an analytic encoder's features describe (its FLOPs,
+    #: its layer shapes); None where each network's own size is encoded (graphs, traces). Rows measured at
+    #: another size are not this encoder's to encode (``predictor.data`` sends them to the graph path).
+    size: tuple[int, int] | None = None
 
     def encode_one(self, arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return (flat, nodes, adj) for one arch; raise ``ArchError`` if it is not in the space."""
@@ -175,6 +179,7 @@ class NB201Encoder(SpaceEncoder):
     name = "nb201"
     aliases = ("nasbench201", "nb201", "nas-bench-201", "nasbench-201")
     linear_features = slice(0, 6 * len(NB201_OPS))
+    size = (1, 32)  # the CIFAR network of _NB201_STAGES
 
     def example(self) -> str:
         return "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|"
@@ -338,6 +343,7 @@ class FBNetEncoder(SpaceEncoder):
     name = "fbnet"
     aliases = ("fbnet", "fbnet_space")
     linear_features = slice(0, FBNET_LAYERS * len(FBNET_OPS))
+    size = (1, _FBNET_MACRO.resolution)  # the layer shapes of _FBNET_SHAPES
 
     def example(self) -> str:
         return "|".join(["k3_e1"] * FBNET_LAYERS)
@@ -377,12 +383,14 @@ _GRAPH_FEATURES["empty"] = graph_features(GraphEncoding("empty"))
 
 
 def add_graphs(encodings: Iterable[GraphEncoding]) -> list[str]:
-    """Make networks known to every graph-encoded space by their sha256; returns those keys."""
+    """Make networks known to every graph-encoded space by their key (``hwlat.spaces.graph.graph_key``: the
+    model's sha256, plus a digest of its input shapes when measured at other shapes than the file's own);
+    returns those keys."""
     keys = []
     for enc in encodings:
-        if enc.sha256 not in _GRAPH_FEATURES:
-            _GRAPH_FEATURES[enc.sha256] = graph_features(enc)
-        keys.append(enc.sha256)
+        if enc.key not in _GRAPH_FEATURES:
+            _GRAPH_FEATURES[enc.key] = graph_features(enc)
+        keys.append(enc.key)
     return keys
 
 

@@ -11,8 +11,10 @@ turns the graph into
 1. a ``GraphEncoding``: one record per operator (after fusing the activation patterns runtimes fuse)
    with a normalised op type (``OP_TYPES``), its attributes (kernel, stride, groups, dilation), input,
    weight and output shapes, FLOPs, bytes read/written and parameters, plus the edges between operators;
-   stored as gzipped JSON keyed by the model file's sha256 (``model_sha256`` in the dataset), both in a
-   user cache and in ``DATASET/_graphs/`` so a dataset trains a predictor without its model files;
+   stored as gzipped JSON keyed by the model file's sha256 (``model_sha256`` in the dataset) plus, when the
+   network was measured at other input shapes than the file's own, a digest of those shapes (``graph_key``:
+   one ONNX file with dynamic dimensions is another network at every size), both in a user cache and in
+   ``DATASET/_graphs/`` so a dataset trains a predictor without its model files;
 2. (in ``predictor/graph.py``) fixed-length features: per op type its FLOPs, bytes moved, launch count and parameters,
    plus totals. That is what a per-op-type additive cost model needs: latency ~ sum over op types of
    (a_t * FLOPs_t + b_t * bytes_t + c_t * launches_t).
@@ -125,25 +127,61 @@ _INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.I
               onnx.TensorProto.UINT8, onnx.TensorProto.BOOL}
 
 
+def graph_key(sha256: str, input_shapes: dict[str, list[int]] | None = None) -> str:
+    """The key of a network's encoding: the model file's sha256, followed by a digest of its graph inputs'
+    shapes when they are not the file's own (``-`` and 16 hex digits).
+
+    Why: a file with dynamic dimensions measured at two sizes (``hwlat measure --models --input-shape``) is two
+    networks -- other FLOPs, bytes and shapes -- under one ``model_sha256``. A file at its own shapes (every
+    static file; a dynamic one with those dims at 1, what ``encode_file`` encodes) keeps the bare sha256, so
+    datasets written before sizes were keyed read as they did, and ``predict`` of the file finds the same key.
+    ``input_shapes`` None: the file's own.
+    """
+    if not input_shapes:
+        return sha256
+    canon = json.dumps({str(k): [int(d) for d in v] for k, v in input_shapes.items()}, sort_keys=True,
+                       separators=(",", ":"))
+    return f"{sha256}-{hashlib.sha256(canon.encode()).hexdigest()[:16]}"
+
+
 @dataclass
 class GraphEncoding:
-    """One network's operators (``ops``: dicts, see ``_record``) and edges (producer op, consumer op)."""
+    """One network's operators (``ops``: dicts, see ``_record``) and edges (producer op, consumer op).
+
+    ``sha256``: the model file's hash (or, for a traced network, its trace key); ``inputs``: the graph inputs'
+    shapes it was encoded at (None in encodings written before they were recorded); ``key``: what it is stored
+    and looked up by (``graph_key``; the sha256 when encoded at the file's own shapes).
+    """
 
     sha256: str
     ops: list[dict[str, Any]] = field(default_factory=list)
     edges: list[tuple[int, int]] = field(default_factory=list)
+    inputs: dict[str, list[int]] | None = None
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.sha256
 
     def to_json(self) -> bytes:
-        return gzip.compress(json.dumps({"format": FORMAT, "sha256": self.sha256, "ops": self.ops,
-                                         "edges": [list(e) for e in self.edges]},
-                                        separators=(",", ":")).encode(), mtime=0)
+        blob: dict[str, Any] = {"format": FORMAT, "sha256": self.sha256, "ops": self.ops,
+                                "edges": [list(e) for e in self.edges]}
+        if self.inputs is not None:
+            blob["inputs"] = self.inputs
+        if self.key != self.sha256:
+            blob["key"] = self.key
+        return gzip.compress(json.dumps(blob, separators=(",", ":")).encode(), mtime=0)
 
     @classmethod
     def from_json(cls, data: bytes) -> GraphEncoding:
+        """Read an encoding; files without ``inputs``/``key`` (written before sizes were keyed) read as the
+        file's own shapes, unknown (``inputs`` None)."""
         blob = json.loads(gzip.decompress(data))
         if blob.get("format") != FORMAT:
             raise ValueError(f"graph format {blob.get('format')!r}, expected {FORMAT}")
-        return cls(blob["sha256"], blob["ops"], [tuple(e) for e in blob["edges"]])
+        inputs = blob.get("inputs")
+        return cls(blob["sha256"], blob["ops"], [tuple(e) for e in blob["edges"]],
+                   None if inputs is None else {str(k): [int(d) for d in v] for k, v in inputs.items()},
+                   str(blob.get("key") or blob["sha256"]))
 
     def total(self, key: str) -> int:
         """Sum of one per-op quantity (``flops``, ``params``, ``bytes_read``, ``bytes_written``)."""
@@ -505,10 +543,12 @@ def graph_input_shapes(model: onnx.ModelProto) -> tuple[dict[str, list[int]], di
     return shapes, dynamic
 
 
-def encode_model(model: onnx.ModelProto, sha256: str, label: str = "model") -> GraphEncoding:
-    """The graph encoding of a loaded model; ``UsageError`` naming the operator when it cannot be encoded.
-
-    Dynamic input dimensions are fixed to 1 first (``graph_input_shapes``).
+def encode_model(model: onnx.ModelProto, sha256: str, label: str = "model",
+                 input_shapes: dict[str, list[int]] | None = None) -> GraphEncoding:
+    """The graph encoding of a loaded model at ``input_shapes`` (graph inputs by name; inputs not named and
+    every input without it: the file's own shapes, dynamic dimensions fixed to 1, ``graph_input_shapes``);
+    ``UsageError`` naming the operator when it cannot be encoded. Its ``key`` is ``graph_key``: the sha256
+    alone at the file's own shapes.
     """
     if not model.graph.node:
         raise UsageError(f"{label}: not an ONNX model (no graph nodes)")
@@ -516,7 +556,8 @@ def encode_model(model: onnx.ModelProto, sha256: str, label: str = "model") -> G
         if node.op_type not in _SIMPLE and node.op_type not in (*_MAC_OPS, "Constant"):
             raise UsageError(f"{label}: operator {node.op_type} (node {node.name or '?'!r}) is not supported "
                              "by the graph encoder")
-    shapes, _dynamic = graph_input_shapes(model)
+    own, _dynamic = graph_input_shapes(model)
+    shapes = {**own, **{k: [int(d) for d in v] for k, v in (input_shapes or {}).items() if k in own}}
     fixed = with_input_shapes(model, shapes)
     params_of = {init.name: list(init.dims) for init in model.graph.initializer}
     try:
@@ -544,11 +585,11 @@ def encode_model(model: onnx.ModelProto, sha256: str, label: str = "model") -> G
     edges = sorted({(made_by[t], k) for k, op in enumerate(ops) for t in op["_acts"] if t in made_by})
     for op in ops:
         del op["_acts"], op["_outs"]
-    return GraphEncoding(sha256, ops, edges)
+    return GraphEncoding(sha256, ops, edges, inputs=shapes, key=graph_key(sha256, None if shapes == own else shapes))
 
 
-def _cache_path(cache_dir: Path, sha256: str) -> Path:
-    return cache_dir / f"{sha256}.json.gz"
+def _cache_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"{key}.json.gz"
 
 
 def default_cache_dir() -> Path:
@@ -556,23 +597,48 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HWLAT_GRAPH_CACHE", "~/.cache/hwlat/graphs")).expanduser()
 
 
-def read_cached(cache_dir: Path, sha256: str) -> GraphEncoding | None:
-    """A stored encoding, or None when absent, unreadable or of another format version."""
+def read_cached(cache_dir: Path, key: str) -> GraphEncoding | None:
+    """A stored encoding by its ``graph_key``, or None when absent, unreadable or of another format version."""
     try:
-        enc = GraphEncoding.from_json(_cache_path(cache_dir, sha256).read_bytes())
-    except (OSError, ValueError, KeyError, EOFError):
+        enc = GraphEncoding.from_json(_cache_path(cache_dir, key).read_bytes())
+    except (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError):
         return None
-    return enc if enc.sha256 == sha256 else None
+    return enc if enc.key == key else None
+
+
+def find_cached(cache_dir: Path, sha256: str, input_shapes: dict[str, list[int]] | None) -> GraphEncoding | None:
+    """The stored encoding of the file ``sha256`` at ``input_shapes`` (None: the file's own), or None.
+
+    Looks under the sized key, then the bare sha256, which holds the file at its own shapes: taken when none
+    are asked for, or when the shapes it was encoded at are the ones asked for. An encoding written before they
+    were recorded (``inputs`` None; then always the file's own shapes, dynamic dimensions at 1) was encoded at
+    the asked shapes when each of them is the shape of some operator's input: every graph input is read by an
+    operator, so an encoding at another size shows that input at its other size.
+    """
+    if input_shapes:
+        input_shapes = {str(k): [int(d) for d in v] for k, v in input_shapes.items()}
+        hit = read_cached(cache_dir, graph_key(sha256, input_shapes))
+        if hit is not None:
+            return hit
+    hit = read_cached(cache_dir, sha256)
+    if hit is None or not input_shapes:
+        return hit
+    if hit.inputs is not None:
+        return hit if hit.inputs == input_shapes else None
+    seen = {tuple(shape) for op in hit.ops for shape in op.get("inputs", []) if shape is not None}
+    return hit if all(tuple(dims) in seen for dims in input_shapes.values()) else None
 
 
 def write_cached(cache_dir: Path, enc: GraphEncoding) -> None:
-    """Store an encoding atomically (a kill never leaves half a file under the final name)."""
+    """Store an encoding atomically under its key (a kill never leaves half a file under the final name)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(_cache_path(cache_dir, enc.sha256), enc.to_json())
+    atomic_write(_cache_path(cache_dir, enc.key), enc.to_json())
 
 
-def encode_file(path: str | Path, cache_dir: str | Path | None = None) -> GraphEncoding:
-    """Encode an ONNX file, cached by the sha256 of its bytes in ``cache_dir`` (default: the user cache)."""
+def encode_file(path: str | Path, cache_dir: str | Path | None = None,
+                input_shapes: dict[str, list[int]] | None = None) -> GraphEncoding:
+    """Encode an ONNX file at ``input_shapes`` (None: its own, ``encode_model``), cached by ``graph_key`` in
+    ``cache_dir`` (default: the user cache)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -582,14 +648,14 @@ def encode_file(path: str | Path, cache_dir: str | Path | None = None) -> GraphE
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     sha = hashlib.sha256(data).hexdigest()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    hit = read_cached(cache, sha)
+    hit = find_cached(cache, sha, input_shapes)
     if hit is not None:
         return hit
     try:
         model = onnx.load_model_from_string(data)
     except Exception as exc:
         raise UsageError(f"{path}: not a readable ONNX model ({one_line(exc)})") from None
-    enc = encode_model(model, sha, label=str(path))
+    enc = encode_model(model, sha, label=str(path), input_shapes=input_shapes)
     try:
         write_cached(cache, enc)
     except OSError as exc:
@@ -597,19 +663,21 @@ def encode_file(path: str | Path, cache_dir: str | Path | None = None) -> GraphE
     return enc
 
 
-def save_dataset_graphs(dataset: str | Path, models: Iterable[tuple[str, str]]) -> list[str]:
-    """Store the encoding of every (sha256, ONNX path) under ``DATASET/_graphs`` unless already there.
+def save_dataset_graphs(dataset: str | Path,
+                        models: Iterable[tuple[str, str, dict[str, list[int]] | None]]) -> list[str]:
+    """Store the encoding of every (sha256, ONNX path, input shapes it is measured at) under ``DATASET/_graphs``
+    (by ``graph_key``) unless already there.
 
     Returns one warning per model that cannot be encoded: its rows are still measured and stored, only
     the graph predictor will not be able to use them.
     """
     folder = Path(dataset) / DATASET_GRAPHS
     warnings: list[str] = []
-    for sha, path in models:
-        if _cache_path(folder, sha).exists():
+    for sha, path, shapes in models:
+        if find_cached(folder, sha, shapes or None) is not None:
             continue
         try:
-            enc = encode_file(path, cache_dir=folder)
+            enc = encode_file(path, cache_dir=folder, input_shapes=shapes or None)
         except UsageError as exc:
             warnings.append(f"no graph encoding for {Path(path).name}: {exc}")
             continue
