@@ -26,7 +26,7 @@ import agents
 from agents.cooldown import cool_down
 from agents.errors import ProtocolError
 from agents.journal import parse_line, validate_result
-from agents.records import Job, MeasureResult, RunSpec
+from agents.records import Job, MeasureResult, RunSpec, TimingConfig
 from agents.system import snapshot, utc_now
 
 SPEC_FILE = "jobs.json"
@@ -46,6 +46,10 @@ POLL_S = 0.5
 #: How long a new worker may take to import numpy and the runtime and say "ready" (a Pi Zero
 #: importing TensorFlow can take a minute); never less than the run's ``timeout_s``.
 WORKER_START_TIMEOUT_S = 120.0
+#: A job that starts within this many seconds of the previous job's result follows a busy CPU: its warm-up
+#: needs ``warmup_min_runs`` only, not also ``warmup_min_s`` (docs/timing.md, "Warm-up"). Below the ~32 ms
+#: over which Linux's schedutil forgets a CPU's load, so the governor has not stepped the clock down yet.
+BUSY_GAP_S = 0.03
 
 
 class AgentUsageError(Exception):
@@ -194,6 +198,8 @@ class Supervisor:
         self._parent = os.getppid() if exit_with_parent else None
         #: jobs the current worker has served (``timing.fresh_worker`` replaces it after each)
         self._served = 0
+        #: ``time.monotonic()`` when the previous job's result arrived (None before the first job)
+        self._last_end: float | None = None
         self._runtime = dataclasses.replace(
             spec.runtime, custom_op_libraries=[self.resolve(p) for p in spec.runtime.custom_op_libraries]
         )
@@ -247,11 +253,12 @@ class Supervisor:
                 "job": dataclasses.asdict(job),
                 "model_path": self.resolve(job.model_path),
                 "runtime": dataclasses.asdict(self._runtime),
-                "timing": dataclasses.asdict(self.spec.timing),
+                "timing": dataclasses.asdict(self._job_timing()),
                 "op_profile": self.spec.op_profile,
             })
             self._served += 1
             event = worker.read_event(time.monotonic() + self.spec.timeout_s, self.check_parent)
+            self._last_end = time.monotonic()
             result = validate_result(event, {job.job_id: job}, self.spec)
         except ProtocolError as exc:  # never journal what the coordinator would have to reject
             self.stop_worker()
@@ -272,6 +279,21 @@ class Supervisor:
         result.system_before = before
         result.cooldown_s, result.start_temp_c = waited, start_temp
         return result
+
+    def _job_timing(self) -> TimingConfig:
+        """The run's timing, without the warm-up's time floor when the previous job ended just now.
+
+        ``warmup_min_s`` is there for a CPU that may have idled (the first job of a run, after a cooldown or
+        a worker start): its clock must ramp up. A job that follows another within ``BUSY_GAP_S`` runs on a
+        CPU that was busy until now, and a fresh session needs its ``warmup_min_runs`` only: past 10 runs
+        the timed median moves by less than its own noise on every runtime measured
+        (benchmarks/warmup_curve.py, docs/benchmarks.md), while the floor cost ~30 ms per job of a
+        sub-millisecond model, three times per model with rounds.
+        """
+        timing = self.spec.timing
+        if self._last_end is not None and time.monotonic() - self._last_end <= BUSY_GAP_S:
+            return dataclasses.replace(timing, warmup_min_s=0.0)
+        return timing
 
     def _failure(self, job: Job, status: str, error_type: str, error: str) -> MeasureResult:
         return MeasureResult(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
+from fixtures.agent_models import FAST_TIMING, REPO, agent_cmd, matmul_model, write_run
 
 from agents.cooldown import cool_down
 from agents.errors import ProfileError
+from agents.journal import read_journal
 from agents.records import RunSpec, TimingConfig
 from agents.system import temperature_c
 from harness.devices import load_profile_file, parse_profile
@@ -43,3 +47,24 @@ def test_profile_keys_validated_and_carried_in_the_run_spec() -> None:
     spec = RunSpec("r", rpi.runtime, rpi.timing, [], op_profile=True)
     again = RunSpec.from_json(spec.to_json())
     assert again.timing == rpi.timing and again.op_profile
+
+
+@pytest.mark.parametrize("cooldown_s, floored", [(0.0, [True, False, False]), (0.05, [True, True, True])])
+def test_warmup_time_floor_only_after_the_cpu_may_have_idled(tmp_path: Path, cooldown_s: float,
+                                                            floored: list[bool]) -> None:
+    """A real agent runs three jobs of a ~10 µs model with a 0.15 s warm-up floor: the first job (after the worker
+    started) and every job after a cooldown wait warm up for the floor (thousands of runs); a job that follows the
+    previous one at once warms up for ``warmup_min_runs`` only, since the CPU was busy until then."""
+    sha = matmul_model(tmp_path / "mm.onnx", size=16)
+    timing = {**FAST_TIMING, "warmup_min_runs": 3, "warmup_min_s": 0.15, "warmup_max_runs": 100_000,
+              "cooldown_s": cooldown_s}
+    jobs = [{"job_id": f"j{i}", "model_path": str(tmp_path / "mm.onnx"), "sha256": sha} for i in range(3)]
+    run_dir = write_run(tmp_path / "work", "warm", jobs, timing=timing)
+    proc = subprocess.run(agent_cmd("run", str(run_dir)), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    events = {e["job_id"]: e for e in read_journal(run_dir / "journal.jsonl") if e["type"] == "result"}
+    warmups = [events[f"j{i}"]["warmup_runs"] for i in range(3)]
+    assert all(events[f"j{i}"]["status"] in ("ok", "unstable") for i in range(3))
+    # 0.15 s of a 16x16 MatMul is far above 100 runs on any machine; 3 runs is the count alone
+    assert [w > 100 for w in warmups] == floored, warmups
+    assert all(w == 3 for w, f in zip(warmups, floored, strict=True) if not f), warmups
