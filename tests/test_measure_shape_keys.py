@@ -18,10 +18,11 @@ from profiles import fast_profile
 from test_graph_keys import WIDTH, _export_block
 from test_measure_local import hwlat
 
-from agents.records import MeasureResult
+from agents.records import MeasureResult, TimingConfig
 from harness.compare import compare
 from harness.onnx_files import ShapeRequest, read_model
-from harness.rounds import ROUNDS_DIR, load_rounds, prune_round_logs, rounds_dir
+from harness.records import ModelArtifact
+from harness.rounds import ROUNDS_DIR, RoundBook, load_rounds, prune_round_logs, rounds_dir
 from harness.store import SCHEMA, DatasetStore, MeasuredKey, read_dataset, row_table
 from hwlat.spaces.graph import graph_key
 
@@ -146,6 +147,11 @@ def test_round_journals_are_kept_and_resumed_per_shape(tmp_path: Path) -> None:
         (folder / f"{session}.jsonl").write_text(json.dumps(_round_event(key, sha, session)) + "\n")
     rounds, _ = load_rounds(tmp_path, "dev", "cfg")
     assert {k: [r.session_id for r in v] for k, v in rounds.items()} == {k16: ["s16"], k64: ["s64"], sha: ["old"]}
+    art = ModelArtifact("onnx", "block", "block.onnx", sha, "onnx", input_shapes=_at(64), key=k64)
+    book = RoundBook(root=tmp_path / "elsewhere", device="dev", config_id="cfg", session_id="now",
+                     timing=TimingConfig(rounds=2), models=[art], prior=rounds, prior_refs={})
+    assert {k: [r.session_id for r in v] for k, v in book.rounds.items()} == {k64: ["s64"]}
+    assert book.planned_passes() == [[art]]  # one round of seq 64 resumed, one to go; seq 16's is not its
     prune_round_logs(tmp_path, "dev", "cfg", {k16})
     assert sorted(p.stem for p in folder.iterdir()) == ["old", "s64"]
     prune_round_logs(tmp_path, "dev", "cfg", {k64, sha})
