@@ -328,23 +328,23 @@ class RoundBook:
         measurement, or ``pass_over``) and no round missing, or a round failed. They are closed. ``force``
         closes every model with a round (the pass limit was reached)."""
         done = []
-        for sha in sorted(self.open):
-            rounds = self.rounds[sha]
+        for key in sorted(self.open):
+            rounds = self.rounds[key]
             if not rounds or not (pass_over or self._bracketed(rounds)):
                 continue
             verdict = judge(rounds, self.refs, self.timing)
             if verdict.failed is not None or verdict.need == 0 or (force and verdict.kept):
-                self.open.discard(sha)
+                self.open.discard(key)
                 done.append(verdict)
         return done
 
-    def _need(self, sha: str) -> int:
-        rounds = self.rounds[sha]
+    def _need(self, key: str) -> int:
+        rounds = self.rounds[key]
         return judge(rounds, self.refs, self.timing).need if rounds else self.timing.rounds
 
     def next_pass(self) -> list[ModelArtifact]:
         """The models that still need a round (each at most once per pass), in a stable order."""
-        return [self.arts[sha] for sha in sorted(self.open) if self._need(sha) > 0]
+        return [self.arts[key] for key in sorted(self.open) if self._need(key) > 0]
 
     def planned_passes(self) -> list[list[ModelArtifact]]:
         """The passes that can be planned before anything is measured: pass p holds the models that lack more
@@ -356,9 +356,9 @@ class RoundBook:
         row was settled, unless a round fails.
         """
         cap = self.timing.rounds + self.timing.remeasure_max
-        lacking = {sha: min(self._need(sha), cap - len(self.rounds[sha])) for sha in sorted(self.open)}
+        lacking = {key: min(self._need(key), cap - len(self.rounds[key])) for key in sorted(self.open)}
         depth = max(lacking.values(), default=0)
-        return [[self.arts[sha] for sha, n in lacking.items() if n > p] for p in range(depth)]
+        return [[self.arts[key] for key, n in lacking.items() if n > p] for p in range(depth)]
 
     def art(self, verdict: Verdict) -> ModelArtifact:
         return self.arts[verdict.rounds[0].key]
