@@ -136,7 +136,7 @@ def run_campaign(req: CampaignRequest, progress: Any = None,
                 prior, prior_refs = ({}, {}) if req.remeasure else load_rounds(req.out, prof.name, prof.config_id())
                 if prior:  # rounds of a model that has a row (kept by a kill before the journal was pruned) are done
                     stored = _stored(store, prof, store_lock)
-                    prior = {sha: rounds for sha, rounds in prior.items() if sha not in stored}
+                    prior = {key: rounds for key, rounds in prior.items() if key not in stored}
                 book = RoundBook(root=req.out, device=prof.name, config_id=prof.config_id(), session_id=session_id,
                                  timing=prof.timing, models=todo, prior=prior, prior_refs=prior_refs)
                 runner.measure_rounds(book, order_for, req.chunk_jobs, make_spec, first_pass_alone=req.op_profile)
@@ -181,10 +181,10 @@ def run_campaign(req: CampaignRequest, progress: Any = None,
 
 
 def _stored(store: DatasetStore, profile: DeviceProfile, store_lock: threading.Lock) -> set[str]:
-    """The models (sha256) that have a row of any agent status on this device configuration."""
+    """The networks (``MeasuredKey.model_key``) that have a row of any agent status on this device configuration."""
     with store_lock:
         keys = store.measured_keys(profile.name)
-    return {k.model_sha256 for k in keys if k.config_id == profile.config_id()}
+    return {k.model_key for k in keys if k.config_id == profile.config_id()}
 
 
 def save_graphs(out: Path, onnx: Exported | None) -> None:

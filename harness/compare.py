@@ -1,8 +1,10 @@
 """``hwlat datasets compare A B``: do two measurements of the same models on the same device configurations agree?
 
-Rows are matched by (device, ``config_id``, ``model_sha256``): the same exact model file on the same device
-configuration. Only usable rows (``agents.records.USABLE_STATUSES``) with a latency take part; a key measured
-more than once in one dataset (``--remeasure`` sessions) counts with the median of its latencies.
+Rows are matched by (device, ``config_id``, ``model_key``): the same network -- the same exact model file at the
+same input shapes (``harness.store.row_model_key``; rows written before ``model_key`` existed by their
+``model_sha256``) -- on the same device configuration. Only usable rows (``agents.records.USABLE_STATUSES``) with a
+latency take part; a key measured more than once in one dataset (``--remeasure`` sessions) counts with the median of
+its latencies.
 
 Figures (what a retest on another day, or after a change to the harness, must reproduce):
 
@@ -48,9 +50,9 @@ from scipy import stats
 
 from agents.errors import UsageError
 from agents.records import USABLE_STATUSES
-from harness.store import read_dataset
+from harness.store import read_dataset, row_model_key
 
-KEY = ["device", "config_id", "model_sha256"]
+KEY = ["device", "config_id", "model_key"]
 #: Verdict thresholds: "reproduces" needs both a rank agreement and a typical relative difference this good.
 SPEARMAN_MIN = 0.95
 MEDIAN_DIFF_MAX = 0.05
@@ -67,17 +69,19 @@ _ROUND_COLUMNS = ("ref_model_sha256", "round_medians_ms", "round_kept", "round_r
 def _rows(path: Path) -> pd.DataFrame:
     """Usable rows with a latency: the key, arch, latency and (null where absent) the per-round reference data."""
     table = read_dataset(path)
-    need = {*KEY, "arch", "status", "latency_ms"}
+    need = {"device", "config_id", "model_sha256", "arch", "status", "latency_ms"}
     if not need <= set(table.column_names):
         raise UsageError(f"{path} is not an hwlat dataset (missing columns {sorted(need - set(table.column_names))})")
-    optional = {"session_id", *_ROUND_COLUMNS}
+    optional = {"session_id", "model_key", *_ROUND_COLUMNS}
     df = table.select(sorted(need | (optional & set(table.column_names)))).to_pandas()
     for column in optional:
         if column not in df:
             df[column] = None
     df = df[df["status"].astype(str).isin(USABLE_STATUSES) & (df["latency_ms"] > 0)]
     df = df.astype({"device": str})
-    return df.assign(round_ref_ms=[_round_ref(row) for row in df.itertuples()])
+    return df.assign(model_key=[row_model_key(k if isinstance(k, str) else None, s)
+                                for k, s in zip(df["model_key"], df["model_sha256"], strict=True)],
+                     round_ref_ms=[_round_ref(row) for row in df.itertuples()])
 
 
 def _round_ref(row: Any) -> Any:
@@ -97,7 +101,8 @@ def _round_ref(row: Any) -> Any:
 def _latencies(df: pd.DataFrame, column: str = "latency_ms") -> pd.DataFrame:
     """One latency per key (the median of a key measured more than once)."""
     df = df.dropna(subset=[column])
-    return df.groupby(KEY, as_index=False).agg(arch=("arch", "first"), latency_ms=(column, "median"))
+    return df.groupby(KEY, as_index=False).agg(arch=("arch", "first"), model_sha256=("model_sha256", "first"),
+                                               latency_ms=(column, "median"))
 
 
 def _kept_rounds(row: Any) -> list[tuple[float, float]]:
@@ -199,8 +204,8 @@ def _figures(both: pd.DataFrame) -> dict[str, Any]:
     }
     both = both.assign(rel_diff=rel).sort_values("rel_diff", key=np.abs, ascending=False)
     out["moved_most"] = [
-        {"device": r.device, "arch": r.arch_a, "model_sha256": r.model_sha256, "latency_ms_a": float(r.latency_ms_a),
-         "latency_ms_b": float(r.latency_ms_b), "rel_diff": float(r.rel_diff)}
+        {"device": r.device, "arch": r.arch_a, "model_sha256": r.model_sha256, "model_key": r.model_key,
+         "latency_ms_a": float(r.latency_ms_a), "latency_ms_b": float(r.latency_ms_b), "rel_diff": float(r.rel_diff)}
         for r in both.head(TOP_MOVED).itertuples()
     ]
     # a constant column (every model the same latency) leaves a correlation undefined: null, not NaN, in JSON
@@ -216,15 +221,15 @@ def compare(path_a: Path | str, path_b: Path | str) -> dict[str, Any]:
     """
     rows_a, rows_b = _rows(Path(path_a)), _rows(Path(path_b))
     a, b = _latencies(rows_a), _latencies(rows_b)
-    both = a.merge(b, on=KEY, suffixes=("_a", "_b"))
+    both = a.merge(b.drop(columns="model_sha256"), on=KEY, suffixes=("_a", "_b"))
     if len(both) < 3:
         raise UsageError(f"only {len(both)} model(s) measured in both {path_a} and {path_b} on the same device "
-                         "configuration (device, config_id, model_sha256); need at least 3 to compare")
+                         "configuration (device, config_id, model_key); need at least 3 to compare")
     out: dict[str, Any] = {"a": str(path_a), "b": str(path_b), "only_a": len(a) - len(both),
                            "only_b": len(b) - len(both), **_figures(both)}
     rows_a, rows_b, out["reference"] = normalize(rows_a, rows_b)
-    norm = _latencies(rows_a, "normalized_ms").merge(_latencies(rows_b, "normalized_ms"), on=KEY,
-                                                     suffixes=("_a", "_b"))
+    norm = _latencies(rows_a, "normalized_ms").merge(_latencies(rows_b, "normalized_ms").drop(columns="model_sha256"),
+                                                     on=KEY, suffixes=("_a", "_b"))
     out["normalized"] = _figures(norm) if len(norm) >= 3 else None
     out["verdict"] = verdict(out)
     return out

@@ -264,7 +264,7 @@ class DeviceRunner:
                 else:
                     done = True
                     self._check_complete(spec)
-            if not done and not cut and len(self.book.open) < open_models and self._holds_settled(spec):
+            if not done and not cut and len(self.book.open) < open_models and self._holds_settled(spec, by_id):
                 cut = True
                 self.with_reconnect(lambda: self.transport.stop_run(spec.run_id))
                 self._wait_exit(spec.run_id)
@@ -285,17 +285,17 @@ class DeviceRunner:
         if done:
             self._wait_exit(spec.run_id)
 
-    def _holds_settled(self, spec: RunSpec) -> bool:
+    def _holds_settled(self, spec: RunSpec, by_id: dict[str, ModelArtifact]) -> bool:
         """Whether the run has a round still to measure of a model already settled (a round of it failed)."""
         assert self.book is not None
-        return any(job.role == "candidate" and job.job_id not in self.seen and job.sha256 not in self.book.open
-                   for job in spec.jobs)
+        return any(job.role == "candidate" and job.job_id not in self.seen
+                   and by_id[job.job_id].key not in self.book.open for job in spec.jobs)
 
     def _live(self, slots: list[Slot]) -> list[Slot]:
         """The slots still to measure: no result yet, and not a round of a settled model."""
         assert self.book is not None
         return [s for s in slots if s.job_id not in self.seen
-                and (s.role == "reference" or s.art.sha256 in self.book.open)]
+                and (s.role == "reference" or s.art.key in self.book.open)]
 
     def _check_complete(self, spec: RunSpec) -> None:
         """``done`` must come after a result for every job the run was sent."""
@@ -341,7 +341,7 @@ class DeviceRunner:
             self.ref_count += 1
             self.settle(pass_over=result.job_id in self.pass_ends)
             return
-        self.book.add_round(spec.run_id, order[result.job_id], result, dict(self.ref_state))
+        self.book.add_round(spec.run_id, order[result.job_id], result, dict(self.ref_state), by_id[result.job_id].key)
         if result.job_id in self.pass_ends:  # a pass without a drift reference (its export failed) ends here
             self.settle(pass_over=True)
 

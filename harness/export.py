@@ -211,7 +211,10 @@ class ExportCache:
         os.replace(tmp_file, path)
         st = path.stat()
         artifact.path = str(path)
-        entry = {**dataclasses.asdict(artifact), "_stat": [st.st_size, st.st_mtime_ns]}
+        # ``key`` is the sha256 for every export (its own shapes): left out, so the entry reads the same to an older
+        # hwlat sharing this cache
+        fields = {k: v for k, v in dataclasses.asdict(artifact).items() if k != "key"}
+        entry = {**fields, "_stat": [st.st_size, st.st_mtime_ns]}
         atomic_write(self.index / f"{key}.json", json.dumps(entry, indent=1, sort_keys=True).encode())
         return artifact
 

@@ -15,7 +15,9 @@ H/W of a 4-d (NCHW) input (``ShapeRequest``). A dynamic dimension left without a
 one-line error naming the file, the input and the dimension, never silently measured at 1 (a transformer
 block timed at sequence length 1 came out 7x faster than at 64). ``--batch``/``--resolution`` that a model's
 fixed dimensions contradict are refused too, never ignored. The sizes chosen are the artifact's
-``input_shapes`` (and ``feed_shapes``, what the agent feeds), and the FLOPs are computed at them.
+``input_shapes`` (and ``feed_shapes``, what the agent feeds), and the FLOPs are computed at them. The artifact's
+``key`` is the network measured (``hwlat.spaces.graph.network_key``): the sha256 at the file's own shapes, else
+the sha256 and a digest of the sizes, so one file measured at two sizes is two rows that resume tells apart.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import onnx
 from agents.errors import UsageError
 from harness.records import ModelArtifact
 from hwlat.spaces import one_line
-from hwlat.spaces.graph import model_flops
+from hwlat.spaces.graph import model_flops, network_key
 
 SPACE_NAME = "onnx"
 log = logging.getLogger("hwlat")
@@ -98,11 +100,13 @@ def read_model(path: str | Path, request: ShapeRequest | None = None) -> ModelAr
         raise UsageError(f"{path}: the ONNX graph has no inputs")
     shapes = resolve_shapes(path, model, request or ShapeRequest())
     first = next(iter(shapes.values()))
+    sha = hashlib.sha256(data).hexdigest()
     return ModelArtifact(
         search_space=SPACE_NAME,
         arch=path.stem,
         path=str(path.resolve()),
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha,
+        key=network_key(model, sha, shapes),
         format="onnx",
         input_shapes=shapes,
         feed_shapes=shapes,

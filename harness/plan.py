@@ -179,13 +179,14 @@ def export_plan(req: CampaignRequest, plan: ModelPlan, formats: set[str], progre
 
 def pending(store: DatasetStore, device: DeviceProfile, candidates: list[ModelArtifact],
             req: CampaignRequest) -> list[ModelArtifact]:
-    """Resume: the candidates the dataset does not hold yet for this device and configuration (rounds of them
-    measured by a killed campaign are found by ``harness.rounds.load_rounds``)."""
+    """Resume: the candidates the dataset does not hold yet for this device and configuration, by the network
+    measured (``ModelArtifact.key``: one file at two input shapes is two candidates); rounds of them measured by a
+    killed campaign are found by ``harness.rounds.load_rounds``."""
     if req.remeasure:
         return list(candidates)
     statuses = DONE_STATUSES if not req.retry_failed else USABLE_STATUSES
     done = store.measured_keys(device.name, statuses)
-    return [a for a in candidates if MeasuredKey(device.name, device.config_id(), a.sha256) not in done]
+    return [a for a in candidates if MeasuredKey(device.name, device.config_id(), a.key) not in done]
 
 
 @dataclass(frozen=True)

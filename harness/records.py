@@ -27,7 +27,7 @@ class ModelSpec:
 
 @dataclass
 class ModelArtifact:
-    """An exported model file, content-addressed by ``sha256``."""
+    """An exported model file, content-addressed by ``sha256``, measured as the network ``key``."""
 
     search_space: str
     arch: str
@@ -44,3 +44,9 @@ class ModelArtifact:
     #: shapes the agent must feed ({input: dims}); set for the user's ONNX files, whose graphs may have dynamic
     #: dimensions sized by ``--input-shape``/``--batch``/``--resolution``. Empty: the model's own fixed shapes.
     feed_shapes: dict[str, list[int]] = field(default_factory=dict)
+    #: which network this is: the file at ``input_shapes`` (``hwlat.spaces.graph.network_key``; the row's
+    #: ``model_key``, what resume matches). Empty: ``sha256``, a file at its own shapes (every exported network).
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.sha256

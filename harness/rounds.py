@@ -72,6 +72,11 @@ class Round:
     result: MeasureResult
     #: the drift reference's state when this round arrived (the row's ``ref_*`` columns)
     ref: dict[str, Any] = field(default_factory=dict)
+    #: the network measured (``ModelArtifact.key``); empty: the result's sha256 (a file at its own shapes)
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.result.sha256
 
     @property
     def usable(self) -> bool:
@@ -199,9 +204,18 @@ def judge(rounds: list[Round], refs: dict[str, list[Reference]], timing: TimingC
 
 
 def _result_event(kind: str, session_id: str, run_id: str, config_id: str, order_index: int,
-                  result: MeasureResult, ref: dict[str, Any]) -> dict[str, Any]:
-    return {"type": kind, "session_id": session_id, "run_id": run_id, "config_id": config_id,
-            "order_index": order_index, "ref": ref, "result": dataclasses.asdict(result)}
+                  result: MeasureResult, ref: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+    event = {"type": kind, "session_id": session_id, "run_id": run_id, "config_id": config_id,
+             "order_index": order_index, "ref": ref, "result": dataclasses.asdict(result)}
+    if key is not None:
+        event["model_key"] = key
+    return event
+
+
+def _event_key(event: dict[str, Any]) -> str:
+    """The network a journaled round measured: its ``model_key``; in journals written before rounds carried
+    one, the model file's sha256 (a file at its own shapes, what they were resumed by then)."""
+    return str(event.get("model_key") or event["result"]["sha256"])
 
 
 def rounds_dir(root: Path, device: str) -> Path:
@@ -228,15 +242,17 @@ def load_rounds(root: Path, device: str, config_id: str) -> tuple[dict[str, list
                 if result.median_ms and t is not None:
                     refs.setdefault(event["session_id"], []).append(Reference(t, result.median_ms))
             elif event["type"] == "round":
-                rounds.setdefault(result.sha256, []).append(
-                    Round(event["session_id"], event["run_id"], int(event["order_index"]), result, event["ref"]))
+                key = _event_key(event)
+                rounds.setdefault(key, []).append(
+                    Round(event["session_id"], event["run_id"], int(event["order_index"]), result, event["ref"], key))
     for timeline in refs.values():
         timeline.sort(key=lambda r: r.t)
     return rounds, refs
 
 
 def prune_round_logs(root: Path, device: str, config_id: str, stored: set[str]) -> None:
-    """Delete the round journals of this configuration whose every model has its row (``stored`` sha256s)."""
+    """Delete the round journals of this configuration whose every model has its row (``stored``: networks,
+    ``MeasuredKey.model_key``; a round of the same file at another input shape keeps its journal)."""
     folder = rounds_dir(root, device)
     if not folder.is_dir():
         return
@@ -244,7 +260,7 @@ def prune_round_logs(root: Path, device: str, config_id: str, stored: set[str]) 
         events = list(iter_journal(path))
         if any(e.get("config_id") != config_id for e in events):
             continue
-        if all(e["type"] != "round" or e["result"]["sha256"] in stored for e in events):
+        if all(e["type"] != "round" or _event_key(e) in stored for e in events):
             path.unlink()
     fsync_dir(folder)
     with contextlib.suppress(OSError):  # gone when empty; kept while a file holds rounds of unstored models
@@ -255,7 +271,9 @@ def prune_round_logs(root: Path, device: str, config_id: str, stored: set[str]) 
 class RoundBook:
     """One device's rounds in one campaign: journals them, judges them, says what the next pass measures.
 
-    ``prior`` rounds and ``prior_refs`` come from earlier campaigns on the same folder (``load_rounds``).
+    ``prior`` rounds and ``prior_refs`` come from earlier campaigns on the same folder (``load_rounds``). Models
+    and rounds are keyed by the network measured (``ModelArtifact.key``), never by the file alone: rounds of a
+    file at another input shape are another model's.
     """
 
     def __init__(self, *, root: Path, device: str, config_id: str, session_id: str, timing: TimingConfig,
@@ -264,8 +282,8 @@ class RoundBook:
         self.config_id = config_id
         self.session_id = session_id
         self.timing = timing
-        self.arts = {a.sha256: a for a in models}
-        self.rounds: dict[str, list[Round]] = {sha: list(prior.get(sha, [])) for sha in self.arts}
+        self.arts = {a.key: a for a in models}
+        self.rounds: dict[str, list[Round]] = {key: list(prior.get(key, [])) for key in self.arts}
         self.refs: dict[str, list[Reference]] = {k: list(v) for k, v in prior_refs.items()}
         self.open: set[str] = set(self.arts)
         self._journal: Journal | None = None
@@ -285,10 +303,11 @@ class RoundBook:
             self._journal.close()
             self._journal = None
 
-    def add_round(self, run_id: str, order_index: int, result: MeasureResult, ref: dict[str, Any]) -> None:
-        """A candidate's round arrived: journal it durably first, then keep it for judging."""
-        self._append(_result_event("round", self.session_id, run_id, self.config_id, order_index, result, ref))
-        self.rounds.setdefault(result.sha256, []).append(Round(self.session_id, run_id, order_index, result, ref))
+    def add_round(self, run_id: str, order_index: int, result: MeasureResult, ref: dict[str, Any], key: str) -> None:
+        """A round of the network ``key`` (``ModelArtifact.key``) arrived: journal it durably first, then keep it
+        for judging."""
+        self._append(_result_event("round", self.session_id, run_id, self.config_id, order_index, result, ref, key))
+        self.rounds.setdefault(key, []).append(Round(self.session_id, run_id, order_index, result, ref, key))
 
     def add_reference(self, run_id: str, order_index: int, result: MeasureResult) -> None:
         self._append(_result_event("reference", self.session_id, run_id, self.config_id, order_index, result, {}))
@@ -309,23 +328,23 @@ class RoundBook:
         measurement, or ``pass_over``) and no round missing, or a round failed. They are closed. ``force``
         closes every model with a round (the pass limit was reached)."""
         done = []
-        for sha in sorted(self.open):
-            rounds = self.rounds[sha]
+        for key in sorted(self.open):
+            rounds = self.rounds[key]
             if not rounds or not (pass_over or self._bracketed(rounds)):
                 continue
             verdict = judge(rounds, self.refs, self.timing)
             if verdict.failed is not None or verdict.need == 0 or (force and verdict.kept):
-                self.open.discard(sha)
+                self.open.discard(key)
                 done.append(verdict)
         return done
 
-    def _need(self, sha: str) -> int:
-        rounds = self.rounds[sha]
+    def _need(self, key: str) -> int:
+        rounds = self.rounds[key]
         return judge(rounds, self.refs, self.timing).need if rounds else self.timing.rounds
 
     def next_pass(self) -> list[ModelArtifact]:
         """The models that still need a round (each at most once per pass), in a stable order."""
-        return [self.arts[sha] for sha in sorted(self.open) if self._need(sha) > 0]
+        return [self.arts[key] for key in sorted(self.open) if self._need(key) > 0]
 
     def planned_passes(self) -> list[list[ModelArtifact]]:
         """The passes that can be planned before anything is measured: pass p holds the models that lack more
@@ -337,12 +356,12 @@ class RoundBook:
         row was settled, unless a round fails.
         """
         cap = self.timing.rounds + self.timing.remeasure_max
-        lacking = {sha: min(self._need(sha), cap - len(self.rounds[sha])) for sha in sorted(self.open)}
+        lacking = {key: min(self._need(key), cap - len(self.rounds[key])) for key in sorted(self.open)}
         depth = max(lacking.values(), default=0)
-        return [[self.arts[sha] for sha, n in lacking.items() if n > p] for p in range(depth)]
+        return [[self.arts[key] for key, n in lacking.items() if n > p] for p in range(depth)]
 
     def art(self, verdict: Verdict) -> ModelArtifact:
-        return self.arts[verdict.rounds[0].result.sha256]
+        return self.arts[verdict.rounds[0].key]
 
 
 def estimate(values: list[float]) -> float:

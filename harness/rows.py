@@ -63,6 +63,7 @@ def make_row(*, session_id: str, run_id: str, order_index: int, profile: DeviceP
         "arch": art.arch,
         "arch_index": art.arch_index,
         "model_sha256": art.sha256,
+        "model_key": art.key,
         "format": art.format,
         "input_shape": first_shape,
         "input_shapes_json": dumps_compact(shapes),

@@ -74,6 +74,9 @@ SCHEMA = pa.schema(
         ("arch", pa.string()),
         ("arch_index", pa.int64()),
         ("model_sha256", pa.string()),
+        # the network measured: the file at its input shapes (hwlat.spaces.graph.network_key; null in rows
+        # written before it existed, read as model_sha256 by ``row_model_key``)
+        ("model_key", pa.string()),
         ("format", pa.string()),
         ("input_shape", pa.list_(pa.int64())),
         ("input_shapes_json", pa.string()),
@@ -173,6 +176,8 @@ LOCK_FILE = ".hwlat-writer.lock"
 QUARANTINE_DIR = ".quarantine"
 #: Columns every hwlat part file has, in any schema version: a readable Parquet file without them is foreign.
 IDENTITY_COLUMNS = ("row_id", "session_id", "config_id", "model_sha256", "status")
+#: The columns resume reads (``DatasetStore.measured_keys``); ``model_key`` and ``input_shapes_json`` may be absent.
+_KEY_COLUMNS = ("config_id", "model_sha256", "model_key", "input_shapes_json", "status")
 #: A session's small part (``part-<session>-<seq>.parquet``); ``part-<session>.parquet`` is its merge.
 _SMALL_PART = re.compile(r"^part-(?P<session>.+)-\d{6}\.parquet$")
 
@@ -193,11 +198,35 @@ class DatasetBusyError(BusyError):
 
 @dataclass(frozen=True)
 class MeasuredKey:
-    """What makes a measurement the same measurement: device + configuration + exact model file."""
+    """What makes a measurement the same measurement: device + configuration + network measured.
+
+    ``model_key``: the row's ``model_key`` (``hwlat.spaces.graph.network_key``): the model file's sha256 when it
+    was measured at its own input shapes (every static file, every exported network), else the sha256 and a
+    digest of the shapes, so one file measured at two sizes is two measurements.
+    """
 
     device: str
     config_id: str
-    model_sha256: str
+    model_key: str
+
+
+def row_model_key(model_key: str | None, model_sha256: str | None) -> str | None:
+    """A row's network (``MeasuredKey.model_key``): its ``model_key``, or for rows written before that column
+    existed, its ``model_sha256`` (what they were matched by then: their identity does not change)."""
+    return model_key or model_sha256
+
+
+def _legacy_sized_key(model_sha256: str, input_shapes_json: str | None) -> str | None:
+    """For a row without ``model_key``: the key its network has if it was measured at other shapes than its
+    file's own (``graph_key`` of the sha256 and the row's shapes), so that an older dataset that holds one file
+    with dynamic dimensions at some size resumes at that size. None when the row has no readable shapes."""
+    from hwlat.spaces.graph import graph_key
+
+    try:
+        shapes = json.loads(input_shapes_json) if input_shapes_json else None
+        return graph_key(model_sha256, shapes) if isinstance(shapes, dict) and shapes else None
+    except (ValueError, TypeError):
+        return None
 
 
 def _parse_ts(text: str | None) -> datetime | None:
@@ -485,16 +514,30 @@ class DatasetStore:
         return [p for p in self.root.glob("device=*/search_space=*") if p.is_dir()]
 
     def measured_keys(self, device: str, statuses: Iterable[str] = DONE_STATUSES) -> set[MeasuredKey]:
-        """Keys already in the dataset for a device (any space), for resume."""
+        """Keys already in the dataset for a device (any space), for resume (``row_model_key``).
+
+        A row written before ``model_key`` existed gives its ``model_sha256`` (as it did) and also the key of its
+        file at the row's input shapes (``_legacy_sized_key``): a file with dynamic dimensions that an older hwlat
+        measured at some size counts as measured at that size, not at another. The extra key is never a
+        candidate's for a file measured at its own shapes (those are keyed by the bare sha256).
+        """
         wanted = set(statuses)
         keys: set[MeasuredKey] = set()
         for folder in self.root.glob(f"device={device}/search_space=*"):
             for part in folder.glob("part-*.parquet"):
-                table = read_part(part, columns=["config_id", "model_sha256", "status"])
-                for cfg, sha, status in zip(*(table.column(c).to_pylist() for c in table.column_names),
-                                            strict=True):
-                    if status in wanted:
-                        keys.add(MeasuredKey(device, cfg, sha))
+                try:
+                    present = set(pq.read_schema(part).names)
+                except (pa.ArrowException, OSError, ValueError) as exc:
+                    raise DamagedPartError(part, one_line(exc, 160)) from None
+                table = read_part(part, columns=[c for c in _KEY_COLUMNS if c in present])
+                column = {c: table.column(c).to_pylist() if c in present else [None] * table.num_rows
+                          for c in _KEY_COLUMNS}
+                for cfg, sha, key, shapes, status in zip(*column.values(), strict=True):
+                    if status not in wanted:
+                        continue
+                    keys.add(MeasuredKey(device, cfg, row_model_key(key, sha)))
+                    if key is None and sha and (sized := _legacy_sized_key(sha, shapes)):
+                        keys.add(MeasuredKey(device, cfg, sized))
         return keys
 
 

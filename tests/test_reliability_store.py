@@ -187,7 +187,7 @@ def test_one_damaged_part_is_named_and_costs_only_its_rows(tmp_path: Path, kind:
     [(was, now, why)] = writer.quarantined
     assert was == bad and now == root / QUARANTINE_DIR / bad.relative_to(root) and now.exists() and why
     assert read_dataset(root).num_rows == 4
-    assert {k.model_sha256 for k in writer.measured_keys("dev-a")} == {f"{i:064x}" for i in range(3)}
+    assert {k.model_key for k in writer.measured_keys("dev-a")} == {f"{i:064x}" for i in range(3)}
 
 
 def test_measure_quarantines_damaged_parts_and_measures_their_rows_again(tmp_path: Path) -> None:

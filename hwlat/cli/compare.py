@@ -47,11 +47,11 @@ def cmd_datasets_compare(args: argparse.Namespace) -> int:
 
 def register(dsub: argparse._SubParsersAction) -> None:
     c = dsub.add_parser("compare", help="agreement of two datasets: Spearman, Kendall, relative difference, ICC",
-                        description="Match rows by (device, config_id, model_sha256) and report rank agreement "
-                                    "(Spearman, Kendall), the median and p90 |relative difference|, ICC(2,1) and "
-                                    "ICC(3,1) on log latency, the same on latencies normalized to the drift "
-                                    "reference where the rows carry it, the models that moved most, and a "
-                                    "verdict line.")
+                        description="Match rows by (device, config_id, model_key: the model file at its input "
+                                    "shapes) and report rank agreement (Spearman, Kendall), the median and p90 "
+                                    "|relative difference|, ICC(2,1) and ICC(3,1) on log latency, the same on "
+                                    "latencies normalized to the drift reference where the rows carry it, the "
+                                    "models that moved most, and a verdict line.")
     c.add_argument("a", help="dataset A (the baseline): folder or Parquet file")
     c.add_argument("b", help="dataset B (the retest)")
     c.add_argument("--json", action="store_true", help="print every figure as one JSON object")

@@ -543,6 +543,26 @@ def graph_input_shapes(model: onnx.ModelProto) -> tuple[dict[str, list[int]], di
     return shapes, dynamic
 
 
+def _sized_inputs(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None) -> dict[str, list[int]]:
+    """Every graph input's shape: ``input_shapes`` where given (by name), else the file's own (dynamic dims 1)."""
+    own, _dynamic = graph_input_shapes(model)
+    return {**own, **{str(k): [int(d) for d in v] for k, v in (input_shapes or {}).items() if k in own}}
+
+
+def network_key(model: onnx.ModelProto, sha256: str, input_shapes: dict[str, list[int]] | None = None) -> str:
+    """The identity of the network a model file is at ``input_shapes`` (None: its own): ``graph_key`` of its
+    sha256 and, when they differ from the file's own shapes (``graph_input_shapes``), those shapes.
+
+    The one owner of "which network was measured": the key of its encoding in ``_graphs/``, the row's
+    ``model_key`` column, what resume, the round journals and ``hwlat datasets compare`` match measurements by.
+    Why the shapes: a file with dynamic dimensions measured at two sizes is two networks (other FLOPs, other
+    latency). A static file, and every exported search-space network, is at its own shapes: its key is its
+    sha256, as it was before sizes were keyed.
+    """
+    shapes = _sized_inputs(model, input_shapes)
+    return graph_key(sha256, None if shapes == graph_input_shapes(model)[0] else shapes)
+
+
 def encode_model(model: onnx.ModelProto, sha256: str, label: str = "model",
                  input_shapes: dict[str, list[int]] | None = None) -> GraphEncoding:
     """The graph encoding of a loaded model at ``input_shapes`` (graph inputs by name; inputs not named and
@@ -556,8 +576,7 @@ def encode_model(model: onnx.ModelProto, sha256: str, label: str = "model",
         if node.op_type not in _SIMPLE and node.op_type not in (*_MAC_OPS, "Constant"):
             raise UsageError(f"{label}: operator {node.op_type} (node {node.name or '?'!r}) is not supported "
                              "by the graph encoder")
-    own, _dynamic = graph_input_shapes(model)
-    shapes = {**own, **{k: [int(d) for d in v] for k, v in (input_shapes or {}).items() if k in own}}
+    shapes = _sized_inputs(model, input_shapes)
     fixed = with_input_shapes(model, shapes)
     params_of = {init.name: list(init.dims) for init in model.graph.initializer}
     try:
@@ -585,7 +604,7 @@ def encode_model(model: onnx.ModelProto, sha256: str, label: str = "model",
     edges = sorted({(made_by[t], k) for k, op in enumerate(ops) for t in op["_acts"] if t in made_by})
     for op in ops:
         del op["_acts"], op["_outs"]
-    return GraphEncoding(sha256, ops, edges, inputs=shapes, key=graph_key(sha256, None if shapes == own else shapes))
+    return GraphEncoding(sha256, ops, edges, inputs=shapes, key=network_key(model, sha256, shapes))
 
 
 def _cache_path(cache_dir: Path, key: str) -> Path:
