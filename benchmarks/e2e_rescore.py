@@ -44,7 +44,8 @@ def usable(folder: Path) -> pd.DataFrame:
 
 
 def rescore(work: Path, space: str, seed: int, slow: float) -> dict:
-    """Transfer from the kept profile measurements under three inputs; scores and levels of each."""
+    """Transfer from the kept profile measurements as profiled (level correction off and on) and under the two
+    counterfactual inputs; scores and levels of each."""
     prof = usable(work / "profile" / "measurements")
     per_arch = prof.groupby("arch", sort=False)
     measured = per_arch["latency_ms"].mean()  # hwlat.profiling.loop.measured_latencies combines rows so
