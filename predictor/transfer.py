@@ -15,7 +15,9 @@
    hardware-agnostic one (FLOPs, bytes, launches per op: ``predictor.opcost``; for a graph-encoded space
    the per-op-type FLOPs, bytes and launches of its graphs), hyper-parameters by marginal likelihood.
    Latency in these spaces is close to additive over op choices, so this model is what carries most of
-   the accuracy at N = 5-20; the networks add the non-additive part.
+   the accuracy at N = 5-20; the networks add the non-additive part. Its level is then set to the median of
+   its leave-one-out ratios on the N points (``additive.loo_level``): a least-squares fit in ms sits above
+   the typical arch when a few archs are much slower than additive, and no rank changes.
 4. Predict with the log-space blend ``w * networks + (1 - w) * cost model``, ``w = nn_weight * p_source``:
    ``p_source`` is the cost fit's posterior probability that the source prior alone explains the N
    points. A target unlike every source (its evidence prefers the agnostic prior by more than the
