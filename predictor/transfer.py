@@ -15,7 +15,9 @@
    hardware-agnostic one (FLOPs, bytes, launches per op: ``predictor.opcost``; for a graph-encoded space
    the per-op-type FLOPs, bytes and launches of its graphs), hyper-parameters by marginal likelihood.
    Latency in these spaces is close to additive over op choices, so this model is what carries most of
-   the accuracy at N = 5-20; the networks add the non-additive part.
+   the accuracy at N = 5-20; the networks add the non-additive part. Its level is then set to the median of
+   its leave-one-out ratios on the N points (``additive.loo_level``): a least-squares fit in ms sits above
+   the typical arch when a few archs are much slower than additive, and no rank changes.
 4. Predict with the log-space blend ``w * networks + (1 - w) * cost model``, ``w = nn_weight * p_source``:
    ``p_source`` is the cost fit's posterior probability that the source prior alone explains the N
    points. A target unlike every source (its evidence prefers the agnostic prior by more than the
@@ -86,6 +88,9 @@ class TransferConfig:
     judge: bool = True
     #: prior odds of the step-4 blend against the networks alone in that judgement
     judge_odds: float = JUDGE_ODDS
+    #: correct the cost model's level by its leave-one-out median ratio (``additive.loo_level``); off only
+    #: to measure it
+    level: bool = True
 
 
 class FrozenHead:
@@ -193,7 +198,7 @@ def _fit(sm: SpaceModel, heads: list[FrozenHead], yi: np.ndarray, cfg: TransferC
 def _cost_blend(sm: SpaceModel, lin: np.ndarray, lat_ms: np.ndarray, cfg: TransferConfig) -> tuple[Posterior, float]:
     """Step 3 and step 4's weight on measured (linear features, ms): the cost model and the networks' share."""
     cost = fit_target(sm.source_costs(), lin, lat_ms,
-                      prior_components(sm.space, lin) if cfg.agnostic_prior else None)
+                      prior_components(sm.space, lin) if cfg.agnostic_prior else None, level=cfg.level)
     # the networks only know the source devices: their share shrinks with the odds that the target is unlike them
     return cost, cfg.nn_weight * (cost.p_source if cfg.evidence_blend else 1.0)
 
@@ -278,4 +283,4 @@ def transfer(sm: SpaceModel, device: str, archs: list[str], lat_ms: np.ndarray,
     nn_weight = blend_weight + p_networks * (1.0 - blend_weight)  # model average of the blend and networks alone
     sm.add_device(device, embs, mu, sigma, cost, scale=float(lat_ms.mean()), nn_weight=nn_weight)
     return {"device": device, "n": n, "best_source": best, "source_spearman": rho, "nn_weight": nn_weight,
-            "p_source": cost.p_source, "p_networks": p_networks}
+            "p_source": cost.p_source, "p_networks": p_networks, "cost_level": cost.level}
