@@ -19,7 +19,8 @@ in ``state.json`` before measuring; running the same command again re-plans noth
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,13 @@ from hwlat.profiling.state import ProfileState, RoundRecord
 
 #: Candidate pool size for spaces too large to enumerate (FBNet has 9^22 archs).
 POOL_SIZE = 10000
+#: A batch whose drift reference level departs from the median of the profile's other batches by more than this
+#: is off-level and measured again (docs/profile.md, "Off-level batches"): twice the largest departure between
+#: ordinary sessions in the kept end-to-end profiles (5.0 %, 16 sessions), the round rules' 10 % drift threshold,
+#: and far below the 2-thread VM's slow mode (+60-83 %).
+LEVEL_TOLERANCE = 0.10
+#: At most this many re-measures of one batch (each costs one more campaign over the batch).
+LEVEL_RETRIES = 2
 
 
 @dataclass
@@ -59,6 +67,8 @@ class ProfileRequest:
     tolerance: float = 0.005
     folds: int = 4
     cache_dir: Path | None = None
+    level_tolerance: float = LEVEL_TOLERANCE
+    level_retries: int = LEVEL_RETRIES
 
 
 def candidate_pool(space: str, seed: int) -> list[str]:
@@ -71,25 +81,70 @@ def candidate_pool(space: str, seed: int) -> list[str]:
     return sp.sample(POOL_SIZE, seed)
 
 
-def measured_latencies(folder: Path, device: str, config_id: str, space: str) -> tuple[dict[str, float], set[str]]:
-    """(arch -> median latency of usable rows, every arch attempted) for this device configuration.
-
-    Failed and timed-out archs are spent budget but carry no latency, so they are attempted, not usable.
-    """
+def profile_rows(folder: Path, device: str, config_id: str, space: str) -> list[dict[str, Any]]:
+    """This device configuration's rows of the profile's measurements (the columns the loop reads)."""
     if not folder.exists():
-        return {}, set()
+        return []
     table = read_dataset(folder)
     if table.num_rows == 0:
-        return {}, set()
+        return []
+    cols = ["device", "config_id", "search_space", "session_id", "arch", "status", "latency_ms", "ref_latency_ms",
+            "round_ref_ms"]
+    return [r for r in table.select(cols).to_pylist()
+            if (r["device"], r["config_id"], r["search_space"]) == (device, config_id, space)]
+
+
+def latencies(rows: list[dict[str, Any]], set_aside: Collection[str] = ()) -> tuple[dict[str, float], set[str]]:
+    """(arch -> mean latency of its usable rows outside the set-aside sessions, every arch attempted).
+
+    Failed and timed-out archs are spent budget but carry no latency, so they are attempted, not usable. Rows
+    of a session set aside as off-level (``settle_levels``) stay in the dataset but feed no fit: averaging them
+    with the same arch's re-measured rows would keep half of the level error.
+    """
     sums: dict[str, list[float]] = {}
     attempted: set[str] = set()
-    for row in table.select(["device", "config_id", "search_space", "arch", "status", "latency_ms"]).to_pylist():
-        if (row["device"], row["config_id"], row["search_space"]) != (device, config_id, space):
-            continue
+    for row in rows:
         attempted.add(row["arch"])
-        if row["status"] in USABLE_STATUSES and row["latency_ms"]:
+        if row["session_id"] not in set_aside and row["status"] in USABLE_STATUSES and row["latency_ms"]:
             sums.setdefault(row["arch"], []).append(row["latency_ms"])
     return {arch: float(np.mean(v)) for arch, v in sums.items()}, attempted
+
+
+def measured_latencies(folder: Path, device: str, config_id: str, space: str,
+                       set_aside: Collection[str] = ()) -> tuple[dict[str, float], set[str]]:
+    """``latencies`` of the profile's rows for this device configuration."""
+    return latencies(profile_rows(folder, device, config_id, space), set_aside)
+
+
+def batch_level(rows: list[dict[str, Any]], batch: Collection[str],
+                set_aside: Collection[str] = ()) -> tuple[float | None, list[str]]:
+    """(drift reference level, sessions) of a batch's rows outside the set-aside sessions.
+
+    The level is the median of the reference's latency at every round of those rows (``round_ref_ms``, kept
+    and discarded rounds alike: the machine's speed while the batch ran), or of ``ref_latency_ms`` for rows
+    written before rounds existed; None when the rows carry no reference figure (nothing to judge by).
+    """
+    refs: list[float] = []
+    sessions: set[str] = set()
+    for row in rows:
+        if row["arch"] not in batch or row["session_id"] in set_aside:
+            continue
+        sessions.add(row["session_id"])
+        per_round = [v for v in row.get("round_ref_ms") or [] if v]
+        refs.extend(per_round or ([row["ref_latency_ms"]] if row.get("ref_latency_ms") else []))
+    return (float(np.median(refs)) if refs else None), sorted(sessions)
+
+
+def level_departure(level: float, others: list[float], tolerance: float) -> tuple[float, float] | None:
+    """(the other batches' level, relative departure) when ``level`` is off by more than ``tolerance``.
+
+    The other batches' level is the median of theirs, so one other off-level batch does not move it. The test
+    is symmetric in ratio (a batch 10 % slower and one 1/1.1 as fast are equally off).
+    """
+    ref = float(np.median(others))
+    if abs(math.log(level / ref)) <= math.log1p(tolerance):
+        return None
+    return ref, level / ref - 1
 
 
 def load_base(req: ProfileRequest) -> Any:
@@ -206,8 +261,29 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
     config_id = device.config_id()
     model_path = req.out / f"predictor-{device.name}.pt"
 
+    def measure(rnd: RoundRecord) -> None:
+        """Measure what the round's batch lacks: archs without any row, or (once a session of the batch was
+        set aside) without a row outside the set-aside sessions, as a new session of their own."""
+        set_aside = state.set_aside()
+        rows = profile_rows(meas_dir, device.name, config_id, space)
+        have = {r["arch"] for r in rows if not rnd.set_aside or r["session_id"] not in set_aside}
+        archs = [a for a in rnd.batch if a not in have]
+        if not archs:
+            return
+        with progress_factory() as progress:
+            result = run_campaign(CampaignRequest(devices=[device], out=meas_dir, space=space, archs=archs,
+                                                  seed=req.seed + rnd.round, cache_dir=req.cache_dir,
+                                                  remeasure=bool(rnd.set_aside)),
+                                  progress=progress, on_row=on_row)
+        failed = [o for o in result.outcomes if o.error]
+        if failed:
+            raise (DeviceBusyError if failed[0].busy else DeviceFailedError)(
+                f"measuring on {device.name} failed: {failed[0].error}")
+        if req.dataset is not None:
+            sync_rows(meas_dir, req.dataset)
+
     while True:
-        measured, attempted = measured_latencies(meas_dir, device.name, config_id, space)
+        measured, attempted = measured_latencies(meas_dir, device.name, config_id, space, state.set_aside())
         pending = state.rounds[-1] if state.rounds and not state.rounds[-1].done else None
         if pending is None:
             if state.stopped:
@@ -235,17 +311,11 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
             state.save(state_path)
         say(f"round {pending.round}: measuring {len(pending.batch)} archs chosen by the {pending.sampler} sampler "
             f"({len(attempted)}/{req.budget} measured so far)")
-        with progress_factory() as progress:
-            result = run_campaign(CampaignRequest(devices=[device], out=meas_dir, space=space, archs=pending.batch,
-                                                  seed=req.seed + pending.round, cache_dir=req.cache_dir),
-                                  progress=progress, on_row=on_row)
-        failed = [o for o in result.outcomes if o.error]
-        if failed:
-            raise (DeviceBusyError if failed[0].busy else DeviceFailedError)(
-                f"measuring on {device.name} failed: {failed[0].error}")
-        if req.dataset is not None:
-            sync_rows(meas_dir, req.dataset)
-        measured, attempted = measured_latencies(meas_dir, device.name, config_id, space)
+
+        measure(pending)
+        settle_levels(state, pending, lambda: profile_rows(meas_dir, device.name, config_id, space), measure, say,
+                      lambda: state.save(state_path), req.level_tolerance, req.level_retries)
+        measured, attempted = measured_latencies(meas_dir, device.name, config_id, space, state.set_aside())
         archs = list(measured)
         if len(archs) < 2:
             raise UsageError(f"only {len(archs)} of {len(attempted)} archs could be measured on {device.name}; "
@@ -265,9 +335,89 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
         say(f"round {pending.round}: {len(attempted)} measured, {quality}; closest source device "
             f"{pending.best_source}")
 
-    measured, _attempted = measured_latencies(meas_dir, device.name, config_id, space)
+    measured, _attempted = measured_latencies(meas_dir, device.name, config_id, space, state.set_aside())
     model = device_model(req, base_path, model_path, target, space, measured)
     return finish(req, state, model, model_path, target, space, pool, device, measured, say)
+
+
+def settle_levels(state: ProfileState, pending: RoundRecord, rows: Callable[[], list[dict[str, Any]]],
+                  measure: Callable[[RoundRecord], None], say: Callable[[str], None], save: Callable[[], None],
+                  tolerance: float, retries: int) -> None:
+    """Check the just-measured batch's drift reference level against the profile's other batches; repair it.
+
+    Each batch is its own campaign session, and the drift correction inside a session cannot see a session
+    measured entirely on a slower machine (its first reference is already slow). So the batch's level (see
+    ``batch_level``) is compared with the median level of the other batches; an off-level batch (beyond
+    ``tolerance``) has its sessions set aside (``RoundRecord.set_aside``: rows kept, left out of the fit) and is
+    measured again as a new session, at most ``retries`` times; then the latest is kept, said in the output and
+    the round's ``level_notes``. With one earlier batch only, the two cannot say which is off: the new batch is
+    re-measured first, and if all its sessions agree with each other (``retries`` + 1 against 1), the earlier
+    batch is the odd one out and is re-measured in turn, against the new batch's level.
+
+    Resumable: state is saved before every re-measure, and a batch whose set-aside sessions have no accepted
+    successor yet (``ref_level_ms`` None) is measured and judged again on the next run.
+    """
+    data = rows()
+    for r in state.rounds:  # rounds finished before this check existed (an older state.json) get their level
+        if r.done and r.ref_level_ms is None and not r.set_aside:
+            r.ref_level_ms, r.sessions = batch_level(data, set(r.batch), state.set_aside())
+    todo = [r for r in state.rounds if r.ref_level_ms is None and (r is pending or r.set_aside)]
+
+    def accept(rnd: RoundRecord, level: float | None, sessions: list[str], note: str = "") -> None:
+        rnd.ref_level_ms, rnd.sessions = level, sessions
+        if note:
+            rnd.level_notes.append(note)
+            say(note)
+        save()
+
+    while todo:
+        rnd = todo[0]
+        measure(rnd)
+        level, sessions = batch_level(rows(), set(rnd.batch), state.set_aside())
+        others = [r.ref_level_ms for r in state.rounds if r is not rnd and r.ref_level_ms is not None]
+        off = level_departure(level, others, tolerance) if level is not None and others else None
+        if off is None:
+            accept(rnd, level, sessions)
+            todo.pop(0)
+            continue
+        ref, dev = off
+        why = f"drift reference {level:.3f} ms, {dev:+.0%} against the profile's other batches ({ref:.3f} ms)"
+        if rnd.remeasures < retries:
+            rnd.set_aside.update(dict.fromkeys(sessions, why))
+            rnd.attempt_levels.append(level)
+            rnd.remeasures += 1
+            note = (f"round {rnd.round}: batch off-level ({why}); measuring it again as a new session "
+                    f"({rnd.remeasures} of {retries}), its rows kept but left out of the fit")
+            rnd.level_notes.append(note)
+            say(note)
+            save()
+            continue
+        attempts = [*rnd.attempt_levels, level]
+        agree = max(attempts) / min(attempts) <= 1 + tolerance
+        if len(others) == 1 and agree:
+            earlier = next(r for r in state.rounds if r is not rnd and r.ref_level_ms is not None)
+            rnd.set_aside.clear()  # its sessions agree with each other: every one of them counts again
+            level, sessions = batch_level(rows(), set(rnd.batch), state.set_aside())
+            accept(rnd, level, sessions, f"round {rnd.round}: kept at {level:.3f} ms: its {len(attempts)} sessions "
+                                         f"agree, so round {earlier.round} ({ref:.3f} ms) is the odd one out")
+            todo.pop(0)
+            if earlier.remeasures < retries:
+                why_e = (f"drift reference {ref:.3f} ms, {ref / level - 1:+.0%} against round {rnd.round}'s "
+                         f"{len(attempts)} sessions ({level:.3f} ms)")
+                earlier.set_aside.update(dict.fromkeys(earlier.sessions, why_e))
+                earlier.attempt_levels.append(ref)
+                earlier.ref_level_ms, earlier.sessions = None, []
+                earlier.remeasures += 1
+                note = (f"round {earlier.round}: batch off-level ({why_e}); measuring it again as a new session "
+                        f"({earlier.remeasures} of {retries}), its rows kept but left out of the fit")
+                earlier.level_notes.append(note)
+                say(note)
+                save()
+                todo.insert(0, earlier)
+            continue
+        accept(rnd, level, sessions, f"round {rnd.round}: kept although off-level ({why}): its {retries} "
+                                     "re-measures are spent")
+        todo.pop(0)
 
 
 def device_model(req: ProfileRequest, base_path: Path, model_path: Path, target: str, space: str,
@@ -310,6 +460,12 @@ def finish(req: ProfileRequest, state: ProfileState, model: Any, model_path: Pat
     write_predictions(pred_path, table)
     report = write_report(req.out, state, table, device.name, space)
     say(f"{state.stopped}; {len(archs)} archs measured on {device.name}")
+    remeasured = [r for r in state.rounds if r.remeasures]
+    if remeasured:
+        say(f"{len(remeasured)} batch(es) measured again for an off-level drift reference (rows of "
+            f"{len(state.set_aside())} set-aside session(s) kept in measurements/, left out of the fit; state.json):")
+        for r in remeasured:
+            say(f"  round {r.round}: {'; '.join(r.level_notes)}")
     say(f"predictions for {len(pool)} archs: {pred_path}")
     say(f"report: {report}")
     return {"report": report, "predictions": pred_path, "model": model_path, "measurements": req.out / "measurements"}

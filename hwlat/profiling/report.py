@@ -313,11 +313,13 @@ def write_report(out: Path, state: ProfileState, table: pa.Table, device: str, s
     _write_pareto(out / "pareto.csv", front, archs, index, pred, unc, flops, meas_col)
 
     last_cv = next((r.cv_pred for r in reversed(state.rounds) if r.done and r.cv_pred), {})
+    set_aside = state.set_aside()
     models = []
     for r in rows:
         low, high = r.get("ci95_low_ms"), r.get("ci95_high_ms")
         held_out = last_cv.get(r["arch"])
-        flags = [f for f, on in (("unstable", r["status"] == "unstable"),
+        flags = [f for f, on in (("set aside: off-level batch, not in the fit", r["session_id"] in set_aside),
+                                 ("unstable", r["status"] == "unstable"),
                                  (f"drift {r['ref_drift_pct']:+.0f}%", abs(r.get("ref_drift_pct") or 0) >= 5),
                                  (r["status"], r["status"] not in ("ok", "unstable"))) if on]
         models.append({
@@ -341,7 +343,7 @@ def write_report(out: Path, state: ProfileState, table: pa.Table, device: str, s
         h=_header(rows, device, space, state), rounds=rounds, models=models, fastest=fastest,
         n_measured=len(measured), n_space=len(archs), n_degenerate=int((~real).sum()), n_front=len(front),
         n_unstable=sum(r["status"] == "unstable" for r in rows), last=last_round, fastest_n=FASTEST,
-        model_file=f"predictor-{device}.pt",
+        model_file=f"predictor-{device}.pt", level_notes=[n for r in state.rounds for n in r.level_notes],
     )
     path = out / "report.html"
     atomic_write(path, page.encode("utf-8"))

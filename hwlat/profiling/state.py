@@ -23,6 +23,18 @@ class RoundRecord:
     best_source: str = ""
     cv_pred: dict[str, float] = field(default_factory=dict)
     done: bool = False
+    #: the batch's drift reference level (median of its accepted rows' ``round_ref_ms``), set once accepted
+    ref_level_ms: float | None = None
+    #: the measuring sessions whose rows are the batch's accepted measurements
+    sessions: list[str] = field(default_factory=list)
+    #: sessions of this batch set aside as off-level -> why; their rows stay in the dataset, out of the fit
+    set_aside: dict[str, str] = field(default_factory=dict)
+    #: the reference level of each set-aside attempt, in order (to tell which of two batches is off)
+    attempt_levels: list[float] = field(default_factory=list)
+    #: how many times the batch was measured again because its level was off
+    remeasures: int = 0
+    #: what the level check did, one line each (the output, ``--json`` and the report show them)
+    level_notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -34,6 +46,10 @@ class ProfileState:
     target: str
     rounds: list[RoundRecord] = field(default_factory=list)
     stopped: str = ""
+
+    def set_aside(self) -> dict[str, str]:
+        """Every session set aside as off-level in any round -> why (rows kept, left out of the fit)."""
+        return {s: why for r in self.rounds for s, why in r.set_aside.items()}
 
     @classmethod
     def load(cls, path: Path) -> ProfileState | None:
