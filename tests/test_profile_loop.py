@@ -33,6 +33,11 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _remeasured_rows(out: Path) -> int:
+    """Rows added by batches measured again for an off-level drift reference (this VM is shared; state.json)."""
+    return sum(len(r["batch"]) * r["remeasures"] for r in json.loads((out / "state.json").read_text())["rounds"])
+
+
 def _profile(tmp_path: Path) -> Path:
     path = tmp_path / "board.toml"
     path.write_text(f"""
@@ -60,8 +65,7 @@ def test_profile_budget_report_and_rerun(tmp_path: Path, base_model: Path) -> No
     assert "round 0" in proc.stderr and "round 1" in proc.stderr and "report" in proc.stderr
     rows = read_dataset(out / "measurements").to_pylist()
     state = json.loads((out / "state.json").read_text())
-    # a batch measured again for an off-level drift reference (this VM is shared) adds its rows, never replaces
-    extra = sum(len(r["batch"]) * r["remeasures"] for r in state["rounds"])
+    extra = _remeasured_rows(out)  # a batch measured again adds its rows, never replaces them
     assert len(rows) == 6 + extra and len({r["arch"] for r in rows}) == 6
     assert read_dataset(user_ds).num_rows == 6 + extra
     assert all(r["ref_level_ms"] for r in state["rounds"])  # every batch's level was checked
@@ -98,7 +102,7 @@ def test_profile_interrupted_then_resumed(tmp_path: Path, base_model: Path) -> N
     done = _run(*args[3:])
     assert done.returncode == 0, done.stderr[-3000:]
     rows = read_dataset(meas).to_pylist()
-    assert len(rows) == 8 and len({r["arch"] for r in rows}) == 8
+    assert len(rows) == 8 + _remeasured_rows(out) and len({r["arch"] for r in rows}) == 8
     assert pq.read_table(out / "predictions.parquet").num_rows == 15625
 
 
@@ -119,7 +123,7 @@ def test_profile_fbnet_on_a_litert_device(tmp_path: Path, base_model: Path) -> N
                 "--batch", "2", "--out", str(out), "--model", str(base_model))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_dataset(out / "measurements").to_pylist()
-    assert len(rows) == 4
+    assert len(rows) == 4 + _remeasured_rows(out)
     assert {(r["search_space"], r["format"], r["runtime"]) for r in rows} == {("fbnet", "tflite", "litert")}
     preds = pq.read_table(out / "predictions.parquet")
     assert preds.num_rows == 10000 and sum(m is not None for m in preds.column("measured_ms").to_pylist()) == 4
@@ -145,7 +149,7 @@ def test_profile_over_ssh(tmp_path: Path, base_model: Path) -> None:
                     "--model", str(base_model))
         assert proc.returncode == 0, proc.stderr[-3000:]
         rows = read_dataset(out / "measurements").to_pylist()
-        assert len(rows) == 4 and {r["device"] for r in rows} == {"sshboard"}
+        assert len(rows) == 4 + _remeasured_rows(out) and {r["device"] for r in rows} == {"sshboard"}
         assert {r["device_host"] for r in rows} == {"127.0.0.1"}
         assert pq.read_table(out / "predictions.parquet").num_rows == 15625
     finally:
