@@ -394,26 +394,25 @@ def settle_levels(state: ProfileState, pending: RoundRecord, rows: Callable[[], 
             continue
         attempts = [*rnd.attempt_levels, level]
         agree = max(attempts) / min(attempts) <= 1 + tolerance
-        if len(others) == 1 and agree:
-            earlier = next(r for r in state.rounds if r is not rnd and r.ref_level_ms is not None)
+        earlier = next(r for r in state.rounds if r is not rnd and r.ref_level_ms is not None) \
+            if len(others) == 1 else None
+        if earlier is not None and agree and earlier.remeasures < retries:
             rnd.set_aside.clear()  # its sessions agree with each other: every one of them counts again
             level, sessions = batch_level(rows(), set(rnd.batch), state.set_aside())
             accept(rnd, level, sessions, f"round {rnd.round}: kept at {level:.3f} ms: its {len(attempts)} sessions "
                                          f"agree, so round {earlier.round} ({ref:.3f} ms) is the odd one out")
-            todo.pop(0)
-            if earlier.remeasures < retries:
-                why_e = (f"drift reference {ref:.3f} ms, {ref / level - 1:+.0%} against round {rnd.round}'s "
-                         f"{len(attempts)} sessions ({level:.3f} ms)")
-                earlier.set_aside.update(dict.fromkeys(earlier.sessions, why_e))
-                earlier.attempt_levels.append(ref)
-                earlier.ref_level_ms, earlier.sessions = None, []
-                earlier.remeasures += 1
-                note = (f"round {earlier.round}: batch off-level ({why_e}); measuring it again as a new session "
-                        f"({earlier.remeasures} of {retries}), its rows kept but left out of the fit")
-                earlier.level_notes.append(note)
-                say(note)
-                save()
-                todo.insert(0, earlier)
+            why_e = (f"drift reference {ref:.3f} ms, {ref / level - 1:+.0%} against round {rnd.round}'s "
+                     f"{len(attempts)} sessions ({level:.3f} ms)")
+            earlier.set_aside.update(dict.fromkeys(earlier.sessions, why_e))
+            earlier.attempt_levels.append(ref)
+            earlier.ref_level_ms, earlier.sessions = None, []
+            earlier.remeasures += 1
+            note = (f"round {earlier.round}: batch off-level ({why_e}); measuring it again as a new session "
+                    f"({earlier.remeasures} of {retries}), its rows kept but left out of the fit")
+            earlier.level_notes.append(note)
+            say(note)
+            save()
+            todo[0] = earlier
             continue
         accept(rnd, level, sessions, f"round {rnd.round}: kept although off-level ({why}): its {retries} "
                                      "re-measures are spent")
