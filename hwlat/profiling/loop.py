@@ -12,6 +12,11 @@ Stopping rule (docs/profile.md): with at least ``min_measured`` archs measured (
 cross-validated Spearman over a handful of archs is too noisy to act on), stop when the cross-validated
 Spearman improved by less than ``tolerance`` (0.005) in each of the last ``patience`` (2) rounds.
 
+Batch levels (docs/profile.md, "Off-level batches"): each batch is its own campaign session, so before a round's
+transfer its drift reference level is compared with the profile's other batches (``settle_levels``); an
+off-level batch is measured again (at most ``LEVEL_RETRIES`` times) and its off-level sessions are set aside:
+their rows stay in the dataset and feed no fit.
+
 Resume: the measurements folder is the source of truth, and the batch a round is about to measure is saved
 in ``state.json`` before measuring; running the same command again re-plans nothing that was measured.
 """
