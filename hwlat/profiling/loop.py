@@ -375,6 +375,17 @@ def settle_levels(state: ProfileState, pending: RoundRecord, rows: Callable[[], 
             say(note)
         save()
 
+    def set_aside(rnd: RoundRecord, sessions: list[str], level: float, why: str) -> None:
+        """Set the batch's sessions aside (rows kept, left out of the fit) and queue its re-measure."""
+        rnd.set_aside.update(dict.fromkeys(sessions, why))
+        rnd.attempt_levels.append(level)
+        rnd.remeasures += 1
+        note = (f"round {rnd.round}: batch off-level ({why}); measuring it again as a new session "
+                f"({rnd.remeasures} of {retries}), its rows kept but left out of the fit")
+        rnd.level_notes.append(note)
+        say(note)
+        save()
+
     while todo:
         rnd = todo[0]
         measure(rnd)
@@ -388,14 +399,7 @@ def settle_levels(state: ProfileState, pending: RoundRecord, rows: Callable[[], 
         ref, dev = off
         why = f"drift reference {level:.3f} ms, {dev:+.0%} against the profile's other batches ({ref:.3f} ms)"
         if rnd.remeasures < retries:
-            rnd.set_aside.update(dict.fromkeys(sessions, why))
-            rnd.attempt_levels.append(level)
-            rnd.remeasures += 1
-            note = (f"round {rnd.round}: batch off-level ({why}); measuring it again as a new session "
-                    f"({rnd.remeasures} of {retries}), its rows kept but left out of the fit")
-            rnd.level_notes.append(note)
-            say(note)
-            save()
+            set_aside(rnd, sessions, level, why)
             continue
         attempts = [*rnd.attempt_levels, level]
         agree = max(attempts) / min(attempts) <= 1 + tolerance
@@ -408,15 +412,9 @@ def settle_levels(state: ProfileState, pending: RoundRecord, rows: Callable[[], 
                                          f"agree, so round {earlier.round} ({ref:.3f} ms) is the odd one out")
             why_e = (f"drift reference {ref:.3f} ms, {ref / level - 1:+.0%} against round {rnd.round}'s "
                      f"{len(attempts)} sessions ({level:.3f} ms)")
-            earlier.set_aside.update(dict.fromkeys(earlier.sessions, why_e))
-            earlier.attempt_levels.append(ref)
+            sessions_e = earlier.sessions
             earlier.ref_level_ms, earlier.sessions = None, []
-            earlier.remeasures += 1
-            note = (f"round {earlier.round}: batch off-level ({why_e}); measuring it again as a new session "
-                    f"({earlier.remeasures} of {retries}), its rows kept but left out of the fit")
-            earlier.level_notes.append(note)
-            say(note)
-            save()
+            set_aside(earlier, sessions_e, ref, why_e)
             todo[0] = earlier
             continue
         accept(rnd, level, sessions, f"round {rnd.round}: kept although off-level ({why}): its {retries} "
