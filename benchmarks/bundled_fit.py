@@ -27,6 +27,9 @@ def main() -> None:
     table = load_table(args.data or ["datasets"]).df
     print("| space | device | archs | Spearman | MAPE | within ±10 % |\n| --- | --- | --- | --- | --- | --- |")
     for (space, device), rows in table.groupby(["search_space", "device"]):
+        if space not in model.spaces() or device not in model.devices(space):
+            print(f"| {space} | {device} | {len(rows)} | not a device of this model | | |")
+            continue
         pred = np.asarray(model.predict(list(rows.arch), device, space=space))
         err = np.abs(pred / rows.latency_ms.to_numpy() - 1)
         rho = spearmanr(pred, rows.latency_ms)[0]

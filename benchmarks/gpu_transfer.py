@@ -1,0 +1,173 @@
+"""A real GPU as a new device (issue 10): the predictor transferred to ``h100-torch-cuda`` (PyTorch eager on an
+NVIDIA H100, batch 1; datasets/, docs/datasets.md) from N of its measured NB201 archs and scored on the others.
+
+Beside it, on the same picks: copy-the-best-source (the source device whose latencies rank the N picks best,
+scaled by the median ratio on them) and the measurement's own round-to-round noise (how often one round's
+median lies within +-10 % of the row's latency), which bounds what any predictor can reach within +-10 %.
+
+Two predictors:
+
+* ``bundled``: the shipped predictor (HELP's 27 devices, five GPUs at three batch sizes among them, and the
+  bundled CPU configurations);
+* ``family-out`` (``--family-out``): the same training data without any GPU (HELP's phones, Raspberry Pi,
+  server CPUs, FPGA, ASIC and the bundled CPU configurations), trained here on NB201 only, so the H100 is a
+  hardware family the sources never saw. Copy-best-source draws from the same sources.
+
+    taskset -c 0 .venv/bin/python -m benchmarks.gpu_transfer --samples 5 10 20 --seeds 10 --family-out \\
+        --json out/gpu_transfer.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import spearmanr
+
+import predictor
+from predictor.api import BUNDLED_MODEL, Predictor
+from predictor.data import LatencyTable, load_table
+from predictor.train import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = "h100-torch-cuda"
+HELP = REPO / "datasets" / "_published" / "nb201-help" / "latency.parquet"
+#: HELP's GPU configurations: the hardware family the family-out predictor must not see.
+GPU_PREFIXES = ("1080ti", "2080ti", "titan")
+
+
+def target_rows() -> pd.DataFrame:
+    """The H100 rows: arch, latency_ms and the kept rounds' medians (for the noise floor)."""
+    df = pd.read_parquet(REPO / "datasets" / f"device={TARGET}")
+    return df[df["status"].isin(["ok", "unstable"])].reset_index(drop=True)
+
+
+def sources(family_out: bool) -> pd.DataFrame:
+    """Measured latency of every source device on the NB201 archs (arch x device), HELP's and the bundled ones."""
+    ours = load_table([REPO / "datasets"], spaces=["nb201"]).df
+    ours = ours[ours["device"] != TARGET]
+    help_ = pd.read_parquet(HELP)[["search_space", "device", "arch", "latency_ms"]]
+    table = pd.concat([ours, help_], ignore_index=True)
+    if family_out:
+        table = table[~table["device"].str.startswith(GPU_PREFIXES)]
+    return table.pivot_table(index="arch", columns="device", values="latency_ms")
+
+
+def score(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    err = np.abs(pred / true - 1.0)
+    return {"spearman": float(spearmanr(pred, true)[0]), "within10": float((err < 0.1).mean()),
+            "mape": float(100 * err.mean())}
+
+
+def copy_best(src: pd.DataFrame, picks: list[str], y_picks: np.ndarray, rest: list[str]) -> np.ndarray:
+    """The source that ranks the picks best, scaled to the target by the median ratio on the picks."""
+    best, best_rho = None, -2.0
+    for device in src.columns:
+        x = src.loc[picks, device].to_numpy()
+        if np.isnan(x).any():
+            continue
+        rho = spearmanr(x, y_picks)[0]
+        if rho > best_rho:
+            best, best_rho = device, rho
+    scale = float(np.median(y_picks / src.loc[picks, best].to_numpy()))
+    return src.loc[rest, best].to_numpy() * scale
+
+
+def noise_floor(rows: pd.DataFrame) -> dict[str, float]:
+    """One kept round's median against the row's latency: what a perfect model of the device could match."""
+    ratios = []
+    for medians, kept, latency in zip(rows["round_medians_ms"], rows["round_kept"], rows["latency_ms"], strict=True):
+        ratios += [m / latency - 1.0 for m, k in zip(medians, kept, strict=True) if k]
+    ratios = np.abs(np.asarray(ratios))
+    return {"rounds": len(ratios), "round_within10": float((ratios < 0.1).mean()),
+            "round_median_abs_pct": float(100 * np.median(ratios)),
+            "median_robust_cv": float(rows["robust_cv"].median())}
+
+
+def family_out_model(src_devices: list[str], threads: int) -> Predictor:
+    """NB201 predictor pretrained on the non-GPU sources only (the bundled training data minus every GPU)."""
+    ours = load_table([REPO / "datasets"], spaces=["nb201"]).df
+    help_ = pd.read_parquet(HELP)
+    help_ = help_[help_["arch"].isin(set(ours["arch"]))][["search_space", "device", "arch", "latency_ms"]]
+    df = pd.concat([ours, help_], ignore_index=True)
+    df = df[df["device"].isin(src_devices)].reset_index(drop=True)
+    torch.set_num_threads(threads)
+    return Predictor.train(LatencyTable(df), TrainConfig())
+
+
+def run(model: Predictor, src: pd.DataFrame, rows: pd.DataFrame, samples: list[int], seeds: int,
+        tag: str) -> list[dict]:
+    archs = rows["arch"].tolist()
+    y = rows["latency_ms"].to_numpy()
+    out = []
+    for n in samples:
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            idx = rng.permutation(len(archs))
+            pick, rest = idx[:n], idx[n:]
+            name = f"{TARGET}-{tag}-n{n}-s{seed}"
+            t0 = time.perf_counter()
+            model.transfer(name, [archs[i] for i in pick], y[pick], space="nb201", seed=seed)
+            pred, std = model.predict_with_uncertainty([archs[i] for i in rest], name, space="nb201")
+            took = time.perf_counter() - t0
+            covered = float((np.abs(np.log(y[rest] / pred)) <= std).mean())
+            base = copy_best(src, [archs[i] for i in pick], y[pick], [archs[i] for i in rest])
+            out.append({"model": tag, "n": n, "seed": seed, "transfer_s": took,
+                        "hwlat": {**score(pred, y[rest]), "coverage_1std": covered},
+                        "copy_best": score(base, y[rest])})
+    return out
+
+
+def summary(results: list[dict]) -> list[dict]:
+    table = []
+    for (tag, n), group in pd.DataFrame(results).groupby(["model", "n"], sort=False):
+        row = {"model": tag, "n": int(n), "seeds": len(group)}
+        for who in ("hwlat", "copy_best"):
+            for key in ("spearman", "within10", "mape"):
+                row[f"{who}_{key}"] = float(np.mean([r[key] for r in group[who]]))
+        row["hwlat_coverage_1std"] = float(np.mean([r["coverage_1std"] for r in group["hwlat"]]))
+        table.append(row)
+    return table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, nargs="+", default=[5, 10, 20])
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--family-out", action="store_true", help="also the predictor trained without any GPU")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    rows = target_rows()
+    doc: dict = {"target": TARGET, "archs": len(rows), "noise": noise_floor(rows), "results": []}
+    doc["results"] += run(predictor.load(BUNDLED_MODEL), sources(False), rows, args.samples, args.seeds, "bundled")
+    if args.family_out:
+        src = sources(True)
+        t0 = time.perf_counter()
+        model = family_out_model(list(src.columns), args.threads)
+        doc["family_out_train_s"] = time.perf_counter() - t0
+        doc["family_out_sources"] = list(src.columns)
+        doc["results"] += run(model, src, rows, args.samples, args.seeds, "family-out")
+    doc["summary"] = summary(doc["results"])
+    print(f"{TARGET}: {len(rows)} archs; noise: {json.dumps(doc['noise'])}")
+    print("| predictor | N | hwlat Spearman | within ±10 % | MAPE | ±1 std holds | copy-best Spearman | within ±10 % "
+          "| MAPE |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in doc["summary"]:
+        print(f"| {r['model']} | {r['n']} | {r['hwlat_spearman']:.3f} | {r['hwlat_within10']:.2f} | "
+              f"{r['hwlat_mape']:.1f} % | {r['hwlat_coverage_1std']:.2f} | {r['copy_best_spearman']:.3f} | "
+              f"{r['copy_best_within10']:.2f} | "
+              f"{r['copy_best_mape']:.1f} % |")
+    if args.json:
+        args.json.write_text(json.dumps(doc, indent=1))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
