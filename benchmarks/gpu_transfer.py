@@ -1,9 +1,10 @@
 """A real GPU as a new device (issue 10): the predictor transferred to ``h100-torch-cuda`` (PyTorch eager on an
 NVIDIA H100, batch 1; datasets/, docs/datasets.md) from N of its measured NB201 archs and scored on the others.
 
-Beside it, on the same picks: copy-the-best-source (the source device whose latencies rank the N picks best,
-scaled by the median ratio on them) and the measurement's own round-to-round noise (how often one round's
-median lies within +-10 % of the row's latency), which bounds what any predictor can reach within +-10 %.
+Beside it, on the same picks: copy-the-best-source (``predictor.bench.copy_best_source``: the source device
+whose latencies rank the N picks best, scaled by the geometric-mean ratio on them) and the measurement's own
+round-to-round noise (how often one round's median lies within +-10 % of the row's latency), which bounds what
+any predictor can reach within +-10 %. Scores as ``predictor.bench.score`` (degenerate cells apart).
 
 Two predictors:
 
@@ -28,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import spearmanr
 
 import predictor
 from predictor.api import BUNDLED_MODEL, Predictor
+from predictor.bench import copy_best_source, score
 from predictor.data import LatencyTable, load_table
+from predictor.encode import get_encoder
 from predictor.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,26 +59,6 @@ def sources(family_out: bool) -> pd.DataFrame:
     if family_out:
         table = table[~table["device"].str.startswith(GPU_PREFIXES)]
     return table.pivot_table(index="arch", columns="device", values="latency_ms")
-
-
-def score(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    err = np.abs(pred / true - 1.0)
-    return {"spearman": float(spearmanr(pred, true)[0]), "within10": float((err < 0.1).mean()),
-            "mape": float(100 * err.mean())}
-
-
-def copy_best(src: pd.DataFrame, picks: list[str], y_picks: np.ndarray, rest: list[str]) -> np.ndarray:
-    """The source that ranks the picks best, scaled to the target by the median ratio on the picks."""
-    best, best_rho = None, -2.0
-    for device in src.columns:
-        x = src.loc[picks, device].to_numpy()
-        if np.isnan(x).any():
-            continue
-        rho = spearmanr(x, y_picks)[0]
-        if rho > best_rho:
-            best, best_rho = device, rho
-    scale = float(np.median(y_picks / src.loc[picks, best].to_numpy()))
-    return src.loc[rest, best].to_numpy() * scale
 
 
 def noise_floor(rows: pd.DataFrame) -> dict[str, float]:
@@ -105,6 +87,7 @@ def run(model: Predictor, src: pd.DataFrame, rows: pd.DataFrame, samples: list[i
         tag: str) -> list[dict]:
     archs = rows["arch"].tolist()
     y = rows["latency_ms"].to_numpy()
+    degenerate = np.asarray(get_encoder("nb201").degenerate(archs), bool)
     out = []
     for n in samples:
         for seed in range(seeds):
@@ -116,11 +99,11 @@ def run(model: Predictor, src: pd.DataFrame, rows: pd.DataFrame, samples: list[i
             model.transfer(name, [archs[i] for i in pick], y[pick], space="nb201", seed=seed)
             pred, std = model.predict_with_uncertainty([archs[i] for i in rest], name, space="nb201")
             took = time.perf_counter() - t0
-            covered = float((np.abs(np.log(y[rest] / pred)) <= std).mean())
-            base = copy_best(src, [archs[i] for i in pick], y[pick], [archs[i] for i in rest])
+            base, base_std, _ = copy_best_source(y[pick], src.loc[[archs[i] for i in pick]].to_numpy(),
+                                                 src.loc[[archs[i] for i in rest]].to_numpy())
             out.append({"model": tag, "n": n, "seed": seed, "transfer_s": took,
-                        "hwlat": {**score(pred, y[rest]), "coverage_1std": covered},
-                        "copy_best": score(base, y[rest])})
+                        "hwlat": score(pred, y[rest], std, degenerate[rest]),
+                        "copy_best": score(base, y[rest], base_std, degenerate[rest])})
     return out
 
 
@@ -129,9 +112,8 @@ def summary(results: list[dict]) -> list[dict]:
     for (tag, n), group in pd.DataFrame(results).groupby(["model", "n"], sort=False):
         row = {"model": tag, "n": int(n), "seeds": len(group)}
         for who in ("hwlat", "copy_best"):
-            for key in ("spearman", "within10", "mape"):
+            for key in ("spearman", "within_10pct", "mape", "coverage_1sigma"):
                 row[f"{who}_{key}"] = float(np.mean([r[key] for r in group[who]]))
-        row["hwlat_coverage_1std"] = float(np.mean([r["coverage_1std"] for r in group["hwlat"]]))
         table.append(row)
     return table
 
@@ -156,14 +138,13 @@ def main() -> None:
         doc["results"] += run(model, src, rows, args.samples, args.seeds, "family-out")
     doc["summary"] = summary(doc["results"])
     print(f"{TARGET}: {len(rows)} archs; noise: {json.dumps(doc['noise'])}")
-    print("| predictor | N | hwlat Spearman | within ±10 % | MAPE | ±1 std holds | copy-best Spearman | within ±10 % "
-          "| MAPE |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| predictor | N | Spearman | within ±10 % | MAPE | ±1 std holds | copy-best Spearman | within ±10 % | MAPE "
+          "| ±1 std holds |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in doc["summary"]:
-        print(f"| {r['model']} | {r['n']} | {r['hwlat_spearman']:.3f} | {r['hwlat_within10']:.2f} | "
-              f"{r['hwlat_mape']:.1f} % | {r['hwlat_coverage_1std']:.2f} | {r['copy_best_spearman']:.3f} | "
-              f"{r['copy_best_within10']:.2f} | "
-              f"{r['copy_best_mape']:.1f} % |")
+        print(f"| {r['model']} | {r['n']} | " + " | ".join(
+            f"{r[f'{who}_spearman']:.3f} | {r[f'{who}_within_10pct']:.2f} | {r[f'{who}_mape']:.1f} % | "
+            f"{r[f'{who}_coverage_1sigma']:.2f}" for who in ("hwlat", "copy_best")) + " |")
     if args.json:
         args.json.write_text(json.dumps(doc, indent=1))
     sys.stdout.flush()
