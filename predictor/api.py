@@ -2,6 +2,10 @@
 
 ``archs`` are arch strings of a space with a dedicated encoder, or ONNX files (``.onnx`` paths) for a
 model trained on graph-encoded data (``hwlat measure --models DIR`` datasets, or any space without an encoder).
+ONNX files are encoded at the input shapes they would be measured at: ``input_shapes={"x": (1, 64, 32)}``,
+``batch=`` and ``resolution=`` size dynamic dimensions exactly as ``--input-shape``, ``--batch`` and
+``--resolution`` do for ``hwlat measure --models`` (``hwlat.spaces.shapes``), and a dynamic dimension nobody
+sizes is refused, never encoded at 1.
 
 A ``Predictor`` holds one ``SpaceModel`` per search space found in the training data. Saved files are
 plain ``torch.save`` dicts of tensors and strings (loadable with ``weights_only=True``: a model file is
@@ -12,15 +16,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from agents.errors import ArchError, UsageError
 from agents.files import atomic_write
-from hwlat.spaces.graph import encode_file
+from hwlat.spaces import one_line
+from hwlat.spaces.graph import GraphEncoding, encode_file
+from hwlat.spaces.shapes import check_names_used, graph_dims, resolve_dims, shape_request
 
 from .data import LatencyTable
 from .encode import (
@@ -39,6 +46,49 @@ from .transfer import TransferConfig, transfer
 FORMAT = "hwlat-predictor/2"
 #: The pretrained predictor shipped with the package (rebuilt by `hwlat predictor train --data datasets/ ...`).
 BUNDLED_MODEL = Path(__file__).resolve().parent / "pretrained" / "hwlat-bundled.pt"
+
+
+#: ``input_shapes=`` of the API: {graph input name: its full shape}, e.g. {"input": (1, 3, 224, 224)}
+InputShapes = Mapping[str, Sequence[int]]
+
+#: graph inputs of the ONNX files seen, by (resolved path, mtime ns, size): a prediction loop over the same
+#: files parses each once, not once per call
+_DIMS: dict[tuple[str, int, int], dict[str, list[int | str]]] = {}
+
+
+def _input_dims(path: Path) -> dict[str, list[int | str]]:
+    """The graph inputs of an ONNX file (``hwlat.spaces.shapes.graph_dims``), or a one-line ``UsageError``."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UsageError(f"model not found: {path}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    memo = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if memo not in _DIMS:
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # onnx raises several types for a file that is not a model
+            raise UsageError(f"{path}: not a readable ONNX model ({one_line(exc)})") from None
+        _DIMS[memo] = graph_dims(model)
+    return _DIMS[memo]
+
+
+def encode_files(paths: Sequence[str | Path], input_shapes: InputShapes | None = None, batch: int | None = None,
+                 resolution: int | None = None, where: str = "the given files") -> list[GraphEncoding]:
+    """The graph encodings of ONNX files at the shapes they would be measured at.
+
+    ``input_shapes``/``batch``/``resolution`` mean what ``--input-shape``/``--batch``/``--resolution`` mean for
+    ``hwlat measure --models`` (one owner: ``hwlat.spaces.shapes``), so the encoding is the network the
+    harness measures and its ``key`` that network's ``graph_key``: the one the dataset's rows train on, and
+    never the key of the same file at another size. A dynamic dimension that nothing sizes, a size that
+    contradicts a fixed dimension and an ``input_shapes`` name that no file has (``where`` names the files in
+    that message) are one-line ``UsageError``s. Encodings are cached on disk by key (``encode_file``).
+    """
+    request = shape_request(input_shapes, batch, resolution)
+    sized = [(Path(p), resolve_dims(Path(p), _input_dims(Path(p)), request)) for p in paths]
+    check_names_used(request, (shapes for _, shapes in sized), where)
+    return [encode_file(path, input_shapes=shapes) for path, shapes in sized]
 
 
 def _encoder_config(space: str) -> dict:
@@ -97,19 +147,25 @@ class Predictor:
                 continue
         raise UsageError("cannot tell the search space of these archs; pass space=")
 
-    def resolve(self, archs: Sequence[str | Path], space: str | None) -> tuple[list[str], str | None]:
-        """ONNX file paths -> their graph keys (sha256) and the graph-encoded space to use; arch strings pass.
+    def resolve(self, archs: Sequence[str | Path], space: str | None, input_shapes: InputShapes | None = None,
+                batch: int | None = None, resolution: int | None = None) -> tuple[list[str], str | None]:
+        """ONNX file paths -> their graph keys and the graph-encoded space to use; arch strings pass.
 
-        Files are encoded once (cached on disk by sha256, ``hwlat.spaces.graph.encode_file``). Without
-        ``space``, the ``onnx`` model answers, else the only graph-encoded one.
+        Files are encoded at ``input_shapes``/``batch``/``resolution`` (``encode_files``: sized as ``hwlat
+        measure --models`` sizes them, cached on disk by key). Sizes with arch strings are refused, never
+        ignored: an arch string names a network of its space's size. Without ``space``, the ``onnx`` model
+        answers, else the only graph-encoded one.
         """
         items = list(archs)
         paths = [isinstance(a, Path) or (isinstance(a, str) and a.lower().endswith(".onnx")) for a in items]
         if not items or not all(paths):
             if any(paths):
                 raise UsageError("give either ONNX files or arch strings, not both")
+            if items and (input_shapes or batch is not None or resolution is not None):
+                raise UsageError("input_shapes, batch and resolution size ONNX files; arch strings name networks "
+                                 "of their space's own size")
             return [str(a) for a in items], space
-        keys = add_graphs(encode_file(a) for a in items)
+        keys = add_graphs(encode_files(items, input_shapes, batch, resolution))
         if space is None:
             graph = [name for name in self.models if is_graph_space(name)]
             if not graph:
@@ -128,39 +184,54 @@ class Predictor:
             raise UsageError(f"device {device!r} is not in the {model.space} model; known: "
                              f"{', '.join(model.devices)}")
 
-    def predict(self, archs: Sequence[str | Path], device: str, space: str | None = None) -> np.ndarray:
-        """Predicted latency in ms for each arch string or ONNX file (``.onnx`` paths)."""
-        return self.predict_with_uncertainty(archs, device, space)[0]
+    def predict(self, archs: Sequence[str | Path], device: str, space: str | None = None, *,
+                input_shapes: InputShapes | None = None, batch: int | None = None,
+                resolution: int | None = None) -> np.ndarray:
+        """Predicted latency in ms for each arch string or ONNX file (``.onnx`` paths).
 
-    def predict_with_uncertainty(self, archs: Sequence[str | Path], device: str,
-                                 space: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        ``input_shapes={"x": (1, 64, 32)}``, ``batch`` and ``resolution`` size the files' dynamic dimensions as
+        ``hwlat measure --models`` does (``encode_files``); a file with a dynamic dimension nothing sizes is
+        refused."""
+        return self.predict_with_uncertainty(archs, device, space, input_shapes=input_shapes, batch=batch,
+                                             resolution=resolution)[0]
+
+    def predict_with_uncertainty(self, archs: Sequence[str | Path], device: str, space: str | None = None, *,
+                                 input_shapes: InputShapes | None = None, batch: int | None = None,
+                                 resolution: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(latency ms, std of log latency): a std of 0.1 means roughly +-10%.
 
         The std combines the ensemble's spread with, for a transferred device, its cost model's posterior.
+        ONNX files are sized as in ``predict``.
         """
-        archs, space = self.resolve(archs, space)
+        archs, space = self.resolve(archs, space, input_shapes, batch, resolution)
         model = self._model(space, archs)
         self._device(model, device)
         mean, std = model.predict(archs, device)
         return np.exp(mean), std
 
     def transfer(self, device: str, archs: Sequence[str | Path], latency_ms: Sequence[float],
-                 space: str | None = None, cfg: TransferConfig | None = None, seed: int = 0) -> dict:
-        """Add a new device from a few measured archs or ONNX files (see ``predictor.transfer``)."""
-        archs, space = self.resolve(archs, space)
+                 space: str | None = None, cfg: TransferConfig | None = None, seed: int = 0, *,
+                 input_shapes: InputShapes | None = None, batch: int | None = None,
+                 resolution: int | None = None) -> dict:
+        """Add a new device from a few measured archs or ONNX files (see ``predictor.transfer``); files are
+        sized as in ``predict``: give the shapes they were measured at."""
+        archs, space = self.resolve(archs, space, input_shapes, batch, resolution)
         return transfer(self._model(space, archs), device, archs, np.asarray(latency_ms, float), cfg, seed)
 
     def suggest(self, device: str, n: int, sampler: str = "default", measured: Iterable[str | Path] = (),
                 candidates: Sequence[str | Path] | None = None, space: str | None = None,
-                seed: int = 0) -> list[str]:
+                seed: int = 0, *, input_shapes: InputShapes | None = None, batch: int | None = None,
+                resolution: int | None = None) -> list[str]:
         """Which archs (or, for ONNX candidates, which files) to measure next on ``device``, never one in
-        ``measured``."""
+        ``measured``; ONNX candidates and measured files are sized as in ``predict``."""
         named: dict[str, str] = {}
         if candidates is not None:
-            keys, space = self.resolve(candidates, space)
+            keys, space = self.resolve(candidates, space, input_shapes, batch, resolution)
             named = dict(zip(keys, map(str, candidates), strict=True))
             candidates = keys
-            measured, _ = self.resolve(list(measured), space)
+            measured, _ = self.resolve(list(measured), space, input_shapes, batch, resolution)
+        elif input_shapes or batch is not None or resolution is not None:
+            raise UsageError("input_shapes, batch and resolution size ONNX candidates; none were given")
         model = self._model(space, list(candidates or measured or ()))
         pool = list(candidates) if candidates is not None else get_encoder(model.space).enumerate()
         if pool is None:

@@ -31,11 +31,11 @@ TABLE_ROWS = 20
 def cmd_measure(args: argparse.Namespace) -> int:
     from harness.campaign import run_campaign
     from harness.devices import resolve_devices
-    from harness.onnx_files import ShapeRequest, parse_input_shape
     from harness.plan import CampaignRequest, configure_device, plan_models
     from harness.runtimes import preflight_runtimes
     from harness.transport.local import reserve_machine
     from hwlat.spaces import read_arch_file
+    from hwlat.spaces.shapes import shape_request
 
     specs = list(args.device or []) + list(args.devices or [])
     profiles = resolve_devices(specs or ["local"])
@@ -46,11 +46,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     if args.input_shape and not args.models:
         raise UsageError("--input-shape sizes the inputs of --models ONNX files; the search spaces use --batch "
                          "and --resolution")
-    given = [parse_input_shape(text) for text in args.input_shape or []]
-    twice = sorted({name for name, _ in given if sum(n == name for n, _ in given) > 1})
-    if twice:
-        raise UsageError(f"--input-shape {twice[0]} is given more than once")
-    shapes = ShapeRequest(dict(given), args.batch, args.resolution)
+    shapes = shape_request(args.input_shape, args.batch, args.resolution)
     archs = read_arch_file(Path(args.archs)) if args.archs else None
     preflight_runtimes(profiles, args.format)
     if args.op_profile:

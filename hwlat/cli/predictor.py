@@ -74,6 +74,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from predictor.predictions import prediction_table, write_predictions
 
     _threads(args)
+    if not args.models and (args.input_shape or args.batch is not None or args.resolution is not None):
+        raise UsageError("--input-shape, --batch and --resolution size the inputs of --models ONNX files; arch "
+                         "strings name networks of their space's own size")
     model = load(args.model)
     if args.models:
         return _predict_files(model, args)
@@ -147,8 +150,11 @@ def _emit_prediction_summary(args: argparse.Namespace, space: str, ms: Any, seco
 
 
 def _predict_files(model: Predictor, args: argparse.Namespace) -> int:
-    """``predict --models DIR``: every ``*.onnx`` file of DIR, encoded from its graph."""
+    """``predict --models DIR``: every ``*.onnx`` file of DIR, encoded from its graph at the input shapes
+    ``hwlat measure --models DIR`` with the same ``--input-shape``/``--batch``/``--resolution`` measures."""
 
+    from hwlat.spaces.shapes import shape_request
+    from predictor.api import encode_files
     from predictor.predictions import prediction_table, write_predictions
 
     if args.archs:
@@ -159,12 +165,16 @@ def _predict_files(model: Predictor, args: argparse.Namespace) -> int:
     files = sorted(p for p in folder.glob("*.onnx") if p.is_file())
     if not files:
         raise UsageError(f"--models {folder}: no *.onnx files found")
+    request = shape_request(args.input_shape, args.batch, args.resolution)
+    sizes = {"input_shapes": request.input_shapes, "batch": request.batch, "resolution": request.resolution}
     t0 = time.perf_counter()
-    ms, log_std = model.predict_with_uncertainty(files, args.device, args.space)
+    encoded = encode_files(files, **sizes, where=str(folder))  # refusals name DIR, as measure's do
+    keys, space = model.resolve(files, args.space, **sizes)  # the same encodings, from the cache
+    ms, log_std = model.predict_with_uncertainty(keys, args.device, space)
     seconds = time.perf_counter() - t0
-    keys, space = model.resolve(files, args.space)  # cached: the files were just encoded
     write_predictions(Path(args.out), prediction_table(space, args.device, [f.stem for f in files], ms, log_std,
-                                                       model_sha256=keys, paths=[str(f.resolve()) for f in files]))
+                                                       model_sha256=[e.sha256 for e in encoded],
+                                                       paths=[str(f.resolve()) for f in files]))
     if args.json:
         return _emit_prediction_summary(args, space, ms, seconds)
     print(f"predicted {len(files)} ONNX models on {args.device} in {seconds:.2f} s -> {args.out}")
@@ -252,6 +262,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="one arch per line, or CSV/Parquet with an 'arch' column (default: the whole space)")
     q.add_argument("--models", metavar="DIR",
                    help="predict every *.onnx file in DIR from its graph (a model trained on graph-encoded data)")
+    q.add_argument("--input-shape", action="append", metavar="NAME=DIMS",
+                   help="with --models: shape of input NAME, e.g. input=1x3x224x224 (repeatable), as for `hwlat "
+                        "measure --models`; a model with a dynamic dimension nobody sizes is refused")
+    q.add_argument("--batch", type=int,
+                   help="with --models: sizes a dynamic first dimension, refused where the model fixes another")
+    q.add_argument("--resolution", type=int,
+                   help="with --models: sizes dynamic H/W of a 4-d input, refused where the model fixes others")
     q.add_argument("--out", required=True, metavar="PRED.parquet")
     q.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     add_json_flag(q)
