@@ -241,7 +241,7 @@ class Predictor:
         networks = [is_network(a) for a in items]
         if not items or not all(networks):
             if any(networks):
-                raise UsageError("give either networks (ONNX files, torch modules) or arch strings, not both")
+                raise UsageError("give either torch modules and ONNX files or arch strings, not both")
             if items and (input_shapes or batch is not None or resolution is not None):
                 raise UsageError("input_shapes, batch and resolution size ONNX files and torch modules; arch "
                                  "strings name networks of their space's own size")

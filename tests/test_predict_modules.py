@@ -224,8 +224,8 @@ def test_modules_transfer_and_are_suggested(nets: dict) -> None:
     p.transfer("board", pool[:4], [1.0, 1.4, 2.0, 3.5], "ofa", input_shapes=shapes)
     ms = p.predict(pool, "board", "ofa", input_shapes=shapes)
     assert ms.shape == (6,) and (ms > 0).all()
-    picks = p.suggest("board", 2, "random", measured=pool[:4], candidates=pool, space="ofa", input_shapes=shapes)
-    assert len(picks) == 2 and all(any(m is q for q in pool[4:]) for m in picks)
+    picks = p.suggest("board", 3, "random", measured=pool[:2], candidates=pool, space="ofa", input_shapes=shapes)
+    assert len(picks) == 3 and all(any(m is q for q in pool[2:]) for m in picks)  # the module objects, none measured
 
 
 def test_the_prediction_parquet_records_the_shapes(bundled: predictor.Predictor, nets: dict,
@@ -242,9 +242,12 @@ def test_the_prediction_parquet_records_the_shapes(bundled: predictor.Predictor,
           "--input-shape", flag, root=tmp_path)
     row = pd.read_parquet(data).iloc[0]
     out = tmp_path / "pred.parquet"
-    hwlat("predictor", "predict", "--model", str(BUNDLED_MODEL), "--device", DEVICE, "--space", "autoformer",
-          "--models", str(models), "--input-shape", flag, "--out", str(out), root=tmp_path)
+    proc = hwlat("predictor", "predict", "--model", str(BUNDLED_MODEL), "--device", DEVICE, "--space", "autoformer",
+                 "--models", str(models), "--input-shape", flag, "--out", str(out), "--json", root=tmp_path)
     pred = pd.read_parquet(out).iloc[0]
+    summary = json.loads(proc.stdout)
+    assert (summary["space"], summary["archs"], summary["out"]) == ("autoformer", 1, str(out))
+    assert summary["median_ms"] == pytest.approx(pred["latency_ms"])
     assert pred["arch"] == row["arch"] == "attn"
     assert pred["model_sha256"] == row["model_sha256"]
     assert pred["model_key"] == row["model_key"] != row["model_sha256"]  # a dynamic file at a size of its own
