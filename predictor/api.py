@@ -301,7 +301,8 @@ class Predictor:
                          resolution: int | None = None, where: str | None = None) -> pa.Table:
         """``predict_with_uncertainty`` of ONNX files and torch modules as a ``predictor.predictions`` table (what
         ``hwlat predictor predict --models`` writes): ``arch`` is the file stem or the module's class name,
-        ``model_key`` the network's encoding key and ``input_shapes_json`` the shapes it was predicted at.
+        ``flops`` the encoding's FLOPs, ``model_key`` the network's encoding key and ``input_shapes_json`` the
+        shapes it was predicted at.
 
         Why both: a file's ``model_key`` and ``input_shapes_json`` are those of the measured rows of the same
         file at the same shapes (``hwlat measure --models``), so predictions join to measurements; a module's

@@ -190,7 +190,15 @@ def test_a_module_needs_its_input_shapes(bundled: predictor.Predictor, nets: dic
     # a module that fails at that shape is one line naming it
     assert refused([cnn], DEVICE, "ofa", input_shapes={"x": (1, 5, 32, 32)}).startswith(
         "cannot trace torch module TinyCNN at input shapes {\"x\": [1, 5, 32, 32]}: RuntimeError: ")
+    # a function the tracer has no operator type for: one line naming the module and the function
+    assert refused([Flipped()], DEVICE, "ofa", input_shapes={"x": (1, 3, 8, 8)}) == (
+        "torch module Flipped: operator flip is not supported by the graph encoder's tracer (hwlat.spaces.trace)")
     assert not _graph_cache.exists()
+
+
+class Flipped(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-1)
 
 
 class Scaled(torch.nn.Module):

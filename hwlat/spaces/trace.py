@@ -25,6 +25,10 @@ What is recorded, in the same vocabulary and units as the ONNX reader (``graph.O
 A space whose module cannot be built or run on the meta device (data-dependent control flow, tensors
 created on an explicit device) is traced on CPU instead, with real (uninitialised-weight) arithmetic: slower,
 same result.
+
+A user's own module (the predictor API's ``predict([module], ..., input_shapes=...)``) goes through the same
+recorder (``trace_module``): its weights are swapped for meta tensors for the call (nothing copied or computed),
+or, where that cannot run, it is run once on zeros; it is keyed by a digest of what was traced (``module_key``).
 """
 
 from __future__ import annotations
@@ -191,6 +195,9 @@ def trace_module(module: torch.nn.Module, shapes: Mapping[str, Sequence[int]], l
     module.eval()
     try:
         enc = _trace_module(module, sized, dtype, label)
+    except UsageError as exc:
+        msg = str(exc)
+        raise UsageError(msg if msg.startswith(f"cannot trace {label}") else f"{label}: {msg}") from None
     finally:
         for m, mode in modes:
             m.training = mode
