@@ -1,11 +1,13 @@
 """The Python API: ``predictor.load(path).predict(archs, device)`` and friends.
 
-``archs`` are arch strings of a space with a dedicated encoder, or ONNX files (``.onnx`` paths) for a
-model trained on graph-encoded data (``hwlat measure --models DIR`` datasets, or any space without an encoder).
-ONNX files are encoded at the input shapes they would be measured at: ``input_shapes={"x": (1, 64, 32)}``,
-``batch=`` and ``resolution=`` size dynamic dimensions exactly as ``--input-shape``, ``--batch`` and
-``--resolution`` do for ``hwlat measure --models`` (``hwlat.spaces.shapes``), and a dynamic dimension nobody
-sizes is refused, never encoded at 1.
+``archs`` are arch strings of a space with a dedicated encoder, or networks -- ONNX files (``.onnx`` paths)
+and ``torch.nn.Module`` objects -- for a model trained on graph-encoded data (``hwlat measure --models DIR``
+datasets, or any space without an encoder). ONNX files are encoded at the input shapes they would be measured
+at: ``input_shapes={"x": (1, 64, 32)}``, ``batch=`` and ``resolution=`` size dynamic dimensions exactly as
+``--input-shape``, ``--batch`` and ``--resolution`` do for ``hwlat measure --models`` (``hwlat.spaces.shapes``),
+and a dynamic dimension nobody sizes is refused, never encoded at 1. A torch module declares no inputs:
+``input_shapes`` gives the full shape of each ``forward`` argument, and the module is traced by the tracer the
+built-in spaces are encoded with (``hwlat.spaces.trace.trace_module``), so it is encoded as its ONNX export is.
 
 A ``Predictor`` holds one ``SpaceModel`` per search space found in the training data. Saved files are
 plain ``torch.save`` dicts of tensors and strings (loadable with ``weights_only=True``: a model file is
@@ -16,18 +18,21 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pyarrow as pa
 import torch
 
 from agents.errors import ArchError, UsageError
 from agents.files import atomic_write
 from hwlat.spaces import one_line
 from hwlat.spaces.graph import GraphEncoding, encode_file
-from hwlat.spaces.shapes import check_names_used, graph_dims, resolve_dims, shape_request
+from hwlat.spaces.shapes import ShapeRequest, check_names_used, graph_dims, resolve_dims, shape_request
+from hwlat.spaces.trace import forward_inputs, trace_module
 
 from .data import LatencyTable
 from .encode import (
@@ -39,6 +44,7 @@ from .encode import (
     register_traced_space,
 )
 from .models import build_net
+from .predictions import prediction_table
 from .samplers import sample
 from .train import SpaceModel, TrainConfig, pretrain
 from .transfer import TransferConfig, transfer
@@ -74,21 +80,97 @@ def _input_dims(path: Path) -> dict[str, list[int | str]]:
     return _DIMS[memo]
 
 
-def encode_files(paths: Sequence[str | Path], input_shapes: InputShapes | None = None, batch: int | None = None,
-                 resolution: int | None = None, where: str = "the given files") -> list[GraphEncoding]:
-    """The graph encodings of ONNX files at the shapes they would be measured at.
+#: what ``predict`` and friends take besides arch strings: an ONNX file or a torch module
+Network = str | Path | torch.nn.Module
 
-    ``input_shapes``/``batch``/``resolution`` mean what ``--input-shape``/``--batch``/``--resolution`` mean for
-    ``hwlat measure --models`` (one owner: ``hwlat.spaces.shapes``), so the encoding is the network the
+
+def is_network(item: object) -> bool:
+    """An ONNX file (a ``Path``, or a string ending in ``.onnx``) or a torch module, not an arch string."""
+    return isinstance(item, (Path, torch.nn.Module)) or (isinstance(item, str) and item.lower().endswith(".onnx"))
+
+
+def _module_shapes(module: torch.nn.Module, request: ShapeRequest) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """({forward argument: shape} to trace ``module`` at, {name as given: shape} to record) from ``input_shapes``.
+
+    A module declares no input shapes, so each required ``forward`` argument needs one, by its name; a module whose
+    forward takes one tensor takes the only shape given whatever it is named (its ONNX export's input name, say),
+    so one ``input_shapes`` serves a module and its export. Anything else is a one-line ``UsageError``.
+    """
+    label = f"torch module {type(module).__name__}"
+    required, optional = forward_inputs(module)
+    given = request.input_shapes
+    if not required and not optional:
+        raise UsageError(f"{label}: its forward takes only *args/**kwargs, so its inputs have no names to size; "
+                         "wrap it in a module whose forward names them")
+    if len(required) == 1 and len(given) == 1 and not set(given) & {*required, *optional}:
+        name, dims = next(iter(given.items()))
+        return {required[0]: dims}, {name: dims}
+    missing = [n for n in required if n not in given]
+    if missing:
+        example = ", ".join(f"{n!r}: (...)" for n in required)
+        raise UsageError(f"{label} declares no input shapes: give the full shape of its forward argument"
+                         f"{'s' if len(required) > 1 else ''} {', '.join(missing)} with input_shapes={{{example}}}")
+    named = {n: given[n] for n in (*required, *optional) if n in given}
+    return named, named
+
+
+def encode_networks(items: Sequence[Network], input_shapes: InputShapes | None = None, batch: int | None = None,
+                    resolution: int | None = None, where: str | None = None) -> list[GraphEncoding]:
+    """The graph encodings of ONNX files and torch modules at the shapes they would be measured at.
+
+    Files: ``input_shapes``/``batch``/``resolution`` mean what ``--input-shape``/``--batch``/``--resolution`` mean
+    for ``hwlat measure --models`` (one owner: ``hwlat.spaces.shapes``), so the encoding is the network the
     harness measures and its ``key`` that network's ``graph_key``: the one the dataset's rows train on, and
     never the key of the same file at another size. A dynamic dimension that nothing sizes, a size that
-    contradicts a fixed dimension and an ``input_shapes`` name that no file has (``where`` names the files in
-    that message) are one-line ``UsageError``s. Encodings are cached on disk by key (``encode_file``).
+    contradicts a fixed dimension and an ``input_shapes`` name that no file or module has (``where`` names them
+    in that message; default "the given files", or "networks" with modules among them) are one-line
+    ``UsageError``s. File encodings are cached on disk by key (``encode_file``).
+
+    Modules: traced at ``input_shapes`` (``_module_shapes``; ``batch``/``resolution`` size dynamic dimensions
+    of files, and a module has none: refused), keyed by ``module_key``, a digest of the traced graph. They are
+    not cached: the trace is the work a cache would save, and only the trace says what network a module is.
     """
     request = shape_request(input_shapes, batch, resolution)
-    sized = [(Path(p), resolve_dims(Path(p), _input_dims(Path(p)), request)) for p in paths]
-    check_names_used(request, (shapes for _, shapes in sized), where)
-    return [encode_file(path, input_shapes=shapes) for path, shapes in sized]
+    modules = any(isinstance(i, torch.nn.Module) for i in items)
+    where = where or ("the given networks" if modules else "the given files")
+    if modules and (batch is not None or resolution is not None):
+        raise UsageError("batch and resolution size dynamic dimensions of ONNX files; a torch module takes its "
+                         "full input shapes from input_shapes")
+    used: list[dict[str, list[int]]] = []
+    todo: list[tuple[Network, dict[str, list[int]], dict[str, list[int]]]] = []
+    for item in items:
+        if isinstance(item, torch.nn.Module):
+            traced, recorded = _module_shapes(item, request)
+        else:
+            item = Path(item)
+            traced = recorded = resolve_dims(item, _input_dims(item), request)
+        used.append(recorded)
+        todo.append((item, traced, recorded))
+    check_names_used(request, used, where)
+    out = []
+    for item, traced, recorded in todo:
+        if isinstance(item, torch.nn.Module):
+            out.append(trace_module(item, traced, f"torch module {type(item).__name__}", recorded))
+            continue
+        enc = encode_file(item, input_shapes=traced)
+        if enc.inputs is None:  # a cache entry written before encodings recorded them: found at these shapes
+            enc.inputs = recorded
+        out.append(enc)
+    return out
+
+
+def encode_files(paths: Sequence[str | Path], input_shapes: InputShapes | None = None, batch: int | None = None,
+                 resolution: int | None = None, where: str = "the given files") -> list[GraphEncoding]:
+    """``encode_networks`` of ONNX files only (``predict --models DIR``)."""
+    return encode_networks([Path(p) for p in paths], input_shapes, batch, resolution, where)
+
+
+def shapes_json(shapes: Mapping[str, Sequence[int]] | None) -> str | None:
+    """``{"name": [dims]}`` as the dataset's ``input_shapes_json`` column writes it (sorted keys, compact), so a
+    prediction's shapes compare equal, as strings, to the measured rows' of the same network."""
+    if shapes is None:
+        return None
+    return json.dumps({str(k): [int(d) for d in v] for k, v in shapes.items()}, sort_keys=True, separators=(",", ":"))
 
 
 def _encoder_config(space: str) -> dict:
@@ -147,61 +229,66 @@ class Predictor:
                 continue
         raise UsageError("cannot tell the search space of these archs; pass space=")
 
-    def resolve(self, archs: Sequence[str | Path], space: str | None, input_shapes: InputShapes | None = None,
+    def resolve(self, archs: Sequence[Network], space: str | None, input_shapes: InputShapes | None = None,
                 batch: int | None = None, resolution: int | None = None) -> tuple[list[str], str | None]:
-        """ONNX file paths -> their graph keys and the graph-encoded space to use; arch strings pass.
+        """ONNX files and torch modules -> their graph keys and the graph-encoded space to use; arch strings pass.
 
-        Files are encoded at ``input_shapes``/``batch``/``resolution`` (``encode_files``: sized as ``hwlat
-        measure --models`` sizes them, cached on disk by key). Sizes with arch strings are refused, never
-        ignored: an arch string names a network of its space's size. Without ``space``, the ``onnx`` model
-        answers, else the only graph-encoded one.
+        Networks are encoded at ``input_shapes``/``batch``/``resolution`` (``encode_networks``: files sized as
+        ``hwlat measure --models`` sizes them and cached on disk by key, modules traced). Sizes with arch strings
+        are refused, never ignored: an arch string names a network of its space's size.
         """
         items = list(archs)
-        paths = [isinstance(a, Path) or (isinstance(a, str) and a.lower().endswith(".onnx")) for a in items]
-        if not items or not all(paths):
-            if any(paths):
-                raise UsageError("give either ONNX files or arch strings, not both")
+        networks = [is_network(a) for a in items]
+        if not items or not all(networks):
+            if any(networks):
+                raise UsageError("give either torch modules and ONNX files or arch strings, not both")
             if items and (input_shapes or batch is not None or resolution is not None):
-                raise UsageError("input_shapes, batch and resolution size ONNX files; arch strings name networks "
-                                 "of their space's own size")
+                raise UsageError("input_shapes, batch and resolution size ONNX files and torch modules; arch "
+                                 "strings name networks of their space's own size")
             return [str(a) for a in items], space
-        keys = add_graphs(encode_files(items, input_shapes, batch, resolution))
-        if space is None:
-            graph = [name for name in self.models if is_graph_space(name)]
-            if not graph:
-                raise UsageError(f"the model has no graph-encoded space for ONNX files; it covers "
-                                 f"{', '.join(self.spaces())} (train it on `hwlat measure --models` data)")
-            space = "onnx" if "onnx" in graph else graph[0] if len(graph) == 1 else None
-            if space is None:
-                raise UsageError(f"the model has several graph-encoded spaces ({', '.join(sorted(graph))}); "
-                                 "pass space=")
-        elif not is_graph_space(self._model(space).space):
-            raise UsageError(f"the {canonical_space(space)} model takes arch strings, not ONNX files")
-        return keys, space
+        return add_graphs(encode_networks(items, input_shapes, batch, resolution)), self._graph_space(space)
+
+    def _graph_space(self, space: str | None) -> str:
+        """The graph-encoded space that predicts networks: ``space``, else the ``onnx`` one, else the only one."""
+        if space is not None:
+            if not is_graph_space(self._model(space).space):
+                raise UsageError(f"the {canonical_space(space)} model takes arch strings, not networks (ONNX files, "
+                                 "torch modules)")
+            return space
+        graph = [name for name in self.models if is_graph_space(name)]
+        if not graph:
+            raise UsageError(f"the model has no graph-encoded space for ONNX files or torch modules; it covers "
+                             f"{', '.join(self.spaces())} (train it on `hwlat measure --models` data)")
+        if "onnx" in graph:
+            return "onnx"
+        if len(graph) > 1:
+            raise UsageError(f"the model has several graph-encoded spaces ({', '.join(sorted(graph))}); pass space=")
+        return graph[0]
 
     def _device(self, model: SpaceModel, device: str) -> None:
         if device not in model.devices:
             raise UsageError(f"device {device!r} is not in the {model.space} model; known: "
                              f"{', '.join(model.devices)}")
 
-    def predict(self, archs: Sequence[str | Path], device: str, space: str | None = None, *,
+    def predict(self, archs: Sequence[str | Network], device: str, space: str | None = None, *,
                 input_shapes: InputShapes | None = None, batch: int | None = None,
                 resolution: int | None = None) -> np.ndarray:
-        """Predicted latency in ms for each arch string or ONNX file (``.onnx`` paths).
+        """Predicted latency in ms for each arch string, or each network: ONNX file (``.onnx`` paths) or
+        ``torch.nn.Module``.
 
         ``input_shapes={"x": (1, 64, 32)}``, ``batch`` and ``resolution`` size the files' dynamic dimensions as
-        ``hwlat measure --models`` does (``encode_files``); a file with a dynamic dimension nothing sizes is
-        refused."""
+        ``hwlat measure --models`` does; a file with a dynamic dimension nothing sizes is refused. A module needs
+        ``input_shapes`` for its ``forward`` arguments (``encode_networks``)."""
         return self.predict_with_uncertainty(archs, device, space, input_shapes=input_shapes, batch=batch,
                                              resolution=resolution)[0]
 
-    def predict_with_uncertainty(self, archs: Sequence[str | Path], device: str, space: str | None = None, *,
+    def predict_with_uncertainty(self, archs: Sequence[str | Network], device: str, space: str | None = None, *,
                                  input_shapes: InputShapes | None = None, batch: int | None = None,
                                  resolution: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(latency ms, std of log latency): a std of 0.1 means roughly +-10%.
 
         The std combines the ensemble's spread with, for a transferred device, its cost model's posterior.
-        ONNX files are sized as in ``predict``.
+        Networks are sized as in ``predict``.
         """
         archs, space = self.resolve(archs, space, input_shapes, batch, resolution)
         model = self._model(space, archs)
@@ -209,29 +296,54 @@ class Predictor:
         mean, std = model.predict(archs, device)
         return np.exp(mean), std
 
-    def transfer(self, device: str, archs: Sequence[str | Path], latency_ms: Sequence[float],
+    def prediction_table(self, networks: Sequence[Network], device: str, space: str | None = None, *,
+                         input_shapes: InputShapes | None = None, batch: int | None = None,
+                         resolution: int | None = None, where: str | None = None) -> pa.Table:
+        """``predict_with_uncertainty`` of ONNX files and torch modules as a ``predictor.predictions`` table (what
+        ``hwlat predictor predict --models`` writes): ``arch`` is the file stem or the module's class name,
+        ``flops`` the encoding's FLOPs, ``model_key`` the network's encoding key and ``input_shapes_json`` the
+        shapes it was predicted at.
+
+        Why both: a file's ``model_key`` and ``input_shapes_json`` are those of the measured rows of the same
+        file at the same shapes (``hwlat measure --models``), so predictions join to measurements; a module's
+        ``model_key`` is its trace digest (``module_key``; no file, so no ``model_sha256`` or ``path``), and its
+        ``input_shapes_json`` uses the names given in ``input_shapes``."""
+        if not networks or not all(is_network(n) for n in networks):
+            raise UsageError("prediction_table takes networks (ONNX files, torch modules), not arch strings")
+        encoded = encode_networks(networks, input_shapes, batch, resolution, where)
+        space = self._graph_space(space)
+        ms, log_std = self.predict_with_uncertainty(add_graphs(encoded), device, space)
+        files = [None if isinstance(n, torch.nn.Module) else Path(n) for n in networks]
+        return prediction_table(
+            space, device, [type(n).__name__ if f is None else f.stem for n, f in zip(networks, files, strict=True)],
+            ms, log_std, flops=np.array([e.total("flops") for e in encoded], np.float64),
+            model_sha256=[None if f is None else e.sha256 for e, f in zip(encoded, files, strict=True)],
+            paths=[None if f is None else str(f.resolve()) for f in files], model_key=[e.key for e in encoded],
+            input_shapes=[shapes_json(e.inputs) for e in encoded])
+
+    def transfer(self, device: str, archs: Sequence[str | Network], latency_ms: Sequence[float],
                  space: str | None = None, cfg: TransferConfig | None = None, seed: int = 0, *,
                  input_shapes: InputShapes | None = None, batch: int | None = None,
                  resolution: int | None = None) -> dict:
-        """Add a new device from a few measured archs or ONNX files (see ``predictor.transfer``); files are
+        """Add a new device from a few measured archs or networks (see ``predictor.transfer``); networks are
         sized as in ``predict``: give the shapes they were measured at."""
         archs, space = self.resolve(archs, space, input_shapes, batch, resolution)
         return transfer(self._model(space, archs), device, archs, np.asarray(latency_ms, float), cfg, seed)
 
-    def suggest(self, device: str, n: int, sampler: str = "default", measured: Iterable[str | Path] = (),
-                candidates: Sequence[str | Path] | None = None, space: str | None = None,
+    def suggest(self, device: str, n: int, sampler: str = "default", measured: Iterable[str | Network] = (),
+                candidates: Sequence[str | Network] | None = None, space: str | None = None,
                 seed: int = 0, *, input_shapes: InputShapes | None = None, batch: int | None = None,
-                resolution: int | None = None) -> list[str]:
-        """Which archs (or, for ONNX candidates, which files) to measure next on ``device``, never one in
-        ``measured``; ONNX candidates and measured files are sized as in ``predict``."""
-        named: dict[str, str] = {}
+                resolution: int | None = None) -> list[str | torch.nn.Module]:
+        """Which archs to measure next on ``device``, never one in ``measured``: for network candidates, which
+        files (their paths, as strings) or modules (the module objects). Networks are sized as in ``predict``."""
+        named: dict[str, str | torch.nn.Module] = {}
         if candidates is not None:
             keys, space = self.resolve(candidates, space, input_shapes, batch, resolution)
-            named = dict(zip(keys, map(str, candidates), strict=True))
+            named = {k: c if isinstance(c, torch.nn.Module) else str(c) for k, c in zip(keys, candidates, strict=True)}
             candidates = keys
             measured, _ = self.resolve(list(measured), space, input_shapes, batch, resolution)
         elif input_shapes or batch is not None or resolution is not None:
-            raise UsageError("input_shapes, batch and resolution size ONNX candidates; none were given")
+            raise UsageError("input_shapes, batch and resolution size network candidates; none were given")
         model = self._model(space, list(candidates or measured or ()))
         pool = list(candidates) if candidates is not None else get_encoder(model.space).enumerate()
         if pool is None:

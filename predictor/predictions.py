@@ -4,7 +4,11 @@ One schema, one writer (atomic), so a script that reads one reads the other. ``l
 median latency; ``log_std`` its uncertainty as a standard deviation of log latency (the predicted ±1σ interval
 is ``latency_ms * exp(±log_std)``); ``flops`` is 2 × multiply-accumulates where the space has an analytic count;
 ``measured_ms`` is the measured median where the arch was measured on that device (``hwlat profile``);
-``model_sha256`` and ``path`` name the ONNX file for ``predict --models`` (its ``arch`` is the file's stem).
+``model_sha256`` and ``path`` name the ONNX file for ``predict --models`` (its ``arch`` is the file's stem);
+``model_key`` and ``input_shapes_json`` are the network predicted, a file at the input shapes it was predicted at
+(a torch module from the Python API: its trace digest and shapes), written as the measured dataset writes its
+columns of the same names, so a prediction joins to the rows of the network it predicts. Null for arch strings:
+an arch string names a network of its space's own size.
 """
 
 from __future__ import annotations
@@ -32,14 +36,18 @@ SCHEMA = pa.schema([
     pa.field("measured_ms", pa.float64()),
     pa.field("model_sha256", pa.string()),
     pa.field("path", pa.string()),
+    pa.field("model_key", pa.string()),
+    pa.field("input_shapes_json", pa.string()),
 ])
 
 
 def prediction_table(space: str, device: str, archs: Sequence[str], latency_ms: np.ndarray, log_std: np.ndarray,
                      arch_index: Sequence[int | None] | None = None, flops: np.ndarray | None = None,
-                     measured: Mapping[str, float] | None = None, model_sha256: Sequence[str] | None = None,
-                     paths: Sequence[str] | None = None) -> pa.Table:
-    """Predictions of ``archs`` on ``device`` as a table of ``SCHEMA`` (rank 1 = fastest predicted)."""
+                     measured: Mapping[str, float] | None = None, model_sha256: Sequence[str | None] | None = None,
+                     paths: Sequence[str | None] | None = None, model_key: Sequence[str] | None = None,
+                     input_shapes: Sequence[str | None] | None = None) -> pa.Table:
+    """Predictions of ``archs`` on ``device`` as a table of ``SCHEMA`` (rank 1 = fastest predicted);
+    ``input_shapes``: each network's ``input_shapes_json`` text."""
     n = len(archs)
     ms = np.asarray(latency_ms, np.float64)
     none = [None] * n
@@ -55,6 +63,8 @@ def prediction_table(space: str, device: str, archs: Sequence[str], latency_ms: 
         "measured_ms": pa.array([measured.get(a) for a in archs] if measured is not None else none, pa.float64()),
         "model_sha256": pa.array(list(model_sha256) if model_sha256 is not None else none, pa.string()),
         "path": pa.array(list(paths) if paths is not None else none, pa.string()),
+        "model_key": pa.array(list(model_key) if model_key is not None else none, pa.string()),
+        "input_shapes_json": pa.array(list(input_shapes) if input_shapes is not None else none, pa.string()),
     }, schema=SCHEMA)
 
 

@@ -151,11 +151,11 @@ def _emit_prediction_summary(args: argparse.Namespace, space: str, ms: Any, seco
 
 def _predict_files(model: Predictor, args: argparse.Namespace) -> int:
     """``predict --models DIR``: every ``*.onnx`` file of DIR, encoded from its graph at the input shapes
-    ``hwlat measure --models DIR`` with the same ``--input-shape``/``--batch``/``--resolution`` measures."""
+    ``hwlat measure --models DIR`` with the same ``--input-shape``/``--batch``/``--resolution`` measures; each row
+    records them (``model_key``, ``input_shapes_json``), so it joins to the measured rows of that network."""
 
     from hwlat.spaces.shapes import shape_request
-    from predictor.api import encode_files
-    from predictor.predictions import prediction_table, write_predictions
+    from predictor.predictions import write_predictions
 
     if args.archs:
         raise UsageError("give --archs or --models, not both")
@@ -166,17 +166,15 @@ def _predict_files(model: Predictor, args: argparse.Namespace) -> int:
     if not files:
         raise UsageError(f"--models {folder}: no *.onnx files found")
     request = shape_request(args.input_shape, args.batch, args.resolution)
-    sizes = {"input_shapes": request.input_shapes, "batch": request.batch, "resolution": request.resolution}
     t0 = time.perf_counter()
-    encoded = encode_files(files, **sizes, where=str(folder))  # refusals name DIR, as measure's do
-    keys, space = model.resolve(files, args.space, **sizes)  # the same encodings, from the cache
-    ms, log_std = model.predict_with_uncertainty(keys, args.device, space)
+    table = model.prediction_table(files, args.device, args.space, input_shapes=request.input_shapes,
+                                   batch=request.batch, resolution=request.resolution,
+                                   where=str(folder))  # refusals name DIR, as measure's do
     seconds = time.perf_counter() - t0
-    write_predictions(Path(args.out), prediction_table(space, args.device, [f.stem for f in files], ms, log_std,
-                                                       model_sha256=[e.sha256 for e in encoded],
-                                                       paths=[str(f.resolve()) for f in files]))
+    write_predictions(Path(args.out), table)
     if args.json:
-        return _emit_prediction_summary(args, space, ms, seconds)
+        return _emit_prediction_summary(args, table["search_space"][0].as_py(), table["latency_ms"].to_numpy(),
+                                        seconds)
     print(f"predicted {len(files)} ONNX models on {args.device} in {seconds:.2f} s -> {args.out}")
     return 0
 

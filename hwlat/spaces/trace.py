@@ -25,6 +25,10 @@ What is recorded, in the same vocabulary and units as the ONNX reader (``graph.O
 A space whose module cannot be built or run on the meta device (data-dependent control flow, tensors
 created on an explicit device) is traced on CPU instead, with real (uninitialised-weight) arithmetic: slower,
 same result.
+
+A user's own module (the predictor API's ``predict([module], ..., input_shapes=...)``) goes through the same
+recorder (``trace_module``): its weights are swapped for meta tensors for the call (nothing copied or computed),
+or, where that cannot run, it is run once on zeros; it is keyed by a digest of what was traced (``module_key``).
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import inspect
+import json
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agents.errors import UsageError
@@ -131,7 +138,8 @@ def _trace_space(space: SearchSpace, canon: str, batch: int, res: int, key: str)
     try:
         with _meta_build():
             model = space._build(canon, res).eval()
-        return _trace(model, torch.empty(space.input_shape(batch, res), device="meta"), key)
+        x = torch.empty(space.input_shape(batch, res), device="meta")
+        return _trace(lambda: model(x), [x], model.parameters(), key)
     except UsageError:
         raise
     except Exception:  # any meta-device failure: trace with real tensors instead
@@ -139,11 +147,107 @@ def _trace_space(space: SearchSpace, canon: str, batch: int, res: int, key: str)
     with torch.random.fork_rng(devices=[]):
         model = space._build(canon, res).eval()
     try:
-        return _trace(model, torch.zeros(space.input_shape(batch, res)), key)
+        x = torch.zeros(space.input_shape(batch, res))
+        return _trace(lambda: model(x), [x], model.parameters(), key)
     except UsageError:
         raise
     except Exception as exc:
         raise UsageError(f"cannot trace {space.name} arch {quote(canon, 80)}: {type(exc).__name__}: "
+                         f"{one_line(exc)}") from None
+
+
+def forward_inputs(module: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """(required, optional) argument names of ``module.forward``, in order: what a module's input shapes are
+    named by (a module, unlike an ONNX graph, declares no inputs). ``*args``/``**kwargs`` have no names."""
+    try:
+        sig = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return [], []
+    required: list[str] = []
+    optional: list[str] = []
+    for param in sig.parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        (required if param.default is param.empty else optional).append(param.name)
+    return required, optional
+
+
+def trace_module(module: torch.nn.Module, shapes: Mapping[str, Sequence[int]], label: str = "module",
+                 recorded: Mapping[str, Sequence[int]] | None = None) -> GraphEncoding:
+    """The ``GraphEncoding`` of a user's torch module called on ``shapes`` (by ``forward`` argument name), with
+    the tracer the spaces use, in eval mode as ``torch.onnx.export`` runs it; the module is left as it was.
+
+    Its weights are replaced by meta tensors for the trace (``torch.func.functional_call``: nothing is computed
+    or copied); a module that cannot run on the meta device is run once on zeros on its own device instead.
+    Inputs are floating tensors of the module's parameter dtype. ``recorded`` is what the encoding's ``inputs``
+    say (default ``shapes``: a caller may name them as the user did). The key is ``module_key`` of what was
+    traced. A function the tracer has no type for, or a module that cannot be called on those shapes, is a
+    one-line ``UsageError`` naming ``label``.
+    """
+    import torch
+
+    sized = {str(n): [int(d) for d in dims] for n, dims in shapes.items()}
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    dtype = tensors[0].dtype if tensors else torch.float32
+    modes = [(m, m.training) for m in module.modules()]
+    collecting = gc.isenabled()
+    gc.disable()  # as in trace_encoding: the trace's short-lived objects are freed by reference counting
+    module.eval()
+    try:
+        enc = _trace_module(module, sized, dtype, label)
+    except UsageError as exc:
+        msg = str(exc)
+        raise UsageError(msg if msg.startswith(f"cannot trace {label}") else f"{label}: {msg}") from None
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        if collecting:
+            gc.enable()
+    key = module_key(enc)
+    inputs = {str(n): [int(d) for d in dims] for n, dims in (recorded or sized).items()}
+    return GraphEncoding(key, enc.ops, enc.edges, inputs=inputs, key=key)
+
+
+def module_key(enc: GraphEncoding) -> str:
+    """``torch-`` and the sha256 of a traced module's operators and edges (this tracer's version included).
+
+    Why a digest of the trace: a module has no file whose bytes could be hashed, and its Python code and weights
+    do not say what network it is (``forward`` may read shapes, flags, other objects); what the predictor sees is
+    the traced graph, so two modules with the same graph are the same network to it and share a key. Input
+    names are left out: they do not change the network."""
+    body = json.dumps({"ops": enc.ops, "edges": [list(e) for e in enc.edges], "trace": TRACE_VERSION},
+                      sort_keys=True, separators=(",", ":"))
+    return "torch-" + hashlib.sha256(body.encode()).hexdigest()
+
+
+def _trace_module(module: torch.nn.Module, shapes: dict[str, list[int]], dtype: Any, label: str) -> GraphEncoding:
+    import torch
+    from torch.func import functional_call
+
+    required, optional = forward_inputs(module)
+    order = [n for n in (*required, *optional) if n in shapes]
+    positional = [n for n in required if n in shapes]
+    try:
+        params = {n: torch.nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+                  for n, p in module.named_parameters()}
+        buffers = {n: torch.empty_like(b, device="meta") for n, b in module.named_buffers()}
+        meta = {n: torch.empty(shapes[n], dtype=dtype, device="meta") for n in order}
+        args, kwargs = [meta[n] for n in positional], {n: meta[n] for n in order if n not in positional}
+        return _trace(lambda: functional_call(module, {**params, **buffers}, tuple(args), kwargs),
+                      list(meta.values()), params.values(), "")
+    except UsageError:
+        raise
+    except Exception:  # any meta-device failure: run the module itself once, on zeros
+        pass
+    device = next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
+    real = {n: torch.zeros(shapes[n], dtype=dtype, device=device) for n in order}
+    args, kwargs = [real[n] for n in positional], {n: real[n] for n in order if n not in positional}
+    try:
+        return _trace(lambda: module(*args, **kwargs), list(real.values()), module.parameters(), "")
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"cannot trace {label} at input shapes {json.dumps(shapes)}: {type(exc).__name__}: "
                          f"{one_line(exc)}") from None
 
 
@@ -295,14 +399,16 @@ class _Op:
         self.params = 0
 
 
-def _trace(model: torch.nn.Module, x: torch.Tensor, key: str) -> GraphEncoding:
+def _trace(forward: Callable[[], Any], inputs: list[torch.Tensor], params: Iterable[torch.Tensor],
+           key: str) -> GraphEncoding:
+    """Record ``forward()`` (a module called on ``inputs``; ``params``: its trainable tensors, counted once)."""
     import torch
     from torch.overrides import TorchFunctionMode
 
-    trainable = {id(p): p for p in model.parameters()}
+    trainable = {id(p): p for p in params}
     ops: list[_Op] = []
-    producer: dict[int, int] = {id(x): -1}  # tensor id -> op index (-1: the input)
-    alive: list[Any] = [x]  # keeps every seen tensor alive, so an id is never reused during the trace
+    producer: dict[int, int] = {id(x): -1 for x in inputs}  # tensor id -> op index (-1: a network input)
+    alive: list[Any] = list(inputs)  # keeps every seen tensor alive, so an id is never reused during the trace
     counted: set[int] = set()
     const_src: dict[int, list[int]] = {}  # folded constant tensor id -> ids of the parameters it came from
 
@@ -373,7 +479,7 @@ def _trace(model: torch.nn.Module, x: torch.Tensor, key: str) -> GraphEncoding:
             producer[id(t)] = len(ops) - 1
 
     with torch.no_grad(), Recorder():
-        model(x)
+        forward()
     return _encode(ops, key)
 
 
