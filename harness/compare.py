@@ -67,7 +67,7 @@ _ROUND_COLUMNS = ("ref_model_sha256", "round_medians_ms", "round_kept", "round_r
                   "round_session_ids", "ref_latency_ms", "ref_drift_pct")
 
 
-def _rows(path: Path) -> pd.DataFrame:
+def usable_rows(path: Path) -> pd.DataFrame:
     """Usable rows with a latency: the key, arch, latency and (null where absent) the per-round reference data."""
     table = read_dataset(path)
     need = {"device", "config_id", "model_sha256", "arch", "status", "latency_ms"}
@@ -261,7 +261,7 @@ def compare(path_a: Path | str, path_b: Path | str) -> dict[str, Any]:
     fewer than 3 matched models have round reference data (rows written before ``round_ref_ms`` existed);
     ``reference`` says what each dataset's drift reference did.
     """
-    rows_a, rows_b = _rows(Path(path_a)), _rows(Path(path_b))
+    rows_a, rows_b = usable_rows(Path(path_a)), usable_rows(Path(path_b))
     a, b = _latencies(rows_a), _latencies(rows_b)
     both = a.merge(b.drop(columns="model_sha256"), on=KEY, suffixes=("_a", "_b"))
     if len(both) < 3:
