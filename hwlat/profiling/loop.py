@@ -135,9 +135,11 @@ def level_latencies(rows: list[dict[str, Any]], set_aside: Collection[str] = (),
     median ``m`` becomes ``m * (baseline / round_ref_ms) ** beta``, ``beta`` fitted from the rows' own rounds,
     and an arch's latency is the mean of its rows' normalized values. The level dict (``state.json``'s
     ``level``) says which reference latency the latencies are for (``baseline_ms``, ``beta``) and how far apart
-    the sessions' levels (median reference latency) were. When any of those rows lacks round reference data
-    (rows written before ``round_ref_ms``, or a configuration without a drift reference), nothing is scaled:
-    the raw ``latencies`` and None, since half-normalized latencies would mix two levels.
+    the sessions' levels (median reference latency) were. The set-aside sessions' rows take part in fitting
+    beta only (their rounds say how latencies follow the reference), neither in the baseline nor the latencies.
+    When any usable row lacks round reference data (rows written before ``round_ref_ms``, or a configuration
+    without a drift reference) or the rows name more than one reference model, nothing is scaled: the raw
+    ``latencies`` and None, since half-normalized latencies would mix two levels.
     """
     measured, attempted = latencies(rows, set_aside)
     usable = [r for r in rows if r["status"] in USABLE_STATUSES and r["latency_ms"]]
