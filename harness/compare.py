@@ -210,6 +210,45 @@ def normalize(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
     return a, b, {**named, "baselines": summary["baselines"]}
 
 
+def on_one_level(frames: Sequence[pd.DataFrame]) -> tuple[list[pd.DataFrame], list[dict[str, Any]]]:
+    """Training rows of several datasets with ``latency_ms`` put on one drift reference level per device
+    configuration (``hwlat predictor train --normalize``; ``predictor.data.load_table`` calls it, the predictor
+    does not import the coordinator).
+
+    ``normalize_sessions`` over the datasets on their shared lowest level; a (device, ``config_id``)'s rows take
+    the normalized latency only when every one of them has one (else all keep ``latency_ms``: half-normalized
+    rows would mix two levels). Returns the frames and, per configuration, what was done (baseline, beta, or
+    why nothing). Rows written before ``round_ref_ms`` existed get it rebuilt as ``hwlat datasets compare`` does.
+    """
+    prepared = []
+    for df in frames:
+        df = df.copy()
+        for column in ("config_id", "session_id", *_ROUND_COLUMNS):
+            if column not in df:
+                df[column] = None
+        df["device"] = df["device"].astype(str)
+        prepared.append(df.assign(round_ref_ms=[_round_ref(row) for row in df.itertuples()]))
+    normalized, summary = normalize_sessions(prepared)
+    both = pd.concat(normalized)
+    complete = both.groupby(["device", "config_id"], dropna=False)["normalized_ms"].apply(lambda v: v.notna().all())
+    fitted: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for k in summary["baselines"]:  # one entry per reference model: two for one configuration is not one level
+        fitted.setdefault((k["device"], k["config_id"]), []).append(k)
+    report = []
+    for (device, config), complete_rows in complete.items():
+        keys = fitted.get((device, config), [])
+        ok = bool(complete_rows) and len(keys) == 1
+        report.append({"device": device, "config_id": config, "normalized": ok,
+                       **({"baseline_ms": keys[0]["baseline_ms"], "beta": keys[0]["beta"]} if ok else {})})
+    use = {(r["device"], r["config_id"]) for r in report if r["normalized"]}
+    out = []
+    for df in normalized:
+        pick = np.array([(d, c) in use for d, c in zip(df["device"], df["config_id"], strict=True)], dtype=bool)
+        out.append(df.assign(latency_ms=np.where(pick, df["normalized_ms"], df["latency_ms"]))
+                   .drop(columns="normalized_ms"))
+    return out, report
+
+
 def icc(ratings: np.ndarray) -> dict[str, float]:
     """ICC(2,1) and ICC(3,1) of an n targets x k raters matrix (Shrout & Fleiss 1979, two-way ANOVA)."""
     n, k = ratings.shape

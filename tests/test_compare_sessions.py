@@ -9,12 +9,24 @@ Parquet datasets.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from harness.compare import latest_level, lowest_level, median_level, normalize, normalize_sessions
+from harness.compare import (
+    latest_level,
+    lowest_level,
+    median_level,
+    normalize,
+    normalize_sessions,
+    on_one_level,
+    usable_rows,
+)
+from harness.store import DatasetStore
+from hwlat.spaces import get_space
+from predictor.data import load_table
 
 TRUE_MS = [1.0, 2.0, 3.5, 5.0]
 #: each row's rounds read the reference at its session's level times these (within-row movement: beta's evidence)
@@ -86,3 +98,39 @@ def test_normalize_of_two_datasets_is_the_two_session_case() -> None:
     assert nb["normalized_ms"].tolist() == fb["normalized_ms"].tolist()
     assert summary == {"a": sessions["frames"][0], "b": sessions["frames"][1], "baselines": sessions["baselines"]}
     assert not any(math.isnan(v) for v in na["normalized_ms"])
+
+
+def _campaign(root: Path, archs: list[str], level: float, config: str = "cfg", rounds: bool = True,
+              first: int = 1) -> Path:
+    """A real dataset of ``archs`` (true latency ``first``, ``first`` + 1, ... ms at reference 1 ms) measured with
+    the machine at ``level``; every model follows the reference fully (beta 1)."""
+    store = DatasetStore(root)
+    store.ensure_writable()
+    rows = []
+    for k, arch in enumerate(archs, first):
+        refs = [level * w for w in ROUND_WOBBLE]
+        medians = [k * r for r in refs]
+        rows.append({"schema_version": 1, "row_id": f"{root.name}-{k}", "session_id": root.name, "arch": arch,
+                     "config_id": config, "model_sha256": f"{k:064x}", "status": "ok",
+                     "latency_ms": float(np.median(medians)),
+                     **({"ref_model_sha256": "ref", "round_medians_ms": medians, "round_ref_ms": refs,
+                         "round_kept": [True] * len(refs)} if rounds else {})})
+    store.append("board", "nb201", root.name, rows)
+    return root
+
+
+def test_training_on_one_level_across_a_configurations_campaigns(tmp_path: Path) -> None:
+    archs = get_space("nb201").sample(4, seed=5)
+    fast, slow = _campaign(tmp_path / "fast", archs[:2], 1.0), _campaign(tmp_path / "slow", archs[2:], 1.8, first=3)
+    raw = load_table([fast, slow]).device_series("nb201", "board")
+    assert raw[archs[2]] / raw[archs[0]] == pytest.approx(3 * 1.8)  # the slow campaign's level is in the data
+    _frames, report = on_one_level([usable_rows(fast), usable_rows(slow)])
+    [entry] = report
+    assert entry["normalized"] and entry["beta"] == pytest.approx(1.0)
+    table = load_table([fast, slow], level=lambda f: on_one_level(f)[0]).device_series("nb201", "board")
+    base = entry["baseline_ms"]
+    assert [table[a] for a in archs] == pytest.approx([k * base for k in range(1, 5)])
+    # a configuration whose rows lack round reference data is left as measured, said in the report
+    bare = _campaign(tmp_path / "bare", archs, 1.3, config="other", rounds=False)
+    _frames, report = on_one_level([usable_rows(fast), usable_rows(bare)])
+    assert {r["config_id"]: r["normalized"] for r in report} == {"cfg": True, "other": False}
