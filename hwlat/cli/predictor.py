@@ -51,7 +51,8 @@ def _on_one_level(frames: list[Any]) -> list[Any]:
     for r in report:
         what = f"baseline {r['baseline_ms']:.3f} ms, beta {r['beta']:.2f}" if r["normalized"] else \
             "left as measured (rows without round reference data, or several reference models)"
-        print(f"{r['device']} / {r['config_id']}: {what}", file=sys.stderr)
+        config = r["config_id"] if isinstance(r["config_id"], str) else "(no config_id)"
+        print(f"{r['device']} / {config}: {what}", file=sys.stderr)
     return frames
 
 
