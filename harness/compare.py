@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ _ROUND_COLUMNS = ("ref_model_sha256", "round_medians_ms", "round_kept", "round_r
                   "round_session_ids", "ref_latency_ms", "ref_drift_pct")
 
 
-def _rows(path: Path) -> pd.DataFrame:
+def usable_rows(path: Path) -> pd.DataFrame:
     """Usable rows with a latency: the key, arch, latency and (null where absent) the per-round reference data."""
     table = read_dataset(path)
     need = {"device", "config_id", "model_sha256", "arch", "status", "latency_ms"}
@@ -113,14 +114,77 @@ def _kept_rounds(row: Any) -> list[tuple[float, float]]:
                                                     strict=True) if k and r]
 
 
-def _reference_rounds(df: pd.DataFrame) -> dict[tuple[str, str, str], list[list[tuple[float, float]]]]:
-    """Each row's kept rounds with a reference latency, grouped by (device, config_id, reference model)."""
-    out: dict[tuple[str, str, str], list[list[tuple[float, float]]]] = {}
-    for row in df.itertuples():
-        kept = _kept_rounds(row)
-        if isinstance(row.ref_model_sha256, str) and kept:
-            out.setdefault((row.device, row.config_id, row.ref_model_sha256), []).append(kept)
-    return out
+ReferenceKey = tuple[str, str, str]
+#: A function of the reference latencies of every kept round, one list per frame (dataset or session), that
+#: gives the baseline they are put on; ``normalize_sessions`` defaults to ``lowest_level``.
+Baseline = Callable[[list[list[float]]], float]
+
+
+def lowest_level(refs: list[list[float]]) -> float:
+    """The ``BASELINE_QUANTILE`` percentile of every frame's reference latencies pooled: the fast state the
+    machine reached, which every campaign can be put in however long it spent slow (module docstring)."""
+    return float(np.percentile([r for frame in refs for r in frame], BASELINE_QUANTILE))
+
+
+def latest_level(refs: list[list[float]]) -> float:
+    """The median reference latency of the last frame that has any: the machine's state in the latest session
+    (``hwlat profile`` passes its batches' sessions in measuring order)."""
+    return float(np.median([frame for frame in refs if frame][-1]))
+
+
+def median_level(refs: list[list[float]]) -> float:
+    """The median of the frames' own median reference latencies: the typical session's state."""
+    return float(np.median([np.median(frame) for frame in refs if frame]))
+
+
+def _level_summary(refs: list[float]) -> dict[str, Any]:
+    p10, p50, p90 = np.percentile(refs, [10, 50, 90])
+    return {"rounds": len(refs), "median_ms": float(p50), "p10_ms": float(p10), "p90_ms": float(p90),
+            "spread": float(p90 / p10 - 1.0)}
+
+
+def normalize_sessions(frames: Sequence[pd.DataFrame], baseline: Baseline = lowest_level
+                       ) -> tuple[list[pd.DataFrame], dict[str, Any]]:
+    """Rows of N datasets or sessions of the same device configurations put on one drift reference level.
+
+    Every frame comes back with ``normalized_ms`` added: per row the median over its kept rounds of
+    ``m * (baseline / round_ref_ms) ** beta`` (NaN where the row has no round reference data), with per (device,
+    ``config_id``, reference model) one ``baseline`` (``baseline`` of the rounds' reference latencies, one list
+    per frame; default ``lowest_level``) and one ``beta`` (``shared_fraction`` over every frame's rows pooled).
+    The summary has, per frame (in order; None for a frame without reference data), what its reference did
+    (median, 10th / 90th percentile and their spread ``p90 / p10 - 1``), and per key the ``baseline_ms`` and
+    ``beta`` used. Each row's kept rounds are read once.
+    """
+    kept = [[_kept_rounds(row) for row in df.itertuples()] for df in frames]
+    pooled: dict[ReferenceKey, list[list[list[tuple[float, float]]]]] = {}
+    row_keys: list[list[ReferenceKey | None]] = []
+    for i, df in enumerate(frames):
+        keys: list[ReferenceKey | None] = []
+        for row, rounds in zip(df.itertuples(), kept[i], strict=True):
+            key = (row.device, row.config_id, row.ref_model_sha256) \
+                if isinstance(row.ref_model_sha256, str) and rounds else None
+            if key is not None:
+                pooled.setdefault(key, [[] for _ in frames])[i].append(rounds)
+            keys.append(key)
+        row_keys.append(keys)
+    baselines = {key: baseline([[ref for rounds in frame for _, ref in rounds] for frame in per_frame])
+                 for key, per_frame in sorted(pooled.items())}
+    betas = {key: shared_fraction([rounds for frame in pooled[key] for rounds in frame]) for key in baselines}
+
+    def normalized(key: ReferenceKey | None, rounds: list[tuple[float, float]]) -> float:
+        if key is None:
+            return math.nan
+        return float(np.median([m * (baselines[key] / ref) ** betas[key] for m, ref in rounds]))
+
+    out = [df.assign(normalized_ms=[normalized(k, r) for k, r in zip(row_keys[i], kept[i], strict=True)])
+           for i, df in enumerate(frames)]
+    levels = [[ref for k, rounds in zip(row_keys[i], kept[i], strict=True) if k for _, ref in rounds]
+              for i in range(len(frames))]
+    summary: dict[str, Any] = {
+        "frames": [_level_summary(refs) if refs else None for refs in levels],
+        "baselines": [{"device": key[0], "config_id": key[1], "ref_model_sha256": key[2],
+                       "baseline_ms": baselines[key], "beta": betas[key]} for key in baselines]}
+    return out, summary
 
 
 def shared_fraction(rows: list[list[tuple[float, float]]]) -> float:
@@ -138,34 +202,51 @@ def shared_fraction(rows: list[list[tuple[float, float]]]) -> float:
 
 
 def normalize(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Both datasets' rows with ``normalized_ms`` added (NaN where a row has no round reference data), and what
-    each dataset's reference did: per dataset, its rounds' reference latencies (median, 10th and 90th
-    percentile, and their spread ``p90 / p10 - 1``) and the shared baselines."""
-    rounds = {"a": _reference_rounds(a), "b": _reference_rounds(b)}
-    keys = sorted(set(rounds["a"]) | set(rounds["b"]))
-    pooled = {key: [r for name in rounds for r in rounds[name].get(key, [])] for key in keys}
-    baselines = {key: float(np.percentile([ref for row in pooled[key] for _, ref in row], BASELINE_QUANTILE))
-                 for key in keys if any(pooled[key])}
-    betas = {key: shared_fraction(pooled[key]) for key in baselines}
+    """``normalize_sessions`` of two datasets on their shared lowest level: both datasets' rows with
+    ``normalized_ms`` added, and the summary with each dataset's reference figures under ``a`` / ``b``
+    (absent for a dataset without reference data) and the shared ``baselines``."""
+    (a, b), summary = normalize_sessions([a, b])
+    named = {name: figures for name, figures in zip("ab", summary["frames"], strict=True) if figures}
+    return a, b, {**named, "baselines": summary["baselines"]}
 
-    def normalized(row: Any) -> float:
-        key = (row.device, row.config_id, row.ref_model_sha256)
-        kept = _kept_rounds(row)
-        if key not in baselines or not kept:
-            return math.nan
-        return float(np.median([m * (baselines[key] / ref) ** betas[key] for m, ref in kept]))
 
-    summary: dict[str, Any] = {}
-    for name in rounds:
-        refs = [ref for rows in rounds[name].values() for row in rows for _, ref in row]
-        if refs:
-            p10, p50, p90 = np.percentile(refs, [10, 50, 90])
-            summary[name] = {"rounds": len(refs), "median_ms": float(p50), "p10_ms": float(p10),
-                             "p90_ms": float(p90), "spread": float(p90 / p10 - 1.0)}
-    summary["baselines"] = [{"device": key[0], "config_id": key[1], "ref_model_sha256": key[2],
-                             "baseline_ms": baselines[key], "beta": betas[key]} for key in baselines]
-    return (a.assign(normalized_ms=[normalized(r) for r in a.itertuples()]),
-            b.assign(normalized_ms=[normalized(r) for r in b.itertuples()]), summary)
+def on_one_level(frames: Sequence[pd.DataFrame]) -> tuple[list[pd.DataFrame], list[dict[str, Any]]]:
+    """Training rows of several datasets with ``latency_ms`` put on one drift reference level per device
+    configuration (``hwlat predictor train --normalize``; ``predictor.data.load_table`` calls it, the predictor
+    does not import the coordinator).
+
+    ``normalize_sessions`` over the datasets on their shared lowest level; a (device, ``config_id``)'s rows take
+    the normalized latency only when every one of them has one (else all keep ``latency_ms``: half-normalized
+    rows would mix two levels). Returns the frames and, per configuration, what was done (baseline, beta, or
+    why nothing). Rows written before ``round_ref_ms`` existed get it rebuilt as ``hwlat datasets compare`` does.
+    """
+    prepared = []
+    for df in frames:
+        df = df.copy()
+        for column in ("config_id", "session_id", *_ROUND_COLUMNS):
+            if column not in df:
+                df[column] = None
+        df["device"] = df["device"].astype(str)
+        prepared.append(df.assign(round_ref_ms=[_round_ref(row) for row in df.itertuples()]))
+    normalized, summary = normalize_sessions(prepared)
+    both = pd.concat(normalized)
+    complete = both.groupby(["device", "config_id"], dropna=False)["normalized_ms"].apply(lambda v: v.notna().all())
+    fitted: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for k in summary["baselines"]:  # one entry per reference model: two for one configuration is not one level
+        fitted.setdefault((k["device"], k["config_id"]), []).append(k)
+    report = []
+    for (device, config), complete_rows in complete.items():
+        keys = fitted.get((device, config), [])
+        ok = bool(complete_rows) and len(keys) == 1
+        report.append({"device": device, "config_id": config, "normalized": ok,
+                       **({"baseline_ms": keys[0]["baseline_ms"], "beta": keys[0]["beta"]} if ok else {})})
+    use = {(r["device"], r["config_id"]) for r in report if r["normalized"]}
+    out = []
+    for df in normalized:
+        pick = np.array([(d, c) in use for d, c in zip(df["device"], df["config_id"], strict=True)], dtype=bool)
+        out.append(df.assign(latency_ms=np.where(pick, df["normalized_ms"], df["latency_ms"]))
+                   .drop(columns="normalized_ms"))
+    return out, report
 
 
 def icc(ratings: np.ndarray) -> dict[str, float]:
@@ -219,7 +300,7 @@ def compare(path_a: Path | str, path_b: Path | str) -> dict[str, Any]:
     fewer than 3 matched models have round reference data (rows written before ``round_ref_ms`` existed);
     ``reference`` says what each dataset's drift reference did.
     """
-    rows_a, rows_b = _rows(Path(path_a)), _rows(Path(path_b))
+    rows_a, rows_b = usable_rows(Path(path_a)), usable_rows(Path(path_b))
     a, b = _latencies(rows_a), _latencies(rows_b)
     both = a.merge(b.drop(columns="model_sha256"), on=KEY, suffixes=("_a", "_b"))
     if len(both) < 3:

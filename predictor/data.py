@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +117,8 @@ def _read_one(path: Path) -> pd.DataFrame:
     return frame.drop_duplicates("row_id") if "row_id" in frame.columns else frame
 
 
-def load_table(paths: Sequence[str | Path], spaces: Collection[str] | None = None) -> LatencyTable:
+def load_table(paths: Sequence[str | Path], spaces: Collection[str] | None = None,
+               level: Callable[[list[pd.DataFrame]], list[pd.DataFrame]] | None = None) -> LatencyTable:
     """Read, validate and reduce one or more Parquet datasets into a ``LatencyTable``.
 
     ``spaces`` (canonical names, see ``space_key``) keeps only those spaces' rows, so a benchmark can read
@@ -127,10 +128,14 @@ def load_table(paths: Sequence[str | Path], spaces: Collection[str] | None = Non
     are encoded by tracing the space's module (``predictor.traced``), the same path that encodes a profile's
     candidate pool. Rows of a dedicated space (NB201, FBNet) measured at another batch or resolution than its
     encoder describes become rows of the graph-encoded space ``<space>-graph`` (``_off_size_rows``).
+
+    ``level`` (``hwlat predictor train --normalize``) gets every dataset's usable rows, all columns, and returns
+    them with ``latency_ms`` replaced: ``harness.compare.on_one_level`` puts a configuration's campaigns on one
+    drift reference level (passed in, because the predictor does not import the coordinator).
     """
     if not paths:
         raise UsageError("no --data given")
-    frames = []
+    read = []
     for p in paths:
         df = _read_one(Path(p))
         missing = [c for c in REQUIRED if c not in df.columns]
@@ -138,6 +143,11 @@ def load_table(paths: Sequence[str | Path], spaces: Collection[str] | None = Non
             raise UsageError(f"{p}: missing column(s) {', '.join(missing)} (need {', '.join(REQUIRED)})")
         if "status" in df.columns:
             df = df[df["status"].astype(str).isin(USABLE_STATUSES)]
+        read.append(df)
+    if level is not None:
+        read = level(read)
+    frames = []
+    for p, df in zip(paths, read, strict=True):
         df = df[[*REQUIRED, *(c for c in ("model_sha256", *SIZE, SHAPES) if c in df.columns)]].copy()
         df["search_space"] = df["search_space"].astype(str)
         df, moved = _off_size_rows(df, Path(p))

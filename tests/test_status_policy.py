@@ -24,6 +24,6 @@ def test_training_and_profiling_read_the_same_usable_rows(tmp_path: Path) -> Non
     usable = {r["arch"] for r in rows if r["status"] in USABLE_STATUSES}
     assert "unstable" in USABLE_STATUSES and len(usable) == len(USABLE_STATUSES)
     trained_on = set(load_table([tmp_path]).df["arch"])
-    profiled, attempted = measured_latencies(tmp_path, "board", "cfg", "nb201")
+    profiled, attempted, _level = measured_latencies(tmp_path, "board", "cfg", "nb201")
     assert trained_on == set(profiled) == usable
     assert attempted == set(archs)

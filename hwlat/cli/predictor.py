@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +43,19 @@ def _threads(args: argparse.Namespace) -> None:
     torch.set_num_threads(max(1, args.threads))
 
 
+def _on_one_level(frames: list[Any]) -> list[Any]:
+    """``--normalize``: each configuration's campaigns on one drift reference level; says what it did."""
+    from harness.compare import on_one_level
+
+    frames, report = on_one_level(frames)
+    for r in report:
+        what = f"baseline {r['baseline_ms']:.3f} ms, beta {r['beta']:.2f}" if r["normalized"] else \
+            "left as measured (rows without round reference data, or several reference models)"
+        config = r["config_id"] if isinstance(r["config_id"], str) else "(no config_id)"
+        print(f"{r['device']} / {config}: {what}", file=sys.stderr)
+    return frames
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Pretrain on every device of every space in the data and save the model."""
     from hwlat.spaces import get_space
@@ -52,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _threads(args)
     for spec in args.space:
         get_space(spec)  # registers the plug-in's name, so its rows resolve to the space (one-line error if not)
-    table = load_table(args.data)
+    table = load_table(args.data, level=_on_one_level if args.normalize else None)
     cfg = TrainConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
     t0 = time.perf_counter()
     with _bar("pretraining") as update:
@@ -248,6 +262,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--space", action="append", default=[], metavar="FILE.py:Class",
                    help="a plug-in space whose rows the data holds (repeatable): its rows are then encoded from "
                         "their arch strings, as for ofa and autoformer, instead of from the dataset's ONNX graphs")
+    t.add_argument("--normalize", action="store_true",
+                   help="train on latencies put on one drift reference level per device configuration across the "
+                        "--data campaigns (as `hwlat datasets compare` normalizes; docs/timing.md)")
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser("predict", help="predict latencies on one device",

@@ -31,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy.stats import spearmanr
 
 from agents.errors import DeviceBusyError, DeviceFailedError, UsageError
 from agents.records import USABLE_STATUSES
 from harness.campaign import CampaignRequest, run_campaign
+from harness.compare import Baseline, lowest_level, normalize_sessions
 from harness.devices import DeviceProfile
 from harness.shipped import shipped_dir
 from harness.store import DatasetStore, read_dataset
@@ -50,6 +52,16 @@ POOL_SIZE = 10000
 LEVEL_TOLERANCE = 0.10
 #: At most this many re-measures of one batch (each costs one more campaign over the batch).
 LEVEL_RETRIES = 2
+#: The reference level every batch is put on before each transfer (docs/profile.md, "One reference level"):
+#: the 10th percentile of the batches' reference latencies, the machine's fast state (as ``hwlat datasets
+#: compare``). Chosen by measurement on the five kept end-to-end runs (benchmarks/e2e_rescore.py): mean share
+#: within +-10 % of the 100 check archs 0.83 at this level, 0.63 at the latest batch's, 0.74 at the median
+#: batch's (0.90 / 0.79 / 0.89 against the check put on the same level); Spearman does not depend on it.
+LEVEL_BASELINE: Baseline = lowest_level
+#: The columns the loop reads from a profile's rows; ``LEVEL_COLUMNS`` put batches on one reference level.
+ROW_COLUMNS = ("device", "config_id", "search_space", "session_id", "arch", "status", "latency_ms", "ref_latency_ms",
+               "round_ref_ms")
+LEVEL_COLUMNS = ("round_ref_ms", "round_medians_ms", "round_kept", "ref_model_sha256")
 
 
 @dataclass
@@ -93,8 +105,7 @@ def profile_rows(folder: Path, device: str, config_id: str, space: str) -> list[
     table = read_dataset(folder)
     if table.num_rows == 0:
         return []
-    cols = ["device", "config_id", "search_space", "session_id", "arch", "status", "latency_ms", "ref_latency_ms",
-            "round_ref_ms"]
+    cols = [c for c in (*ROW_COLUMNS, *LEVEL_COLUMNS) if c in table.column_names]
     return [r for r in table.select(cols).to_pylist()
             if (r["device"], r["config_id"], r["search_space"]) == (device, config_id, space)]
 
@@ -115,10 +126,47 @@ def latencies(rows: list[dict[str, Any]], set_aside: Collection[str] = ()) -> tu
     return {arch: float(np.mean(v)) for arch, v in sums.items()}, attempted
 
 
+def level_latencies(rows: list[dict[str, Any]], set_aside: Collection[str] = (),
+                    baseline: Baseline = LEVEL_BASELINE) -> tuple[dict[str, float], set[str], dict[str, Any] | None]:
+    """``latencies`` with every batch on one drift reference level, and what that level is.
+
+    The usable rows outside the set-aside sessions, one frame per measuring session (in measuring order: session
+    ids start with their UTC start time), go through ``harness.compare.normalize_sessions``: each kept round's
+    median ``m`` becomes ``m * (baseline / round_ref_ms) ** beta``, ``beta`` fitted from the rows' own rounds,
+    and an arch's latency is the mean of its rows' normalized values. The level dict (``state.json``'s
+    ``level``) says which reference latency the latencies are for (``baseline_ms``, ``beta``) and how far apart
+    the sessions' levels (median reference latency) were. The set-aside sessions' rows take part in fitting
+    beta only (their rounds say how latencies follow the reference), neither in the baseline nor the latencies.
+    When any usable row lacks round reference data (rows written before ``round_ref_ms``, or a configuration
+    without a drift reference) or the rows name more than one reference model, nothing is scaled: the raw
+    ``latencies`` and None, since half-normalized latencies would mix two levels.
+    """
+    measured, attempted = latencies(rows, set_aside)
+    usable = [r for r in rows if r["status"] in USABLE_STATUSES and r["latency_ms"]]
+    if not usable or any(not r.get(c) for r in usable for c in LEVEL_COLUMNS):
+        return measured, attempted, None
+    df = pd.DataFrame(usable)
+    accepted = sorted(set(df["session_id"]) - set(set_aside))
+    if not accepted:
+        return measured, attempted, None
+    # the set-aside sessions' rows come last: evidence for beta, but neither the baseline nor the latencies
+    aside = sorted(set(df["session_id"]) & set(set_aside))
+    frames, summary = normalize_sessions([df[df["session_id"] == s] for s in accepted + aside],
+                                         lambda refs: baseline(refs[:len(accepted)]))
+    both = pd.concat(frames[:len(accepted)])
+    if len(summary["baselines"]) != 1 or both["normalized_ms"].isna().any():
+        return measured, attempted, None
+    levels = {s: f["median_ms"] for s, f in zip(accepted, summary["frames"], strict=False)}
+    key = summary["baselines"][0]
+    level = {"baseline_ms": key["baseline_ms"], "beta": key["beta"], "basis": baseline.__name__,
+             "session_levels_ms": levels, "spread": max(levels.values()) / min(levels.values()) - 1.0}
+    return {a: float(v) for a, v in both.groupby("arch")["normalized_ms"].mean().items()}, attempted, level
+
+
 def measured_latencies(folder: Path, device: str, config_id: str, space: str,
-                       set_aside: Collection[str] = ()) -> tuple[dict[str, float], set[str]]:
-    """``latencies`` of the profile's rows for this device configuration."""
-    return latencies(profile_rows(folder, device, config_id, space), set_aside)
+                       set_aside: Collection[str] = ()) -> tuple[dict[str, float], set[str], dict[str, Any] | None]:
+    """``level_latencies`` of the profile's rows for this device configuration."""
+    return level_latencies(profile_rows(folder, device, config_id, space), set_aside)
 
 
 def batch_level(rows: list[dict[str, Any]], batch: Collection[str],
@@ -288,7 +336,8 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
             sync_rows(meas_dir, req.dataset)
 
     while True:
-        measured, attempted = measured_latencies(meas_dir, device.name, config_id, space, state.set_aside())
+        measured, attempted, _level = measured_latencies(meas_dir, device.name, config_id, space,
+                                                         state.set_aside())
         pending = state.rounds[-1] if state.rounds and not state.rounds[-1].done else None
         if pending is None:
             if state.stopped:
@@ -320,7 +369,8 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
         measure(pending)
         settle_levels(state, pending, lambda: profile_rows(meas_dir, device.name, config_id, space), measure, say,
                       lambda: state.save(state_path), req.level_tolerance, req.level_retries)
-        measured, attempted = measured_latencies(meas_dir, device.name, config_id, space, state.set_aside())
+        measured, attempted, state.level = measured_latencies(meas_dir, device.name, config_id, space,
+                                                              state.set_aside())
         archs = list(measured)
         if len(archs) < 2:
             raise UsageError(f"only {len(archs)} of {len(attempted)} archs could be measured on {device.name}; "
@@ -340,7 +390,9 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
         say(f"round {pending.round}: {len(attempted)} measured, {quality}; closest source device "
             f"{pending.best_source}")
 
-    measured, _attempted = measured_latencies(meas_dir, device.name, config_id, space, state.set_aside())
+    measured, _attempted, state.level = measured_latencies(meas_dir, device.name, config_id, space,
+                                                           state.set_aside())
+    state.save(state_path)
     model = device_model(req, base_path, model_path, target, space, measured)
     return finish(req, state, model, model_path, target, space, pool, device, measured, say)
 
@@ -445,7 +497,7 @@ def device_model(req: ProfileRequest, base_path: Path, model_path: Path, target:
 def finish(req: ProfileRequest, state: ProfileState, model: Any, model_path: Path, target: str, space: str,
            pool: list[str], device: DeviceProfile, measured: dict[str, float], say: Callable[[str], None]) -> dict:
     """Final predictor on every measurement, predictions for the whole space, and the report."""
-    from hwlat.profiling.report import write_report
+    from hwlat.profiling.report import level_line, write_report
     from predictor.predictions import prediction_table, write_predictions
 
     archs = list(measured)
@@ -468,6 +520,8 @@ def finish(req: ProfileRequest, state: ProfileState, model: Any, model_path: Pat
             f"{len(state.set_aside())} set-aside session(s) kept in measurements/, left out of the fit; state.json):")
         for r in remeasured:
             say(f"  round {r.round}: {'; '.join(r.level_notes)}")
+    if state.level is not None:
+        say(level_line(state.level))
     say(f"predictions for {len(pool)} archs: {pred_path}")
     say(f"report: {report}")
     return {"report": report, "predictions": pred_path, "model": model_path, "measurements": req.out / "measurements"}

@@ -272,6 +272,14 @@ def _fmt_ms(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}" if value < 100 else f"{value:.1f}"
 
 
+def level_line(level: dict[str, Any]) -> str:
+    """One line: which drift reference level the predictions are for, and how far the batches were apart."""
+    levels = level["session_levels_ms"].values()
+    return (f"predictions are for the drift reference at {level['baseline_ms']:.3f} ms (the batches' fast state; "
+            f"beta {level['beta']:.2f}): the {len(levels)} measuring sessions read it at {min(levels):.3f}-"
+            f"{max(levels):.3f} ms ({level['spread']:+.0%} apart) and were put on that level")
+
+
 def write_report(out: Path, state: ProfileState, table: pa.Table, device: str, space: str) -> Path:
     """Write report.html, its PNGs and pareto.csv under ``out``; returns the HTML path.
 
@@ -328,8 +336,8 @@ def write_report(out: Path, state: ProfileState, table: pa.Table, device: str, s
             "p90": _fmt_ms(r.get("p90_ms")), "p99": _fmt_ms(r.get("p99_ms")),
             "cv": "" if r.get("robust_cv") is None else f"{100 * r['robust_cv']:.1f}%",
             "runs": r.get("n_runs") or "", "held_out": _fmt_ms(held_out),
-            "error": "" if held_out is None or not r["latency_ms"]
-            else f"{100 * (held_out / r['latency_ms'] - 1):+.0f}%",
+            "error": "" if held_out is None or r["arch"] not in measured
+            else f"{100 * (held_out / measured[r['arch']] - 1):+.0f}%",
             "flags": ", ".join(flags) or "ok", "bad": bool(flags),
         })
     order = real_idx[np.argsort(pred[real], kind="stable")[:FASTEST]]
@@ -344,6 +352,7 @@ def write_report(out: Path, state: ProfileState, table: pa.Table, device: str, s
         n_measured=len(measured), n_space=len(archs), n_degenerate=int((~real).sum()), n_front=len(front),
         n_unstable=sum(r["status"] == "unstable" for r in rows), last=last_round, fastest_n=FASTEST,
         model_file=f"predictor-{device}.pt", level_notes=[n for r in state.rounds for n in r.level_notes],
+        level=level_line(state.level) if state.level is not None else "",
     )
     path = out / "report.html"
     atomic_write(path, page.encode("utf-8"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agents.files import atomic_write
 
@@ -46,6 +47,11 @@ class ProfileState:
     target: str
     rounds: list[RoundRecord] = field(default_factory=list)
     stopped: str = ""
+    #: the drift reference level the latest transfer's latencies (and so the predictions) are for, from
+    #: ``hwlat.profiling.loop.level_latencies``: ``baseline_ms``, ``beta``, ``basis``, each session's level
+    #: (``session_levels_ms``) and their ``spread`` (highest / lowest - 1); None where the rows carry no
+    #: round reference data (nothing was scaled)
+    level: dict[str, Any] | None = None
 
     def set_aside(self) -> dict[str, str]:
         """Every session set aside as off-level in any round -> why (rows kept, left out of the fit)."""
