@@ -261,6 +261,10 @@ def test_profile_json_pareto_and_flops(profiled: tuple) -> None:
     assert doc["device"] == "fastlocal" and doc["space"] == "nb201" and doc["stopped"].startswith("budget")
     assert [r["round"] for r in doc["rounds"]] == [0, 1] and doc["rounds"][-1]["measured"] == 4
     assert Path(doc["report"]) == out / "report.html" and Path(doc["predictions"]).exists()
+    state = json.loads((out / "state.json").read_text())
+    assert doc["level"] == state["level"]  # the level the predictions are for (null: said on stderr)
+    assert ("predictions are for the drift reference" in proc.stderr) == (doc["level"] is not None)
+    assert ("not put on one drift reference level" in proc.stderr) == (doc["level"] is None)
     assert "round 0" in proc.stderr and "report" in proc.stderr
     # FLOPs mean the same everywhere: the predictions' analytic count equals the exporter's (2 x MACs)
     preds = {r["arch"]: r for r in pq.read_table(out / "predictions.parquet").to_pylist()}

@@ -50,7 +50,7 @@ def profile_document(out: Path, paths: dict[str, Any]) -> dict[str, Any]:
                                      "best_source", "ref_level_ms", "remeasures", "set_aside", "level_notes")}
               for r in state["rounds"] if r["done"]]
     return {"device": state["device"], "space": state["space"], "stopped": state["stopped"],
-            "rounds": rounds, **{k: str(v) for k, v in paths.items()}}
+            "rounds": rounds, "level": state.get("level"), **{k: str(v) for k, v in paths.items()}}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

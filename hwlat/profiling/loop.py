@@ -522,6 +522,9 @@ def finish(req: ProfileRequest, state: ProfileState, model: Any, model_path: Pat
             say(f"  round {r.round}: {'; '.join(r.level_notes)}")
     if state.level is not None:
         say(level_line(state.level))
+    else:  # say so: a reader of the report or the predictions must not assume one level
+        say("predictions are for the batches as measured, not put on one drift reference level: their rows carry "
+            "no round reference data or name more than one reference model (docs/profile.md, \"One reference level\")")
     say(f"predictions for {len(pool)} archs: {pred_path}")
     say(f"report: {report}")
     return {"report": report, "predictions": pred_path, "model": model_path, "measurements": req.out / "measurements"}
