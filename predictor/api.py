@@ -30,7 +30,7 @@ import torch
 from agents.errors import ArchError, UsageError
 from agents.files import atomic_write
 from hwlat.spaces import one_line
-from hwlat.spaces.graph import GraphEncoding, encode_file
+from hwlat.spaces.graph import GraphEncoding, encode_file, model_file_errors
 from hwlat.spaces.shapes import ShapeRequest, check_names_used, graph_dims, resolve_dims, shape_request
 from hwlat.spaces.trace import forward_inputs, trace_module
 
@@ -64,12 +64,8 @@ _DIMS: dict[tuple[str, int, int], dict[str, list[int | str]]] = {}
 
 def _input_dims(path: Path) -> dict[str, list[int | str]]:
     """The graph inputs of an ONNX file (``hwlat.spaces.shapes.graph_dims``), or a one-line ``UsageError``."""
-    try:
+    with model_file_errors(path):
         st = path.stat()
-    except FileNotFoundError:
-        raise UsageError(f"model not found: {path}") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     memo = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     if memo not in _DIMS:
         try:

@@ -29,6 +29,7 @@ Only ``onnx`` and numpy are needed (no torch): the coordinator encodes every mod
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -36,7 +37,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -654,17 +655,24 @@ def write_cached(cache_dir: Path, enc: GraphEncoding) -> None:
     atomic_write(_cache_path(cache_dir, enc.key), enc.to_json())
 
 
+@contextlib.contextmanager
+def model_file_errors(path: Path) -> Iterator[None]:
+    """A model file that is missing or unreadable ends as the one-line ``UsageError`` every command prints."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise UsageError(f"model not found: {path}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def encode_file(path: str | Path, cache_dir: str | Path | None = None,
                 input_shapes: dict[str, list[int]] | None = None) -> GraphEncoding:
     """Encode an ONNX file at ``input_shapes`` (None: its own, ``encode_model``), cached by ``graph_key`` in
     ``cache_dir`` (default: the user cache)."""
     path = Path(path)
-    try:
+    with model_file_errors(path):
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"model not found: {path}") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     sha = hashlib.sha256(data).hexdigest()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     hit = find_cached(cache, sha, input_shapes)
