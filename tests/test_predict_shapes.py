@@ -200,3 +200,17 @@ def test_two_shapes_of_one_file_are_two_encodings(models: Path, tmp_path: Path,
     for bad in ({"x": (1, 0, WIDTH)}, {"x": (1, 2.5, WIDTH)}, {"x": "1x16x16"}):
         with pytest.raises(UsageError, match="positive integer sizes"):
             shape_request(bad)
+
+
+def test_a_missing_or_unreadable_model_file_is_one_line_error(tmp_path: Path) -> None:
+    """Both readers of a model file (the API's input check and the graph encoder) name the file in one line."""
+    from hwlat.spaces.graph import encode_file
+
+    gone, folder = tmp_path / "gone.onnx", tmp_path / "folder.onnx"
+    folder.mkdir()
+    for read in (lambda p: encode_files([p]), lambda p: encode_file(p, cache_dir=tmp_path / "cache")):
+        with pytest.raises(UsageError, match=f"^model not found: {gone}$"):
+            read(gone)
+        with pytest.raises(UsageError) as err:  # a directory: unreadable as a file or as a model, named either way
+            read(folder)
+        assert str(folder) in str(err.value) and "\n" not in str(err.value)
