@@ -19,6 +19,7 @@ from harness.export import ExportFailure
 from harness.records import ModelArtifact
 from harness.rounds import Verdict, estimate
 from harness.store import SCHEMA_VERSION, dumps_compact
+from hwlat.spaces.shapes import shapes_json
 
 
 def _num(state: dict[str, Any], key: str) -> float | None:
@@ -66,7 +67,7 @@ def make_row(*, session_id: str, run_id: str, order_index: int, profile: DeviceP
         "model_key": art.key,
         "format": art.format,
         "input_shape": first_shape,
-        "input_shapes_json": dumps_compact(shapes),
+        "input_shapes_json": shapes_json(shapes),
         "batch": art.batch,
         "resolution": art.resolution,
         "flops": art.flops,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -31,7 +30,14 @@ from agents.errors import ArchError, UsageError
 from agents.files import atomic_write
 from hwlat.spaces import one_line
 from hwlat.spaces.graph import GraphEncoding, encode_file, model_file_errors
-from hwlat.spaces.shapes import ShapeRequest, check_names_used, graph_dims, resolve_dims, shape_request
+from hwlat.spaces.shapes import (
+    ShapeRequest,
+    check_names_used,
+    graph_dims,
+    resolve_dims,
+    shape_request,
+    shapes_json,
+)
 from hwlat.spaces.trace import forward_inputs, trace_module
 
 from .data import LatencyTable
@@ -159,14 +165,6 @@ def encode_files(paths: Sequence[str | Path], input_shapes: InputShapes | None =
                  resolution: int | None = None, where: str = "the given files") -> list[GraphEncoding]:
     """``encode_networks`` of ONNX files only (``predict --models DIR``)."""
     return encode_networks([Path(p) for p in paths], input_shapes, batch, resolution, where)
-
-
-def shapes_json(shapes: Mapping[str, Sequence[int]] | None) -> str | None:
-    """``{"name": [dims]}`` as the dataset's ``input_shapes_json`` column writes it (sorted keys, compact), so a
-    prediction's shapes compare equal, as strings, to the measured rows' of the same network."""
-    if shapes is None:
-        return None
-    return json.dumps({str(k): [int(d) for d in v] for k, v in shapes.items()}, sort_keys=True, separators=(",", ":"))
 
 
 def _encoder_config(space: str) -> dict:

@@ -17,6 +17,7 @@ fixed dimensions contradict are refused too, never ignored.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,15 @@ from pathlib import Path
 import onnx
 
 from agents.errors import UsageError
+
+
+def shapes_json(shapes: Mapping[str, Sequence[int]] | None) -> str | None:
+    """``{"name": [dims]}`` as the ``input_shapes_json`` text of a measured row (``harness.rows``) and of a
+    prediction (``predictor.api``): sorted keys, compact, so the same network's shapes compare equal as strings
+    and a prediction joins to its measured rows. None for None."""
+    if shapes is None:
+        return None
+    return json.dumps({str(k): [int(d) for d in v] for k, v in shapes.items()}, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
