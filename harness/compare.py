@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +75,17 @@ def usable_rows(path: Path) -> pd.DataFrame:
         raise UsageError(f"{path} is not an hwlat dataset (missing columns {sorted(need - set(table.column_names))})")
     optional = {"session_id", "model_key", *_ROUND_COLUMNS}
     df = table.select(sorted(need | (optional & set(table.column_names)))).to_pandas()
-    for column in optional:
-        if column not in df:
-            df[column] = None
     df = df[df["status"].astype(str).isin(USABLE_STATUSES) & (df["latency_ms"] > 0)]
-    df = df.astype({"device": str})
+    df = _with_round_data(df, optional)
     return df.assign(model_key=[row_model_key(k if isinstance(k, str) else None, s)
-                                for k, s in zip(df["model_key"], df["model_sha256"], strict=True)],
-                     round_ref_ms=[_round_ref(row) for row in df.itertuples()])
+                                for k, s in zip(df["model_key"], df["model_sha256"], strict=True)])
+
+
+def _with_round_data(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
+    """``df`` ready for ``normalize_sessions``: ``columns`` it lacks added as nulls, ``device`` as text, and
+    ``round_ref_ms`` rebuilt where rows predate it (``_round_ref``)."""
+    df = df.assign(**{column: None for column in columns if column not in df}).astype({"device": str})
+    return df.assign(round_ref_ms=[_round_ref(row) for row in df.itertuples()])
 
 
 def _round_ref(row: Any) -> Any:
@@ -220,14 +223,7 @@ def on_one_level(frames: Sequence[pd.DataFrame]) -> tuple[list[pd.DataFrame], li
     rows would mix two levels). Returns the frames and, per configuration, what was done (baseline, beta, or
     why nothing). Rows written before ``round_ref_ms`` existed get it rebuilt as ``hwlat datasets compare`` does.
     """
-    prepared = []
-    for df in frames:
-        df = df.copy()
-        for column in ("config_id", "session_id", *_ROUND_COLUMNS):
-            if column not in df:
-                df[column] = None
-        df["device"] = df["device"].astype(str)
-        prepared.append(df.assign(round_ref_ms=[_round_ref(row) for row in df.itertuples()]))
+    prepared = [_with_round_data(df, ("config_id", "session_id", *_ROUND_COLUMNS)) for df in frames]
     normalized, summary = normalize_sessions(prepared)
     both = pd.concat(normalized)
     complete = both.groupby(["device", "config_id"], dropna=False)["normalized_ms"].apply(lambda v: v.notna().all())
