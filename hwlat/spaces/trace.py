@@ -39,7 +39,7 @@ import hashlib
 import inspect
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agents.errors import UsageError
@@ -121,12 +121,19 @@ def trace_encoding(space: SearchSpace, arch: str, batch: int = 1, resolution: in
     res = space.resolution_for(canon, resolution)
     space.check_input(batch, res)
     key = trace_key(space, canon, batch, res)
-    # The trace allocates thousands of short-lived objects (modules, meta tensors, records) and frees them by
-    # reference counting; the cyclic collector would walk them all several times over (half the time).
+    with _no_cyclic_gc():
+        return _trace_space(space, canon, batch, res, key)
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused: a trace allocates thousands of short-lived objects (modules, meta
+    tensors, records) and frees them by reference counting; the collector would walk them all several times
+    over (half the time)."""
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _trace_space(space, canon, batch, res, key)
+        yield
     finally:
         if collecting:
             gc.enable()
@@ -190,19 +197,16 @@ def trace_module(module: torch.nn.Module, shapes: Mapping[str, Sequence[int]], l
     tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
     dtype = tensors[0].dtype if tensors else torch.float32
     modes = [(m, m.training) for m in module.modules()]
-    collecting = gc.isenabled()
-    gc.disable()  # as in trace_encoding: the trace's short-lived objects are freed by reference counting
     module.eval()
     try:
-        enc = _trace_module(module, sized, dtype, label)
+        with _no_cyclic_gc():
+            enc = _trace_module(module, sized, dtype, label)
     except UsageError as exc:
         msg = str(exc)
         raise UsageError(msg if msg.startswith(f"cannot trace {label}") else f"{label}: {msg}") from None
     finally:
         for m, mode in modes:
             m.training = mode
-        if collecting:
-            gc.enable()
     key = module_key(enc)
     inputs = {str(n): [int(d) for d in dims] for n, dims in (recorded or sized).items()}
     return GraphEncoding(key, enc.ops, enc.edges, inputs=inputs, key=key)
