@@ -36,7 +36,6 @@ from harness.records import ModelArtifact
 from hwlat.spaces import one_line
 from hwlat.spaces.graph import model_flops, network_key
 from hwlat.spaces.shapes import ShapeRequest, check_names_used, graph_dims, resolve_shapes, shape_request
-from hwlat.spaces.shapes import parse_input_shape as parse_input_shape  # re-exported for its importers
 
 SPACE_NAME = "onnx"
 log = logging.getLogger("hwlat")

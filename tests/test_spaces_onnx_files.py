@@ -8,7 +8,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from agents.errors import UsageError
-from harness.onnx_files import ShapeRequest, onnx_flops, parse_input_shape, scan_models
+from harness.onnx_files import ShapeRequest, onnx_flops, scan_models
+from hwlat.spaces.shapes import parse_input_shape
 
 
 def _tiny_model(batch_dim="N") -> onnx.ModelProto:
