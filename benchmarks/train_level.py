@@ -40,15 +40,16 @@ from predictor.train import TrainConfig
 CAMPAIGNS = (("new-1", "new-2"), ("old-1", "old-2"), ("new-1", "new-2", "old-1", "old-2"))
 
 
+def _level(frames: list[pd.DataFrame]) -> list[pd.DataFrame]:
+    """``load_table``'s ``level`` hook as ``hwlat predictor train --normalize`` passes it (without the report)."""
+    return on_one_level(frames)[0]
+
+
 def target(root: Path, campaigns: tuple[str, ...], normalize: bool) -> dict[str, float]:
     """arch -> training latency of the retest's campaigns (one device configuration)."""
-    table = load_table([root / c for c in campaigns], level=(lambda f: on_one_level(f)[0]) if normalize else None)
+    table = load_table([root / c for c in campaigns], level=_level if normalize else None)
     [(space, device)] = {(s, d) for s in table.spaces() for d in table.devices(s)}
     return table.device_series(space, device).to_dict()
-
-
-def _level(frames: list[pd.DataFrame]) -> list[pd.DataFrame]:
-    return on_one_level(frames)[0]
 
 
 def pretrained(a: Path, b: Path, bundled: Path, seed: int) -> list[dict]:
