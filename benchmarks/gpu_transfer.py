@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 import predictor
+from agents.records import USABLE_STATUSES
 from predictor.api import BUNDLED_MODEL, Predictor
 from predictor.bench import copy_best_source, score
 from predictor.data import LatencyTable, load_table
@@ -47,18 +48,21 @@ GPU_PREFIXES = ("1080ti", "2080ti", "titan")
 def target_rows() -> pd.DataFrame:
     """The H100 rows: arch, latency_ms and the kept rounds' medians (for the noise floor)."""
     df = pd.read_parquet(REPO / "datasets" / f"device={TARGET}")
-    return df[df["status"].isin(["ok", "unstable"])].reset_index(drop=True)
+    return df[df["status"].isin(USABLE_STATUSES)].reset_index(drop=True)
 
 
-def sources(family_out: bool) -> pd.DataFrame:
-    """Measured latency of every source device on the NB201 archs (arch x device), HELP's and the bundled ones."""
+def source_rows(family_out: bool) -> pd.DataFrame:
+    """The sources' NB201 rows (``search_space, device, arch, latency_ms``): the bundled configurations but the
+    target, and HELP's devices on the archs those hold (what the bundled predictor trains on); without any GPU
+    for ``family_out``."""
     ours = load_table([REPO / "datasets"], spaces=["nb201"]).df
     ours = ours[ours["device"] != TARGET]
-    help_ = pd.read_parquet(HELP)[["search_space", "device", "arch", "latency_ms"]]
-    table = pd.concat([ours, help_], ignore_index=True)
+    help_ = pd.read_parquet(HELP)
+    help_ = help_[help_["arch"].isin(set(ours["arch"]))][["search_space", "device", "arch", "latency_ms"]]
+    rows = pd.concat([ours, help_], ignore_index=True)
     if family_out:
-        table = table[~table["device"].str.startswith(GPU_PREFIXES)]
-    return table.pivot_table(index="arch", columns="device", values="latency_ms")
+        rows = rows[~rows["device"].str.startswith(GPU_PREFIXES)]
+    return rows.reset_index(drop=True)
 
 
 def noise_floor(rows: pd.DataFrame) -> dict[str, float]:
@@ -72,15 +76,10 @@ def noise_floor(rows: pd.DataFrame) -> dict[str, float]:
             "median_robust_cv": float(rows["robust_cv"].median())}
 
 
-def family_out_model(src_devices: list[str], threads: int) -> Predictor:
-    """NB201 predictor pretrained on the non-GPU sources only (the bundled training data minus every GPU)."""
-    ours = load_table([REPO / "datasets"], spaces=["nb201"]).df
-    help_ = pd.read_parquet(HELP)
-    help_ = help_[help_["arch"].isin(set(ours["arch"]))][["search_space", "device", "arch", "latency_ms"]]
-    df = pd.concat([ours, help_], ignore_index=True)
-    df = df[df["device"].isin(src_devices)].reset_index(drop=True)
+def family_out_model(rows: pd.DataFrame, threads: int) -> Predictor:
+    """NB201 predictor pretrained on ``source_rows(family_out=True)``: the bundled training data minus every GPU."""
     torch.set_num_threads(threads)
-    return Predictor.train(LatencyTable(df), TrainConfig())
+    return Predictor.train(LatencyTable(rows), TrainConfig())
 
 
 def run(model: Predictor, src: pd.DataFrame, rows: pd.DataFrame, samples: list[int], seeds: int,
@@ -128,14 +127,18 @@ def main() -> None:
     args = ap.parse_args()
     rows = target_rows()
     doc: dict = {"target": TARGET, "archs": len(rows), "noise": noise_floor(rows), "results": []}
-    doc["results"] += run(predictor.load(BUNDLED_MODEL), sources(False), rows, args.samples, args.seeds, "bundled")
+    def wide(src: pd.DataFrame) -> pd.DataFrame:  # arch x device, what copy-best-source picks from
+        return src.pivot_table(index="arch", columns="device", values="latency_ms")
+
+    doc["results"] += run(predictor.load(BUNDLED_MODEL), wide(source_rows(False)), rows, args.samples, args.seeds,
+                          "bundled")
     if args.family_out:
-        src = sources(True)
+        src = source_rows(True)
         t0 = time.perf_counter()
-        model = family_out_model(list(src.columns), args.threads)
+        model = family_out_model(src, args.threads)
         doc["family_out_train_s"] = time.perf_counter() - t0
-        doc["family_out_sources"] = list(src.columns)
-        doc["results"] += run(model, src, rows, args.samples, args.seeds, "family-out")
+        doc["family_out_sources"] = sorted(src["device"].unique())
+        doc["results"] += run(model, wide(src), rows, args.samples, args.seeds, "family-out")
     doc["summary"] = summary(doc["results"])
     print(f"{TARGET}: {len(rows)} archs; noise: {json.dumps(doc['noise'])}")
     print("| predictor | N | Spearman | within ±10 % | MAPE | ±1 std holds | copy-best Spearman | within ±10 % | MAPE "
