@@ -16,6 +16,7 @@ import onnx
 import pandas as pd
 import pytest
 import torch
+from attention import WIDTH, export_attention_block
 from profiles import fast_profile
 from test_measure_local import hwlat
 
@@ -38,22 +39,6 @@ from predictor.encode import get_encoder, is_graph_space
 from predictor.train import TrainConfig
 
 SMALL = TrainConfig(nets=[("gnn", 1, 8), ("mlp", 1, 16)], steps=20, batch=32)
-WIDTH = 16
-
-
-def _export_block(path: Path) -> None:
-    """A projection + attention block on [1, seq, 16] with ``seq`` a dynamic axis: its FLOPs grow with seq."""
-
-    class Block(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.q, self.k, self.v = (torch.nn.Linear(WIDTH, WIDTH) for _ in range(3))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(self.q(x) @ self.k(x).transpose(1, 2), dim=-1) @ self.v(x)
-
-    torch.onnx.export(Block().eval(), (torch.randn(1, 8, WIDTH),), str(path), input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {1: "seq"}, "y": {1: "seq"}}, opset_version=17, dynamo=False)
 
 
 def _flops(seq: int) -> int:
@@ -68,7 +53,7 @@ def test_one_file_measured_at_two_shapes_trains_on_two_encodings(tmp_path: Path)
     dataset: two encodings in _graphs/, two training rows with different features, never averaged."""
     models = tmp_path / "models"
     models.mkdir()
-    _export_block(models / "block.onnx")
+    export_attention_block(models / "block.onnx")
     profile, out = fast_profile(tmp_path), tmp_path / "ds"
     for seq, again in ((16, []), (64, ["--remeasure"])):
         hwlat("measure", "--device", str(profile), "--models", str(models), "--out", str(out),
@@ -131,7 +116,7 @@ def test_datasets_written_before_sizes_were_keyed_still_load(tmp_path: Path) -> 
     assert load_table([ds / "rows.parquet"]).df["arch"].tolist() == [enc.sha256]
 
     dynamic = tmp_path / "block.onnx"
-    _export_block(dynamic)
+    export_attention_block(dynamic)
     old = encode_file(dynamic, cache_dir=tmp_path / "cache")  # what the harness stored: seq fixed to 1
     assert old.inputs == {"x": [1, 1, WIDTH]} and old.key == old.sha256
     (ds / DATASET_GRAPHS / f"{old.sha256}.json.gz").write_bytes(_legacy(old))
@@ -143,7 +128,7 @@ def test_datasets_written_before_sizes_were_keyed_still_load(tmp_path: Path) -> 
 
 def test_graph_key_is_the_sha256_at_the_files_own_shapes(tmp_path: Path) -> None:
     path = tmp_path / "block.onnx"
-    _export_block(path)
+    export_attention_block(path)
     model = onnx.load(path)
     own = encode_model(model, "abc")
     assert own.key == "abc" and own.total("flops") == _flops(1)

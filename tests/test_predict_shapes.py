@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from attention import WIDTH, export_attention_block
 from profiles import fast_profile
 
 import predictor
@@ -27,24 +28,8 @@ from hwlat.spaces.shapes import shape_request
 from predictor.api import encode_files
 
 REPO = Path(__file__).resolve().parent.parent
-WIDTH = 16
 INNER = (8, 16, 32, 48)  # one file per projection width: 4 networks at each size
 SHORT, LONG = 16, 256
-
-
-def _export_block(path: Path, inner: int) -> None:
-    """Attention on [1, seq, 16] through ``inner``-wide projections, ``seq`` a dynamic axis (batch fixed at 1)."""
-
-    class Block(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.q, self.k, self.v = (torch.nn.Linear(WIDTH, inner) for _ in range(3))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(self.q(x) @ self.k(x).transpose(1, 2), dim=-1) @ self.v(x)
-
-    torch.onnx.export(Block().eval(), (torch.randn(1, 8, WIDTH),), str(path), input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {1: "seq"}, "y": {1: "seq"}}, opset_version=17, dynamo=False)
 
 
 def _flops(seq: int, inner: int) -> int:
@@ -69,7 +54,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder.mkdir()
     torch.manual_seed(0)
     for inner in INNER:
-        _export_block(folder / f"block{inner:02d}.onnx", inner)
+        export_attention_block(folder / f"block{inner:02d}.onnx", inner)
     return folder
 
 
