@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+from attention import WIDTH, export_attention_block
 from profiles import fast_profile
-from test_graph_keys import WIDTH, _export_block
 from test_measure_local import hwlat
 
 from agents.records import MeasureResult, TimingConfig
@@ -38,7 +38,7 @@ def _export_static(path: Path) -> None:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("models")
-    _export_block(folder / "block.onnx")
+    export_attention_block(folder / "block.onnx")
     _export_static(folder / "static.onnx")
     return folder
 
