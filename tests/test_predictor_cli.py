@@ -113,3 +113,22 @@ def test_train_predict_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     assert "T1" in capsys.readouterr().out
     assert main(["predictor", "bench", "--data", str(FIXTURE), "--tasks", str(tasks), "--task", "ND",
                  "--json", str(report)]) == 2
+
+
+def test_exclude_device_leaves_its_rows_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --exclude-device` trains without that device (it is then unknown to predict); an unknown name is a
+    one-line usage error, nothing written."""
+    model = tmp_path / "m.pt"
+    assert main(["predictor", "train", "--data", str(FIXTURE), "--out", str(model), "--steps", "20",
+                 "--exclude-device", "dev1"]) == 0
+    out = tmp_path / "pred.parquet"
+    assert main(["predictor", "predict", "--model", str(model), "--device", "dev1", "--space", "nb201",
+                 "--out", str(out)]) == 2
+    assert main(["predictor", "predict", "--model", str(model), "--device", "dev2", "--space", "nb201",
+                 "--out", str(out)]) == 0
+    other = tmp_path / "other.pt"
+    capsys.readouterr()
+    assert main(["predictor", "train", "--data", str(FIXTURE), "--out", str(other), "--steps", "20",
+                 "--exclude-device", "devX"]) == 2
+    assert capsys.readouterr().err.strip() == "hwlat: --exclude-device devX: no such device in the data"
+    assert not other.exists()

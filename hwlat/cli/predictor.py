@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from hwlat.cli.console import add_json_flag, emit_json
 
 if TYPE_CHECKING:
     from predictor.api import Predictor
+    from predictor.data import LatencyTable
 
 
 @contextmanager
@@ -56,6 +58,22 @@ def _on_one_level(frames: list[Any]) -> list[Any]:
     return frames
 
 
+def _without_devices(table: LatencyTable, devices: list[str]) -> LatencyTable:
+    """``--exclude-device``: drop these devices' rows (every space) from the training table.
+
+    Why an option: a device measured in a dataset is often the held-out target of a transfer benchmark (the
+    bundled H100 rows are), and pretraining on it would score the transfer on its own training data. A name the
+    data lacks is a usage error (a typo would otherwise train on everything and look the same).
+    """
+    if not devices:
+        return table
+    known = set(table.df["device"].astype(str))
+    unknown = [d for d in devices if d not in known]
+    if unknown:
+        raise UsageError(f"--exclude-device {unknown[0]}: no such device in the data")
+    return replace(table, df=table.df[~table.df["device"].isin(devices)].reset_index(drop=True))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Pretrain on every device of every space in the data and save the model."""
     from hwlat.spaces import get_space
@@ -66,7 +84,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _threads(args)
     for spec in args.space:
         get_space(spec)  # registers the plug-in's name, so its rows resolve to the space (one-line error if not)
-    table = load_table(args.data, level=_on_one_level if args.normalize else None)
+    table = _without_devices(load_table(args.data, level=_on_one_level if args.normalize else None),
+                             args.exclude_device)
     cfg = TrainConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
     t0 = time.perf_counter()
     with _bar("pretraining") as update:
@@ -265,6 +284,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--normalize", action="store_true",
                    help="train on latencies put on one drift reference level per device configuration across the "
                         "--data campaigns (as `hwlat datasets compare` normalizes; docs/timing.md)")
+    t.add_argument("--exclude-device", action="append", default=[], metavar="DEVICE",
+                   help="leave this device's rows out of training (repeatable), e.g. a held-out transfer target")
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser("predict", help="predict latencies on one device",
