@@ -1,14 +1,18 @@
-"""The transfer's level correction side by side: `hwlat predictor bench` figures with it off and on.
+"""A transfer switch side by side: `hwlat predictor bench` figures with it off and on (default: the level
+correction, ``TransferConfig.level``; ``--switch family_floor``: the predictive variance's floor on the source
+family's scale, ``additive.FAMILY_FLOOR``).
 
     taskset -c 1 nice -n 5 python benchmarks/level_bench.py --task ND --samples 20 10 --seeds 3 \
         --json out/level/nd.json
     ... --tasks benchmarks/family_out_tasks.json --task FO1 --task FO2 --task FO3 ...
+    ... --switch family_floor --task ND --task NX1 --task NX2 --task NX3 --samples 5 10 20 ...
 
 The protocol of ``hwlat predictor bench`` (``predictor.bench``: the same pretraining per task and seed, the same
 default-sampler picks, the same scoring), with each task-seed pretrained once and every sample size and both
-variants transferred from that model and those picks, so the two differ in nothing but
-``TransferConfig.level`` (``predictor.additive.loo_level``). Reports per task and N the mean over test devices
-of the mean over seeds, as ``bench`` does, plus per-device figures in the JSON.
+variants transferred from that model and those picks, so the two differ in nothing but the switch. Reports per
+task and N the mean over test devices of the mean over seeds, as ``bench`` does, plus per-device figures in the
+JSON and, per N, the calibration's per-(device, seed) error: the mean of |coverage - 0.68| over those cells
+(a mean coverage of 0.68 can hide devices at 0 and at 1).
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from predictor.train import TrainConfig
 from predictor.transfer import TransferConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nb201"
-VARIANTS = {"before": TransferConfig(level=False), "after": TransferConfig()}
+#: the ``TransferConfig`` switches this benchmark can turn off (each is on in the shipped configuration)
+SWITCHES = ("level", "family_floor")
+#: the nominal coverage of a +-1 std interval
+NOMINAL = 0.68
 
 
 def _mean(values: list) -> float | None:
@@ -45,15 +52,17 @@ def main() -> int:
     ap.add_argument("--task", action="append", required=True)
     ap.add_argument("--samples", type=int, nargs="+", default=[20, 10])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--switch", choices=SWITCHES, default="level")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    variants = {"before": TransferConfig(**{args.switch: False}), "after": TransferConfig()}
     torch.set_num_threads(1)
     tasks = load_tasks(args.tasks, args.task)
     table = load_table([args.data], spaces={t.space for t in tasks})
     for n in args.samples:
         validate_tasks(table, tasks, n)
     # per[task][n][variant][device][metric] = [per seed]
-    per: dict = {t.name: {n: {v: {d: {m: [] for m in METRICS} for d in t.test_devices} for v in VARIANTS}
+    per: dict = {t.name: {n: {v: {d: {m: [] for m in METRICS} for d in t.test_devices} for v in variants}
                           for n in args.samples} for t in tasks}
     for task in tasks:
         for seed in range(args.seeds):
@@ -62,17 +71,17 @@ def main() -> int:
             for n in args.samples:
                 for dev in task.test_devices:
                     _picks, by = transfer_and_score(model, table.device_series(task.space, dev), n, "default", seed,
-                                                    VARIANTS, f"{dev}@{n}")
+                                                    variants, f"{dev}@{n}")
                     for label, metrics in by.items():
                         for m, v in metrics.items():
                             per[task.name][n][label][dev][m].append(v)
             print(f"{task.name} seed {seed}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    report: dict = {"samples": args.samples, "seeds": args.seeds, "tasks": {}}
+    report: dict = {"switch": args.switch, "samples": args.samples, "seeds": args.seeds, "tasks": {}}
     for task in tasks:
         report["tasks"][task.name] = {}
         for n in args.samples:
             entry = {}
-            for label in VARIANTS:
+            for label in variants:
                 devs = per[task.name][n][label]
                 entry[label] = {m: _mean([_mean(devs[d][m]) for d in task.test_devices]) for m in METRICS}
                 entry[label]["devices"] = devs
@@ -80,6 +89,13 @@ def main() -> int:
             b, a = entry["before"], entry["after"]
             print(f"{task.name} N={n}: " + "  ".join(
                 f"{m} {b[m]:.4f} -> {a[m]:.4f}" for m in ("spearman", "within_10pct", "mape", "coverage_1sigma")))
+    report["calibration_error"] = {}
+    for n in args.samples:
+        err = {label: _mean([abs(c - NOMINAL) for t in tasks for d in t.test_devices
+                             for c in per[t.name][n][label][d]["coverage_1sigma"] if c is not None])
+               for label in variants}
+        report["calibration_error"][n] = err
+        print(f"N={n}: mean |coverage - {NOMINAL}| over (device, seed) cells {err['before']:.3f} -> {err['after']:.3f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))

@@ -42,6 +42,9 @@ LEVEL_MIN_N = 5
 MEDIAN_SE = 1.2533
 #: MAD -> standard deviation (normal data)
 MAD_SD = 1.4826
+#: least scale of the source family's covariance in the predictive variance (``fit_target``): 1 = a target
+#: is at least as uncertain as one more device of the sources' family wherever its N points do not look
+FAMILY_FLOOR = 1.0
 
 
 def design(x: np.ndarray) -> np.ndarray:
@@ -138,7 +141,8 @@ def loo_level(y: np.ndarray, resid: np.ndarray, floor: float) -> float:
 
 
 def fit_target(sources: np.ndarray, x: np.ndarray, lat_ms: np.ndarray,
-               agnostic: dict[str, np.ndarray] | None = None, level: bool = True) -> Posterior:
+               agnostic: dict[str, np.ndarray] | None = None, level: bool = True,
+               family_floor: bool = True) -> Posterior:
     """Posterior cost model of a new device from N measured archs, under the source-device prior.
 
     ``sources``: [S, 1 + F] cost vectors of the source devices (``fit_source``); ``x``: [N, F] linear
@@ -154,6 +158,15 @@ def fit_target(sources: np.ndarray, x: np.ndarray, lat_ms: np.ndarray,
 
     ``level``: scale the fitted model by ``loo_level`` (median-unbiased in log space on the N points, left
     out one at a time). A constant factor, so it changes no rank.
+
+    ``family_floor``: the predictive covariance uses the source family's scale ``lam`` at least
+    ``FAMILY_FLOOR``; the mean keeps the fitted one. Why: with 5 points the marginal likelihood can prefer a
+    ``lam`` far below 1 because those points happen to lie near the sources' mean, and then the posterior is
+    as sure of the cost of every op the 5 archs never varied as of those they did: intervals of 0.3 % against
+    held-out errors of 6 % (docs/predictor.md, "Calibration"). The sources say how far one more device of
+    their family strays from their mean in every direction (``lam = 1``), so the variance never claims less
+    there; in the directions the N points pin down, the posterior contracts as before, so the floor fades as N
+    grows. A prediction never moves: the same floor inside the fit would move the means where the sources fit.
     """
     y_ms = np.asarray(lat_ms, np.float64)
     scale = float(y_ms.mean())
@@ -189,6 +202,9 @@ def fit_target(sources: np.ndarray, x: np.ndarray, lat_ms: np.ndarray,
     gain = prior @ phi.T @ np.linalg.inv(k)  # [1 + F, N]
     beta = m + gain @ r0
     cov = prior - gain @ phi @ prior
+    if family_floor and h[0] < FAMILY_FLOOR:
+        wide = prior + (FAMILY_FLOOR - h[0]) * s_cov
+        cov = wide - wide @ phi.T @ np.linalg.solve(phi @ wide @ phi.T + noise * eye, phi @ wide)
     # the noise is what the additive model does not explain on the N points (non-additive effects,
     # measurement noise): every prediction carries it, so it enters the predictive variance through the
     # intercept (whose feature is 1 for every arch)

@@ -91,6 +91,9 @@ class TransferConfig:
     #: correct the cost model's level by its leave-one-out median ratio (``additive.loo_level``); off only
     #: to measure it
     level: bool = True
+    #: the predictive variance's floor on the source family's scale (``additive.FAMILY_FLOOR``); off only to
+    #: measure it
+    family_floor: bool = True
 
 
 class FrozenHead:
@@ -198,7 +201,8 @@ def _fit(sm: SpaceModel, heads: list[FrozenHead], yi: np.ndarray, cfg: TransferC
 def _cost_blend(sm: SpaceModel, lin: np.ndarray, lat_ms: np.ndarray, cfg: TransferConfig) -> tuple[Posterior, float]:
     """Step 3 and step 4's weight on measured (linear features, ms): the cost model and the networks' share."""
     cost = fit_target(sm.source_costs(), lin, lat_ms,
-                      prior_components(sm.space, lin) if cfg.agnostic_prior else None, level=cfg.level)
+                      prior_components(sm.space, lin) if cfg.agnostic_prior else None, level=cfg.level,
+                      family_floor=cfg.family_floor)
     # the networks only know the source devices: their share shrinks with the odds that the target is unlike them
     return cost, cfg.nn_weight * (cost.p_source if cfg.evidence_blend else 1.0)
 

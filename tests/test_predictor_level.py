@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import spearmanr
 
-from predictor.additive import LEVEL_MIN_N, fit_source, fit_target, loo_level
+from predictor.additive import LEVEL_MIN_N, design, fit_source, fit_target, loo_level
 from predictor.encode import get_encoder
 from predictor.opcost import prior_components
 
@@ -54,3 +54,40 @@ def test_level_correction_moves_the_level_of_a_skewed_fit_and_no_rank() -> None:
     assert lvl_before < 0.95 and abs(np.log(lvl_after)) < abs(np.log(lvl_before)) - 0.02, (lvl_before, lvl_after)
     assert np.allclose(after, before * fixed.level)
     assert spearmanr(after, truth[rest])[0] == spearmanr(before, truth[rest])[0]
+
+
+def test_family_floor_widens_where_the_points_do_not_look_and_moves_no_prediction() -> None:
+    """Sources that differ from each other op by op; a target that is one more device of their family, measured
+    at 5 archs that sit on the sources' mean, so the marginal likelihood picks a source scale far below 1 and the
+    plain interval is narrower than how far the target strays on the other archs. With the floor the predicted
+    latencies are the same to the last bit, no interval is narrower, and the held-out errors fall inside +-1 std
+    far more often; with 60 points the floor is spent (the points pin the costs down)."""
+    rng = np.random.default_rng(11)
+    enc = get_encoder("nb201")
+    archs = enc.enumerate()
+    x = enc.encode(archs).flat[:, enc.linear_features].astype(np.float64)
+    base = rng.uniform(0.2, 1.0, x.shape[1])
+    sources = []
+    for _ in range(8):
+        pick = rng.choice(len(archs), 300, replace=False)
+        sources.append(fit_source(x[pick], 2.0 + x[pick] @ (base * rng.lognormal(0.0, 0.3, x.shape[1]))))
+    sources = np.stack(sources)
+    truth = 2.0 + x @ (base * rng.lognormal(0.0, 0.3, x.shape[1]))
+    # the 5 measured archs are where the target agrees with the sources' mean (their latencies are the mean's)
+    pick = rng.choice(len(archs), 5, replace=False)
+    on_mean = design(x[pick]) @ sources.mean(0) * truth[pick].mean() / (design(x[pick]) @ sources.mean(0)).mean()
+    rest = np.setdiff1d(np.arange(len(archs)), pick)
+    agnostic = prior_components("nb201")
+    plain = fit_target(sources, x[pick], on_mean, agnostic, family_floor=False)
+    floored = fit_target(sources, x[pick], on_mean, agnostic)
+    mean_plain, std_plain = plain.predict(x[rest])
+    mean_floor, std_floor = floored.predict(x[rest])
+    assert np.array_equal(mean_plain, mean_floor)
+    assert np.all(std_floor >= std_plain * (1 - 1e-9))
+    err = np.abs(truth[rest] - mean_plain)
+    cover_plain, cover_floor = np.mean(err <= std_plain), np.mean(err <= std_floor)
+    assert cover_floor > cover_plain + 0.2, (cover_plain, cover_floor)
+    many = rng.choice(len(archs), 60, replace=False)
+    a = fit_target(sources, x[many], truth[many], agnostic, family_floor=False)
+    b = fit_target(sources, x[many], truth[many], agnostic)
+    assert np.median(b.predict(x[rest])[1] / a.predict(x[rest])[1]) < 1.1
