@@ -4,12 +4,29 @@ never a rank, and leaves a fit alone whose leave-one-out ratios are centred with
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy.stats import spearmanr
 
 from predictor.additive import LEVEL_MIN_N, design, fit_source, fit_target, loo_level
 from predictor.encode import get_encoder
 from predictor.opcost import prior_components
+
+
+def _additive_family(rng: np.random.Generator, n_sources: int, low: float, jitter: Callable[[int], np.ndarray]
+                     ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Every NB201 arch, their linear features, a per-op cost vector (uniform in [low, 1)) and the cost fits
+    (``fit_source``, 300 archs each) of ``n_sources`` additive devices whose costs are it times ``jitter``."""
+    enc = get_encoder("nb201")
+    archs = enc.enumerate()
+    x = enc.encode(archs).flat[:, enc.linear_features].astype(np.float64)
+    cost = rng.uniform(low, 1.0, x.shape[1])
+    sources = []
+    for _ in range(n_sources):
+        pick = rng.choice(len(archs), 300, replace=False)
+        sources.append(fit_source(x[pick], 2.0 + x[pick] @ (cost * jitter(x.shape[1]))))
+    return archs, x, cost, np.stack(sources)
 
 
 def test_loo_level_is_the_shrunk_median_ratio() -> None:
@@ -32,20 +49,13 @@ def test_level_correction_moves_the_level_of_a_skewed_fit_and_no_rank() -> None:
     machine was busy, or archs the additive model cannot explain): the fit in ms is pulled above the typical
     arch; the corrected model's median held-out ratio is closer to 1 and its ranking is the same."""
     rng = np.random.default_rng(3)
-    enc = get_encoder("nb201")
-    archs = enc.enumerate()
-    x = enc.encode(archs).flat[:, enc.linear_features].astype(np.float64)
-    cost = rng.uniform(0.0, 1.0, x.shape[1])
-    sources = []
-    for _ in range(6):
-        pick = rng.choice(len(archs), 300, replace=False)
-        sources.append(fit_source(x[pick], 2.0 + x[pick] @ (cost * rng.uniform(0.8, 1.2, x.shape[1]))))
+    archs, x, cost, sources = _additive_family(rng, 6, 0.0, lambda size: rng.uniform(0.8, 1.2, size))
     truth = (2.0 + x @ cost) * np.exp(rng.normal(0, 0.02, len(x)))
     pick = rng.choice(len(archs), 20, replace=False)
     rest = np.setdiff1d(np.arange(len(archs)), pick)
     measured = truth[pick].copy()
     measured[:5] *= 2.0
-    args = (np.stack(sources), x[pick], measured, prior_components("nb201"))
+    args = (sources, x[pick], measured, prior_components("nb201"))
     plain = fit_target(*args, level=False)
     fixed = fit_target(*args)
     assert plain.level == 1.0 and fixed.level < 0.97, fixed.level
@@ -63,15 +73,7 @@ def test_family_floor_widens_where_the_points_do_not_look_and_moves_no_predictio
     latencies are the same to the last bit, no interval is narrower, and the held-out errors fall inside +-1 std
     far more often; with 60 points the floor is spent (the points pin the costs down)."""
     rng = np.random.default_rng(11)
-    enc = get_encoder("nb201")
-    archs = enc.enumerate()
-    x = enc.encode(archs).flat[:, enc.linear_features].astype(np.float64)
-    base = rng.uniform(0.2, 1.0, x.shape[1])
-    sources = []
-    for _ in range(8):
-        pick = rng.choice(len(archs), 300, replace=False)
-        sources.append(fit_source(x[pick], 2.0 + x[pick] @ (base * rng.lognormal(0.0, 0.3, x.shape[1]))))
-    sources = np.stack(sources)
+    archs, x, base, sources = _additive_family(rng, 8, 0.2, lambda size: rng.lognormal(0.0, 0.3, size))
     truth = 2.0 + x @ (base * rng.lognormal(0.0, 0.3, x.shape[1]))
     # the 5 measured archs are where the target agrees with the sources' mean (their latencies are the mean's)
     pick = rng.choice(len(archs), 5, replace=False)
