@@ -10,9 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
-from profiles import fast_profile
+from profiles import fast_profile, rows_on_disk
 
 from harness.store import read_dataset
 from hwlat.cli.console import EXIT_BUSY
@@ -60,13 +59,6 @@ def test_contract_five_ok_rows_then_nothing_new(tmp_path: Path, cache: Path) -> 
     assert "Traceback" not in second.stderr
 
 
-def _candidate_rows(out: Path) -> int:
-    n = 0
-    for part in out.rglob("part-*.parquet"):
-        n += pq.read_metadata(part).num_rows
-    return n
-
-
 def test_kill_halfway_then_rerun_completes_exactly_the_rest(tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "ds"
     profile = fast_profile(tmp_path)
@@ -77,7 +69,7 @@ def test_kill_halfway_then_rerun_completes_exactly_the_rest(tmp_path: Path, cach
           str(tmp_path / "warm"), "--cache", str(cache), "--reference-every", "0")
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
     deadline = time.monotonic() + 300
-    while not (out.exists() and _candidate_rows(out) >= 12):
+    while not (out.exists() and rows_on_disk(out) >= 12):
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.05)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from profiles import rows_on_disk
 from sshkit import SSHServer, ensure_openssh, kill_agents
 
 from harness.store import read_dataset
@@ -85,15 +86,6 @@ def test_profile_budget_report_and_rerun(tmp_path: Path, base_model: Path) -> No
     assert read_dataset(out / "measurements").num_rows == 6 + extra and read_dataset(user_ds).num_rows == 6 + extra
 
 
-def _rows_on_disk(meas: Path) -> int:
-    """Rows in the running profile's part files; 0 while a merge replaces small parts under the scan (a part listed
-    then deleted), so the poll just looks again."""
-    try:
-        return sum(pq.read_metadata(p).num_rows for p in meas.rglob("part-*.parquet"))
-    except FileNotFoundError:
-        return 0
-
-
 def test_profile_interrupted_then_resumed(tmp_path: Path, base_model: Path) -> None:
     out = tmp_path / "prof"
     args = [sys.executable, "-m", "hwlat", "profile", str(_profile(tmp_path)), "--space", "nb201",
@@ -102,7 +94,7 @@ def test_profile_interrupted_then_resumed(tmp_path: Path, base_model: Path) -> N
     deadline = time.monotonic() + 600
     meas = out / "measurements"
     try:  # a failed wait must not leave the profile running: it holds the machine lock the next tests need
-        while _rows_on_disk(meas) < 2:
+        while rows_on_disk(meas) < 2:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline
             time.sleep(0.05)
