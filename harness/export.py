@@ -46,6 +46,12 @@ OPSET = 17
 EXPORTER_VERSION = 1
 #: Default parallelism: one worker per this many ONNX exports (see ``default_workers``).
 ONNX_JOBS_PER_WORKER = 32
+#: Exports a worker process makes before a fresh one replaces it, per format; absent: no limit, and one worker
+#: exports in this process. The ExecuTorch exporter keeps ~55 MB per OFA model that no ``gc`` returns (RSS
+#: 500 -> 741 MB over 5 exports, docs/spaces.md); a campaign that exported 350 models in one process grew to
+#: 23 GB and was killed. A new worker costs ~4 s (importing torch and the exporter) against ~15 s per export.
+#: ONNX and .pt2 keep ~0.6 MB per export: they stay in the process, for the profile loop's batches of five.
+TASKS_PER_WORKER = {"pte": 8, "tflite": 8}
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 
@@ -89,9 +95,9 @@ def export_models(
     """Export every spec (or find it in the cache); artifacts come back in the order of ``specs``.
 
     ``workers``: processes for the exports still to do (default ``default_workers``: one per
-    core, fewer for small ONNX batches; 1 exports in this process with one torch thread). More
-    than one spawns worker processes, so a calling script needs the ``if __name__ == "__main__":``
-    guard. ``progress`` is called once per distinct model,
+    core, fewer for small ONNX batches; 1 exports ONNX and .pt2 in this process with one torch thread).
+    More than one, or a format in ``TASKS_PER_WORKER``, spawns worker processes, so a calling script needs
+    the ``if __name__ == "__main__":`` guard. ``progress`` is called once per distinct model,
     cache hits included, in the order they become ready. Raises ``UsageError`` for an unknown
     format, space or arch, an unwritable cache directory, or a failed export; with ``keep_going`` a
     model whose export failed comes back as an ``ExportFailure`` in its place and the rest are exported
@@ -233,7 +239,8 @@ def _make_job(spec: ModelSpec, fmt: str) -> _Job:
 
 
 def _run_jobs(jobs: list[_Job], cache: ExportCache, workers: int | None, keep_going: bool = False):
-    """Yield (key, artifact) as exports finish; in this process or in a spawned pool.
+    """Yield (key, artifact) as exports finish; in this process or in a spawned pool whose workers are
+    replaced after ``TASKS_PER_WORKER`` exports of a leaking format.
 
     With ``keep_going`` a model's failed export yields (key, error message) instead of raising.
     """
@@ -242,7 +249,8 @@ def _run_jobs(jobs: list[_Job], cache: ExportCache, workers: int | None, keep_go
     if workers is None:
         workers = default_workers(len(jobs), jobs[0].fmt)
     workers = min(workers, len(jobs))
-    if workers == 1:
+    tasks_per_worker = TASKS_PER_WORKER.get(jobs[0].fmt)
+    if workers == 1 and tasks_per_worker is None:
         import torch
 
         # One thread, as in the workers: tracing gains nothing from more, and oversubscribed
@@ -261,11 +269,22 @@ def _run_jobs(jobs: list[_Job], cache: ExportCache, workers: int | None, keep_go
             torch.set_num_threads(previous)
         return
     ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(_export_one, job, str(cache.root)): job for job in jobs}
-        try:
-            for fut in cf.as_completed(futures):
+    slots = [_Worker(ctx, tasks_per_worker) for _ in range(workers)]
+    pending = list(reversed(jobs))
+    running: dict[cf.Future, tuple[_Job, _Worker]] = {}
+
+    def feed(slot: _Worker) -> None:
+        if pending:
+            job = pending.pop()
+            running[slot.submit(job, str(cache.root))] = (job, slot)
+
+    try:
+        for slot in slots:
+            feed(slot)
+        while running:
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                job, slot = running.pop(fut)
                 try:
                     artifact = fut.result()
                 except _ExportError as exc:
@@ -273,16 +292,49 @@ def _run_jobs(jobs: list[_Job], cache: ExportCache, workers: int | None, keep_go
                         raise
                     artifact = str(exc)
                 except BrokenProcessPool:
-                    job = futures[fut]
                     raise UsageError(
                         f"an export worker died while exporting {job.search_space} arch '{job.arch}': out "
                         "of memory (retry with fewer workers), or the calling script lacks the "
                         "`if __name__ == '__main__':` guard that spawned workers need"
                     ) from None
-                yield futures[fut].key, artifact
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+                feed(slot)
+                yield job.key, artifact
+    finally:
+        for slot in slots:
+            slot.close()
+
+
+class _Worker:
+    """One export process, replaced by a fresh one after ``tasks`` exports (None: never).
+
+    Not ``ProcessPoolExecutor(max_tasks_per_child=...)``: on Python 3.11-3.13 a pool that replaces a worker
+    with tasks queued can stop scheduling and hang for ever (CPython gh-115634). A one-process executor that
+    is given one job at a time and shut down when spent has no queue to lose, and still reports a worker
+    that died (``BrokenProcessPool``).
+    """
+
+    def __init__(self, ctx: Any, tasks: int | None) -> None:
+        self._ctx = ctx
+        self._tasks = tasks
+        self._done = 0
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def submit(self, job: _Job, cache_root: str) -> cf.Future:
+        if self._pool is not None and self._tasks is not None and self._done >= self._tasks:
+            self.close()
+        if self._pool is None:
+            self._pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=self._ctx, initializer=_init_worker,
+                                                initargs=(os.getpid(),))
+            self._done = 0
+        self._done += 1
+        return self._pool.submit(_export_one, job, cache_root)
+
+    def close(self) -> None:
+        """Stop the process (a job still running is waited for; the coordinator stops only between jobs
+        or on an error, when workers die with it anyway: ``_init_worker``)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 def default_workers(n_jobs: int, fmt: str) -> int:

@@ -356,7 +356,8 @@ def test_refused_out_at_the_cli_exit_2_before_export(tmp_path: Path, case: str) 
 
 # -------------------------------------------------------------------------------------------- machine lock
 def test_local_machine_lock_does_not_depend_on_tmpdir(tmp_path: Path) -> None:
-    """A campaign started with another $TMPDIR still finds the lock of the one measuring."""
+    """A campaign started with another $TMPDIR still finds the lock of the one measuring; one started with
+    another $HWLAT_MACHINE_LOCK does not."""
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import fcntl, sys, time\n"
@@ -375,6 +376,10 @@ def test_local_machine_lock_does_not_depend_on_tmpdir(tmp_path: Path) -> None:
                       str(_profile(tmp_path))], env={"TMPDIR": str(other_tmp)})
         assert "DeviceBusyError" in probe.stdout and "another hwlat campaign" in probe.stdout, probe
         assert Path("/var/tmp/hwlat-local-device.lock") == local_transport.LOCAL_LOCK
+        # $HWLAT_MACHINE_LOCK names a lock of its own (cores split on purpose): that campaign is not refused
+        apart = _run(probe.args, env={"TMPDIR": str(other_tmp),
+                                      local_transport.LOCK_ENV: str(tmp_path / "apart.lock")})
+        assert apart.returncode == 0 and apart.stdout == "", apart
     finally:
         holder.kill()
         holder.wait()

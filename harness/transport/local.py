@@ -29,16 +29,27 @@ from harness.transport.base import Transport
 #: bit for root and every user alike, and is not cleaned at boot the way /tmp is; /run/lock is root-only on
 #: some distributions (root:lock 0755 on Fedora).
 LOCAL_LOCK = Path("/var/tmp/hwlat-local-device.lock")
+#: Names another lock file instead of LOCAL_LOCK. For CPUs that are split on purpose (two campaigns pinned to
+#: disjoint cores, each with its own lock), and for a test suite that must not queue behind, or be refused
+#: by, a real campaign on the same machine.
+LOCK_ENV = "HWLAT_MACHINE_LOCK"
 #: Used only when LOCAL_LOCK cannot be opened at all (no /var/tmp, read-only): still one lock per user.
 LOCAL_LOCK_FALLBACK = Path("~/.cache/hwlat/local-device.lock")
 
 
-def open_machine_lock(path: Path = LOCAL_LOCK) -> int:
-    """A descriptor on the machine lock file, for flock; created world-writable so every user records its pid.
+def machine_lock_path() -> Path:
+    """The lock file local campaigns take: ``$HWLAT_MACHINE_LOCK`` when set, else LOCAL_LOCK."""
+    return Path(os.environ.get(LOCK_ENV) or LOCAL_LOCK)
+
+
+def open_machine_lock(path: Path | None = None) -> int:
+    """A descriptor on the machine lock file (default ``machine_lock_path()``), for flock; created
+    world-writable so every user records its pid.
 
     An existing file is opened without O_CREAT: with fs.protected_regular (Debian, Ubuntu) O_CREAT on another
     user's file in a sticky folder fails even for root. flock works on a read-only descriptor too.
     """
+    path = path or machine_lock_path()
     for _ in range(3):
         try:
             return os.open(path, os.O_RDWR)
