@@ -60,8 +60,9 @@ FORMAT = "hwlat-predictor/2"
 BUNDLED_MODEL = Path(__file__).resolve().parent / "pretrained" / "hwlat-bundled.pt"
 
 
-#: ``input_shapes=`` of the API: {graph input name: its full shape}, e.g. {"input": (1, 3, 224, 224)}
-InputShapes = Mapping[str, Sequence[int]]
+#: ``input_shapes=`` of the API: {graph input name: its full shape}, e.g. {"input": (1, 3, 224, 224)}; a shape may
+#: be an example tensor, whose dtype a torch module is traced with ({"ids": torch.zeros(1, 128, dtype=torch.long)})
+InputShapes = Mapping[str, Sequence[int] | torch.Tensor]
 
 #: graph inputs of the ONNX files seen, by (resolved path, mtime ns, size): a prediction loop over the same
 #: files parses each once, not once per call
@@ -91,8 +92,10 @@ def is_network(item: object) -> bool:
     return isinstance(item, (Path, torch.nn.Module)) or (isinstance(item, str) and item.lower().endswith(".onnx"))
 
 
-def _module_shapes(module: torch.nn.Module, request: ShapeRequest) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-    """({forward argument: shape} to trace ``module`` at, {name as given: shape} to record) from ``input_shapes``.
+def _module_shapes(module: torch.nn.Module, request: ShapeRequest
+                   ) -> tuple[dict[str, list[int]], dict[str, list[int]], dict[str, str]]:
+    """({forward argument: shape} to trace ``module`` at, {name as given: shape} to record, {forward argument: dtype}
+    of the inputs given as example tensors) from ``input_shapes``.
 
     A module declares no input shapes, so each required ``forward`` argument needs one, by its name; a module whose
     forward takes one tensor takes the only shape given whatever it is named (its ONNX export's input name, say),
@@ -106,14 +109,14 @@ def _module_shapes(module: torch.nn.Module, request: ShapeRequest) -> tuple[dict
                          "wrap it in a module whose forward names them")
     if len(required) == 1 and len(given) == 1 and not set(given) & {*required, *optional}:
         name, dims = next(iter(given.items()))
-        return {required[0]: dims}, {name: dims}
+        return {required[0]: dims}, {name: dims}, {required[0]: request.dtypes[name]} if name in request.dtypes else {}
     missing = [n for n in required if n not in given]
     if missing:
         example = ", ".join(f"{n!r}: (...)" for n in required)
         raise UsageError(f"{label} declares no input shapes: give the full shape of its forward argument"
                          f"{'s' if len(required) > 1 else ''} {', '.join(missing)} with input_shapes={{{example}}}")
     named = {n: given[n] for n in (*required, *optional) if n in given}
-    return named, named
+    return named, named, {n: request.dtypes[n] for n in named if n in request.dtypes}
 
 
 def encode_networks(items: Sequence[Network], input_shapes: InputShapes | None = None, batch: int | None = None,
@@ -129,7 +132,8 @@ def encode_networks(items: Sequence[Network], input_shapes: InputShapes | None =
     ``UsageError``s. File encodings are cached on disk by key (``encode_file``).
 
     Modules: traced at ``input_shapes`` (``_module_shapes``; ``batch``/``resolution`` size dynamic dimensions
-    of files, and a module has none: refused), keyed by ``module_key``, a digest of the traced graph. They are
+    of files, and a module has none: refused), with an input given as an example tensor traced at its dtype
+    (files declare their own), keyed by ``module_key``, a digest of the traced graph. They are
     not cached: the trace is the work a cache would save, and only the trace says what network a module is.
     """
     request = shape_request(input_shapes, batch, resolution)
@@ -139,20 +143,21 @@ def encode_networks(items: Sequence[Network], input_shapes: InputShapes | None =
         raise UsageError("batch and resolution size dynamic dimensions of ONNX files; a torch module takes its "
                          "full input shapes from input_shapes")
     used: list[dict[str, list[int]]] = []
-    todo: list[tuple[Network, dict[str, list[int]], dict[str, list[int]]]] = []
+    todo: list[tuple[Network, dict[str, list[int]], dict[str, list[int]], dict[str, str]]] = []
     for item in items:
         if isinstance(item, torch.nn.Module):
-            traced, recorded = _module_shapes(item, request)
+            traced, recorded, dtypes = _module_shapes(item, request)
         else:
             item = Path(item)
             traced = recorded = resolve_dims(item, _input_dims(item), request)
+            dtypes = {}
         used.append(recorded)
-        todo.append((item, traced, recorded))
+        todo.append((item, traced, recorded, dtypes))
     check_names_used(request, used, where)
     out = []
-    for item, traced, recorded in todo:
+    for item, traced, recorded, dtypes in todo:
         if isinstance(item, torch.nn.Module):
-            out.append(trace_module(item, traced, f"torch module {type(item).__name__}", recorded))
+            out.append(trace_module(item, traced, f"torch module {type(item).__name__}", recorded, dtypes))
             continue
         enc = encode_file(item, input_shapes=traced)
         if enc.inputs is None:  # a cache entry written before encodings recorded them: found at these shapes

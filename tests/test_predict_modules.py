@@ -75,6 +75,17 @@ class CrossAttention(torch.nn.Module):
         return torch.softmax(self.q(query) @ k.transpose(1, 2), dim=-1) @ v
 
 
+class TokenClassifier(torch.nn.Module):
+    """Integer token ids in: an embedding table, the attention block, mean over the sequence, a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.block, self.head = torch.nn.Embedding(500, D), Attention(), torch.nn.Linear(D, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.emb(ids)).mean(1))
+
+
 def _export(module: torch.nn.Module, shape: tuple[int, ...], path: Path, dynamic: dict | None = None) -> Path:
     """The harness's exporter settings (TorchScript exporter, opset 17), input named ``x``."""
     torch.onnx.export(module, (torch.randn(*shape),), str(path), input_names=["x"], output_names=["y"],
@@ -275,3 +286,28 @@ def test_the_prediction_parquet_records_the_shapes(bundled: predictor.Predictor,
     assert both["latency_ms"][1] == pytest.approx(pred["latency_ms"], rel=1e-6)
     assert both["latency_ms"][0] == pytest.approx(both["latency_ms"][1], rel=1e-4)
     assert np.isfinite(both["log_std"]).all() and both["flops"][0] == both["flops"][1]
+
+
+def test_a_module_with_integer_inputs_is_traced_at_the_example_tensors_dtype(bundled: predictor.Predictor,
+                                                                              tmp_path: Path) -> None:
+    """Token ids are integers: an example tensor in ``input_shapes`` gives the dtype (a shape alone traces float
+    inputs, which an embedding refuses: one line that says what to give), and the module predicts as its export."""
+    module = TokenClassifier()
+    ids = torch.zeros(1, 12, dtype=torch.long)
+    path = tmp_path / "tokens.onnx"
+    torch.onnx.export(module, (ids,), str(path), input_names=["ids"], output_names=["y"], opset_version=17,
+                      dynamo=False)
+    traced, exported = encode_networks([module, path], input_shapes={"ids": ids})
+    assert [op["type"] for op in traced.ops] == [op["type"] for op in exported.ops] and traced.ops[0]["type"] == "slice"
+    assert traced.edges == exported.edges
+    for total in ("flops", "bytes_written", "params"):
+        assert traced.total(total) == exported.total(total) > 0, total
+    assert traced.total("bytes_read") == pytest.approx(exported.total("bytes_read"), rel=1e-3)
+    assert traced.inputs == exported.inputs == {"ids": [1, 12]}
+    ms = bundled.predict([module, path], "epyc2c-ort-t1", "autoformer", input_shapes={"ids": ids})
+    assert ms[0] == pytest.approx(ms[1], rel=1e-4) and ms[0] > 0
+
+    with pytest.raises(UsageError) as info:
+        bundled.predict([module], "epyc2c-ort-t1", "autoformer", input_shapes={"ids": (1, 12)})
+    msg = str(info.value)
+    assert "\n" not in msg and "embedding" in msg and "example tensor" in msg and "input ids was float32" in msg

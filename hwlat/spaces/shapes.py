@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -44,6 +45,9 @@ class ShapeRequest:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     batch: int | None = None
     resolution: int | None = None
+    #: {input name: dtype name ("int64")} of the inputs given as example tensors: what a torch module is traced
+    #: with (an ONNX file declares its own)
+    dtypes: dict[str, str] = field(default_factory=dict)
 
 
 def parse_input_shape(text: str) -> tuple[str, list[int]]:
@@ -59,14 +63,19 @@ def parse_input_shape(text: str) -> tuple[str, list[int]]:
     return name, shape
 
 
-def shape_request(input_shapes: Iterable[str] | Mapping[str, Sequence[int]] | None = None,
+def shape_request(input_shapes: Iterable[str] | Mapping[str, Any] | None = None,
                   batch: int | None = None, resolution: int | None = None) -> ShapeRequest:
     """A checked ``ShapeRequest`` from the command line's repeatable ``--input-shape NAME=DIMS`` texts, or from
-    the Python API's ``{name: dims}``; ``UsageError`` for a malformed size, an input named twice, or a
+    the Python API's ``{name: dims}``, where dims may be an example tensor (its shape, and its dtype for a torch
+    module: integer token ids); ``UsageError`` for a malformed size, an input named twice, or a
     ``batch``/``resolution`` below 1."""
     given: list[tuple[str, list[int]]] = []
+    dtypes: dict[str, str] = {}
     if isinstance(input_shapes, Mapping):
         for name, dims in input_shapes.items():
+            if hasattr(dims, "shape") and hasattr(dims, "dtype"):  # an example tensor (torch or numpy)
+                dtypes[str(name)] = str(dims.dtype).removeprefix("torch.")
+                dims = tuple(dims.shape)
             try:
                 shape = [int(d) for d in dims]
             except (TypeError, ValueError):
@@ -83,7 +92,7 @@ def shape_request(input_shapes: Iterable[str] | Mapping[str, Sequence[int]] | No
     for value in (batch, resolution):
         if value is not None and value < 1:
             raise UsageError(f"--batch and --resolution must be at least 1, got {value}")
-    return ShapeRequest(dict(given), batch, resolution)
+    return ShapeRequest(dict(given), batch, resolution, dtypes)
 
 
 def check_names_used(request: ShapeRequest, resolved: Iterable[Mapping[str, list[int]]], where: str) -> None:

@@ -86,7 +86,7 @@ _TYPE: dict[str, str] = {
                                 "pixel_unshuffle", "channel_shuffle")},
     "cat": "concat", "concat": "concat", "stack": "concat",
     **{n: "slice" for n in ("__getitem__", "narrow", "select", "split", "chunk", "unbind", "__iter__", "gather",
-                            "index_select", "tile", "repeat", "roll", "tensor_split")},
+                            "index_select", "tile", "repeat", "roll", "tensor_split", "embedding")},
     "pad": "pad", "interpolate": "resize", "upsample": "resize", "upsample_bilinear": "resize",
     "upsample_nearest": "resize",
 }
@@ -180,13 +180,15 @@ def forward_inputs(module: torch.nn.Module) -> tuple[list[str], list[str]]:
 
 
 def trace_module(module: torch.nn.Module, shapes: Mapping[str, Sequence[int]], label: str = "module",
-                 recorded: Mapping[str, Sequence[int]] | None = None) -> GraphEncoding:
+                 recorded: Mapping[str, Sequence[int]] | None = None,
+                 dtypes: Mapping[str, str] | None = None) -> GraphEncoding:
     """The ``GraphEncoding`` of a user's torch module called on ``shapes`` (by ``forward`` argument name), with
     the tracer the spaces use, in eval mode as ``torch.onnx.export`` runs it; the module is left as it was.
 
     Its weights are replaced by meta tensors for the trace (``torch.func.functional_call``: nothing is computed
     or copied); a module that cannot run on the meta device is run once on zeros on its own device instead.
-    Inputs are floating tensors of the module's parameter dtype. ``recorded`` is what the encoding's ``inputs``
+    Inputs are floating tensors of the module's parameter dtype, except those ``dtypes`` names ({argument: torch
+    dtype name}, e.g. "int64" for token ids). ``recorded`` is what the encoding's ``inputs``
     say (default ``shapes``: a caller may name them as the user did). The key is ``module_key`` of what was
     traced. A function the tracer has no type for, or a module that cannot be called on those shapes, is a
     one-line ``UsageError`` naming ``label``.
@@ -195,7 +197,8 @@ def trace_module(module: torch.nn.Module, shapes: Mapping[str, Sequence[int]], l
 
     sized = {str(n): [int(d) for d in dims] for n, dims in shapes.items()}
     tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
-    dtype = tensors[0].dtype if tensors else torch.float32
+    default = tensors[0].dtype if tensors else torch.float32
+    dtype = {n: _torch_dtype(dtypes[n], n, label) if dtypes and n in dtypes else default for n in sized}
     modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
@@ -224,7 +227,18 @@ def module_key(enc: GraphEncoding) -> str:
     return "torch-" + hashlib.sha256(body.encode()).hexdigest()
 
 
-def _trace_module(module: torch.nn.Module, shapes: dict[str, list[int]], dtype: Any, label: str) -> GraphEncoding:
+def _torch_dtype(name: str, arg: str, label: str) -> Any:
+    """The torch dtype called ``name`` ("int64", "float16"), or a one-line ``UsageError``."""
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise UsageError(f"{label}: input {arg} is given as a tensor of dtype {name!r}, which torch has no dtype for")
+    return dtype
+
+
+def _trace_module(module: torch.nn.Module, shapes: dict[str, list[int]], dtype: dict[str, Any],
+                  label: str) -> GraphEncoding:
     import torch
     from torch.func import functional_call
 
@@ -235,7 +249,7 @@ def _trace_module(module: torch.nn.Module, shapes: dict[str, list[int]], dtype: 
         params = {n: torch.nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
                   for n, p in module.named_parameters()}
         buffers = {n: torch.empty_like(b, device="meta") for n, b in module.named_buffers()}
-        meta = {n: torch.empty(shapes[n], dtype=dtype, device="meta") for n in order}
+        meta = {n: torch.empty(shapes[n], dtype=dtype[n], device="meta") for n in order}
         args, kwargs = [meta[n] for n in positional], {n: meta[n] for n in order if n not in positional}
         return _trace(lambda: functional_call(module, {**params, **buffers}, tuple(args), kwargs),
                       list(meta.values()), params.values(), "")
@@ -244,15 +258,20 @@ def _trace_module(module: torch.nn.Module, shapes: dict[str, list[int]], dtype: 
     except Exception:  # any meta-device failure: run the module itself once, on zeros
         pass
     device = next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
-    real = {n: torch.zeros(shapes[n], dtype=dtype, device=device) for n in order}
+    real = {n: torch.zeros(shapes[n], dtype=dtype[n], device=device) for n in order}
     args, kwargs = [real[n] for n in positional], {n: real[n] for n in order if n not in positional}
     try:
         return _trace(lambda: module(*args, **kwargs), list(real.values()), module.parameters(), "")
     except UsageError:
         raise
     except Exception as exc:
+        floats = [n for n in order if dtype[n].is_floating_point]
+        many = len(floats) > 1
+        hint = (f" (input{'s' if many else ''} {', '.join(floats)} {'were' if many else 'was'} "
+                f"{str(dtype[floats[0]]).removeprefix('torch.')}: an input of another dtype, such as integer token "
+                "ids, is given as an example tensor in input_shapes)") if floats else ""
         raise UsageError(f"cannot trace {label} at input shapes {json.dumps(shapes)}: {type(exc).__name__}: "
-                         f"{one_line(exc)}") from None
+                         f"{one_line(exc)}{hint}") from None
 
 
 def _meta_build_mode() -> type:
