@@ -60,7 +60,7 @@ def test_profile_budget_report_and_rerun(tmp_path: Path, base_model: Path) -> No
     out = tmp_path / "prof"
     user_ds = tmp_path / "mydata"
     args = ["profile", str(_profile(tmp_path)), "--space", "nb201", "--budget", "6", "--batch", "3",
-            "--out", str(out), "--model", str(base_model), "--dataset", str(user_ds)]
+            "--out", str(out), "--model", str(base_model), "--dataset", str(user_ds), "--target-std", "0.5"]
     proc = _run(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "round 0" in proc.stderr and "round 1" in proc.stderr and "report" in proc.stderr
@@ -75,8 +75,14 @@ def test_profile_budget_report_and_rerun(tmp_path: Path, base_model: Path) -> No
     assert (preds.column("latency_ms").to_numpy() > 0).all()
     assert sum(m is not None for m in preds.column("measured_ms").to_pylist()) == 6
     assert [r["sampler"] for r in state["rounds"]] == ["diversity", "default"]
-    assert all(r["done"] for r in state["rounds"]) and state["stopped"].startswith("budget")
+    assert all(r["done"] for r in state["rounds"]) and state["stopped"].startswith("budget")  # 6 < --min-measured
+    # --target-std: each round predicted the whole pool's std, and the held-out archs checked the std they were given
+    assert all(0 < r["pool_std"] < 5 for r in state["rounds"])
+    last = state["rounds"][-1]
+    assert sorted(last["cv_std"]) == sorted(last["cv_pred"]) and len(last["cv_pred"]) == 6
+    assert 0 <= last["cv_coverage"] <= 1 and "within their predicted +-1 std" in proc.stderr
     html = (out / "report.html").read_text()
+    assert "±1 std holds" in html
     for png in ("rounds.png", "pred_vs_measured.png", "latency_distribution.png", "flops_vs_latency.png"):
         assert png in html and (out / png).stat().st_size > 5000
     assert (out / "predictor-board.pt").exists()
@@ -115,6 +121,10 @@ def test_profile_bad_input(tmp_path: Path, base_model: Path) -> None:
     proc = _run("profile", "local", "--space", "fbnet", "--out", str(tmp_path / "o2"), "--model",
                 str(tmp_path / "missing.pt"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    for bad in ("0", "1.5", "five"):
+        proc = _run("profile", "local", "--out", str(tmp_path / "o3"), "--model", str(base_model), "--target-std", bad)
+        assert proc.returncode == 2 and "--target-std" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "o3").exists()
 
 
 @pytest.mark.tflite

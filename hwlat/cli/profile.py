@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         out=Path(args.out), data=[Path(p) for p in args.data or []],
         dataset=Path(args.dataset) if args.dataset else None, model=Path(args.model) if args.model else None,
         fmt=args.format, threads=args.threads, seed=args.seed, min_measured=args.min_measured,
-        patience=args.patience, cache_dir=Path(args.cache) if args.cache else None,
+        patience=args.patience, cache_dir=Path(args.cache) if args.cache else None, target_std=args.target_std,
     )
     with contextlib.ExitStack() as stack:
         def hold() -> None:
@@ -47,10 +48,22 @@ def profile_document(out: Path, paths: dict[str, Any]) -> dict[str, Any]:
     """``hwlat profile --json`` (docs/cli.md): where everything is, and how each round went."""
     state = json.loads((out / "state.json").read_text())
     rounds = [{k: r.get(k) for k in ("round", "sampler", "measured", "cv_spearman", "cv_kendall", "cv_mape",
-                                     "best_source", "ref_level_ms", "remeasures", "set_aside", "level_notes")}
+                                     "cv_coverage", "pool_std", "best_source", "ref_level_ms", "remeasures",
+                                     "set_aside", "level_notes")}
               for r in state["rounds"] if r["done"]]
     return {"device": state["device"], "space": state["space"], "stopped": state["stopped"],
             "rounds": rounds, "level": state.get("level"), **{k: str(v) for k, v in paths.items()}}
+
+
+def _fraction(text: str) -> float:
+    """A std of log latency for ``--target-std``: a number above 0 and below 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (0.05: about +-5%), got {text!r}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,6 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="never stop for convergence before this many measurements (default 30)")
     p.add_argument("--patience", type=int, default=2,
                    help="stop when CV Spearman improved < 0.005 in this many rounds in a row (default 2)")
+    p.add_argument("--target-std", type=_fraction, metavar="STD",
+                   help="also stop (after --min-measured) once the median predicted std of log latency over the "
+                   "candidates is at most STD (0.05: about +-5%%) and the out-of-fold archs confirm it")
     p.add_argument("--cache", metavar="DIR", help="export cache (default $HWLAT_CACHE or ~/.cache/hwlat/exports)")
     add_wait_flag(p)
     add_json_flag(p)

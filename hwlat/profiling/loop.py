@@ -10,7 +10,10 @@ with the default sampler. The loop stops when the budget is spent or the predict
 
 Stopping rule (docs/profile.md): with at least ``min_measured`` archs measured (default 30 — below that a
 cross-validated Spearman over a handful of archs is too noisy to act on), stop when the cross-validated
-Spearman improved by less than ``tolerance`` (0.005) in each of the last ``patience`` (2) rounds.
+Spearman improved by less than ``tolerance`` (0.005) in each of the last ``patience`` (2) rounds, or, with
+``target_std``, when the predictions are as sure as asked: the median predicted std of log latency over the
+candidate pool is at most ``target_std`` and the out-of-fold archs confirm the std (at least
+``MIN_CV_COVERAGE`` of them within their predicted +-1 std; an optimistic std cannot stop the loop).
 
 Batch levels (docs/profile.md, "Off-level batches"): each batch is its own campaign session, so before a round's
 transfer its drift reference level is compared with the profile's other batches (``settle_levels``); an
@@ -82,6 +85,8 @@ class ProfileRequest:
     min_measured: int = 30
     patience: int = 2
     tolerance: float = 0.005
+    #: stop once the pool's median predicted std of log latency is this small (0.05: about +-5 %); None: never
+    target_std: float | None = None
     folds: int = 4
     cache_dir: Path | None = None
     level_tolerance: float = LEVEL_TOLERANCE
@@ -221,22 +226,40 @@ def load_base(req: ProfileRequest) -> Any:
     return predictor.load(path)
 
 
+#: ``target_std`` stops the loop only if at least this share of the out-of-fold archs lie within their predicted
+#: +-1 std (nominal 0.68). Why 0.5: with ~30 held-out archs the share itself scatters by ~0.08, so a calibrated
+#: std passes; a std that claims a third of its real error (coverage ~0.25, as the transfer gives at 5 samples on
+#: some devices, docs/predictor.md) does not.
+MIN_CV_COVERAGE = 0.5
+
+
 def cross_validate(base_path: Path, target: str, space: str, archs: list[str], lat: np.ndarray, folds: int,
-                   seed: int) -> dict[str, float]:
-    """Held-out predictions for every measured arch (k-fold transfer), for the stopping rule and the report."""
+                   seed: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Held-out predictions and their std of log latency for every measured arch (k-fold transfer), for the
+    stopping rule and the report."""
     from sklearn.model_selection import KFold
 
     import predictor
 
-    out: dict[str, float] = {}
+    pred_out: dict[str, float] = {}
+    std_out: dict[str, float] = {}
     for train, test in KFold(min(folds, len(archs)), shuffle=True, random_state=seed).split(archs):
         if len(train) < 2:
             continue
         model = predictor.load(base_path)
         model.transfer(target, [archs[i] for i in train], lat[train], space=space, seed=seed)
-        pred = model.predict([archs[i] for i in test], target, space=space)
-        out.update({archs[i]: float(p) for i, p in zip(test, pred, strict=True)})
-    return out
+        pred, std = model.predict_with_uncertainty([archs[i] for i in test], target, space=space)
+        pred_out.update({archs[i]: float(p) for i, p in zip(test, pred, strict=True)})
+        std_out.update({archs[i]: float(s) for i, s in zip(test, std, strict=True)})
+    return pred_out, std_out
+
+
+def cv_coverage(cv_pred: dict[str, float], cv_std: dict[str, float], measured: dict[str, float]) -> float | None:
+    """Share of the out-of-fold archs whose measured latency lies within their predicted +-1 std (log scale)."""
+    archs = [a for a in cv_pred if a in cv_std and a in measured]
+    if not archs:
+        return None
+    return float(np.mean([abs(math.log(measured[a] / cv_pred[a])) <= cv_std[a] for a in archs]))
 
 
 def cv_scores(cv_pred: dict[str, float], measured: dict[str, float]) -> tuple[float | None, float | None, float]:
@@ -258,6 +281,20 @@ def converged(rounds: list[RoundRecord], req: ProfileRequest) -> bool:
         return False
     recent = [r.cv_spearman for r in done[-(req.patience + 1):]]
     return all(b - a < req.tolerance for a, b in itertools.pairwise(recent))
+
+
+def precise_enough(rounds: list[RoundRecord], req: ProfileRequest) -> str:
+    """Why the ``target_std`` rule stops the loop after the last finished round, or "" (module docstring)."""
+    done = [r for r in rounds if r.done]
+    if req.target_std is None or not done:
+        return ""
+    last = done[-1]
+    if last.measured < req.min_measured or last.pool_std is None or last.cv_coverage is None:
+        return ""
+    if last.pool_std > req.target_std or last.cv_coverage < MIN_CV_COVERAGE:
+        return ""
+    return (f"precise enough: median predicted std {last.pool_std:.3f} <= {req.target_std:g}, and "
+            f"{last.cv_coverage:.0%} of the out-of-fold archs within their +-1 std")
 
 
 def sync_rows(src: Path, dst: Path) -> int:
@@ -347,6 +384,8 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
                 state.stopped = f"budget of {req.budget} measurements spent"
             elif converged(state.rounds, req):
                 state.stopped = "converged: cross-validated Spearman stopped improving"
+            else:
+                state.stopped = precise_enough(state.rounds, req)
             if state.stopped:
                 state.save(state_path)
                 break
@@ -376,17 +415,24 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
             raise UsageError(f"only {len(archs)} of {len(attempted)} archs could be measured on {device.name}; "
                              f"see the error column in {meas_dir}")
         lat = np.array([measured[a] for a in archs])
-        cv = cross_validate(base_path, target, space, archs, lat, req.folds, req.seed) if len(archs) >= 4 else {}
+        cv, cv_std = cross_validate(base_path, target, space, archs, lat, req.folds, req.seed) \
+            if len(archs) >= 4 else ({}, {})
         rho, tau, mape = cv_scores(cv, measured)
         model = predictor.load(base_path)
         info = model.transfer(target, archs, lat, space=space, seed=req.seed)
         model.save(model_path)
         pending.measured, pending.cv_spearman, pending.cv_kendall = len(attempted), rho, tau
         pending.cv_mape, pending.best_source, pending.cv_pred = mape, str(info.get("best_source", "")), cv
+        pending.cv_std, pending.cv_coverage = cv_std, cv_coverage(cv, cv_std, measured)
+        if req.target_std is not None:  # the whole pool's prediction: only when the rule needs it
+            pending.pool_std = float(np.median(model.predict_with_uncertainty(pool, target, space=space)[1]))
         pending.done = True
         state.save(state_path)
         quality = "too few for cross-validation" if rho is None else \
-            f"cross-validated Spearman {rho:.3f}, Kendall {tau:.3f}, MAPE {mape:.1f}%"
+            f"cross-validated Spearman {rho:.3f}, Kendall {tau:.3f}, MAPE {mape:.1f}%, " \
+            f"{pending.cv_coverage:.0%} within their predicted +-1 std"
+        if pending.pool_std is not None:
+            quality += f"; median predicted std over the pool {pending.pool_std:.3f}"
         say(f"round {pending.round}: {len(attempted)} measured, {quality}; closest source device "
             f"{pending.best_source}")
 

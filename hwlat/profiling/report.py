@@ -305,7 +305,8 @@ def write_report(out: Path, state: ProfileState, table: pa.Table, device: str, s
         if not r.done:
             continue
         entry = {"round": r.round, "sampler": r.sampler, "measured": r.measured, "cv_spearman": r.cv_spearman,
-                 "cv_kendall": r.cv_kendall, "cv_mape": r.cv_mape, "best_source": r.best_source,
+                 "cv_kendall": r.cv_kendall, "cv_mape": r.cv_mape, "cv_coverage": r.cv_coverage,
+                 "best_source": r.best_source,
                  "cv_pred": r.cv_pred}
         entry.update(bootstrap_round(r.cv_pred, measured, seed=r.round))
         rounds.append(entry)

@@ -23,6 +23,12 @@ class RoundRecord:
     cv_mape: float | None = None
     best_source: str = ""
     cv_pred: dict[str, float] = field(default_factory=dict)
+    #: the out-of-fold predictions' std of log latency, by arch: the held-out check of the predicted uncertainty
+    cv_std: dict[str, float] = field(default_factory=dict)
+    #: share of the out-of-fold archs whose measured latency lies within their predicted +-1 std (nominal 0.68)
+    cv_coverage: float | None = None
+    #: median predicted std of log latency over the candidate pool after the round's transfer (``--target-std``)
+    pool_std: float | None = None
     done: bool = False
     #: the batch's drift reference level (median of its accepted rows' ``round_ref_ms``), set once accepted
     ref_level_ms: float | None = None
