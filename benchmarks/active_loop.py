@@ -44,6 +44,13 @@ def hardware_of(data: Path) -> dict[str, str]:
     return dict(zip(df["device"], df["hardware"].astype(str), strict=True))
 
 
+def family_out_model(table, space: str, hardware: dict[str, str], target: str, seed: int) -> tuple[Predictor, int]:
+    """(a predictor pretrained on every device but ``target`` and its hardware's other devices, how many there were)."""
+    family = hardware.get(target)
+    train = [d for d in table.devices(space) if d != target and (family is None or hardware.get(d) != family)]
+    return Predictor({space: pretrain_protocol(table, space, train, TrainConfig(seed=seed))}, ""), len(train)
+
+
 def loop(model: Predictor, space: str, series: pd.Series, sampler: str, batch: int, most: int,
          seed: int) -> list[tuple[int, float]]:
     """One simulated profile: returns (measured, Spearman on the rest) after every round.
@@ -78,15 +85,21 @@ def needed(curve: list[tuple[int, float]], threshold: float, cap: int) -> int:
     return next((n for n, rho in curve if rho >= threshold), cap)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def simulation_parser(doc: str, seeds: int, batch: int) -> argparse.ArgumentParser:
+    """The arguments of a simulated profile: the data, the space, the targets, seeds, batch and budget."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--space", default="nb201")
     parser.add_argument("--target", action="append", required=True)
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=seeds)
+    parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--max", type=int, default=60)
     parser.add_argument("--json", type=Path)
+    return parser
+
+
+def main() -> int:
+    parser = simulation_parser(__doc__, seeds=2, batch=5)
     parser.add_argument("--sampler", action="append",
                         help="sampler after the first batch, compared with random (repeatable; default: default)")
     args = parser.parse_args()
@@ -96,16 +109,13 @@ def main() -> int:
     samplers = [*(args.sampler or ["default"]), "random"]
     table = load_table([args.data])
     hardware = hardware_of(args.data)
-    devices = table.devices(args.space)
     report: dict = {"batch": args.batch, "max": args.max, "seeds": args.seeds, "targets": {}}
     for target in args.target:
         t0 = time.perf_counter()
-        family = hardware.get(target)
-        train = [d for d in devices if d != target and (family is None or hardware.get(d) != family)]
         series = table.device_series(args.space, target)
-        entry: dict = {"train_devices": len(train), **{name: {} for name in samplers}}
+        entry: dict = {name: {} for name in samplers}
         for seed in range(args.seeds):
-            model = Predictor({args.space: pretrain_protocol(table, args.space, train, TrainConfig(seed=seed))}, "")
+            model, entry["train_devices"] = family_out_model(table, args.space, hardware, target, seed)
             for sampler in samplers:
                 curve = loop(model, args.space, series, sampler, args.batch, args.max, seed)
                 entry[sampler].setdefault("curves", []).append(curve)

@@ -11,9 +11,10 @@ with the default sampler. The loop stops when the budget is spent or the predict
 Stopping rule (docs/profile.md): with at least ``min_measured`` archs measured (default 30 — below that a
 cross-validated Spearman over a handful of archs is too noisy to act on), stop when the cross-validated
 Spearman improved by less than ``tolerance`` (0.005) in each of the last ``patience`` (2) rounds, or, with
-``target_std``, when the predictions are as sure as asked: the median predicted std of log latency over the
-candidate pool is at most ``target_std`` and the out-of-fold archs confirm the std (at least
-``MIN_CV_COVERAGE`` of them within their predicted +-1 std; an optimistic std cannot stop the loop).
+``target_std``, when the predictions are as sure as asked and the held-out evidence agrees: the median predicted
+std of log latency over the candidate pool is at most ``target_std``, the out-of-fold archs' MAPE is at most
+``target_std`` (as a fraction), and at least ``MIN_CV_COVERAGE`` of them lie within their predicted +-1 std (an
+optimistic std cannot stop the loop alone).
 
 Batch levels (docs/profile.md, "Off-level batches"): each batch is its own campaign session, so before a round's
 transfer its drift reference level is compared with the profile's other batches (``settle_levels``); an
@@ -289,12 +290,12 @@ def precise_enough(rounds: list[RoundRecord], req: ProfileRequest) -> str:
     if req.target_std is None or not done:
         return ""
     last = done[-1]
-    if last.measured < req.min_measured or last.pool_std is None or last.cv_coverage is None:
+    if last.measured < req.min_measured or None in (last.pool_std, last.cv_coverage, last.cv_mape):
         return ""
-    if last.pool_std > req.target_std or last.cv_coverage < MIN_CV_COVERAGE:
+    if last.pool_std > req.target_std or last.cv_mape > 100 * req.target_std or last.cv_coverage < MIN_CV_COVERAGE:
         return ""
-    return (f"precise enough: median predicted std {last.pool_std:.3f} <= {req.target_std:g}, and "
-            f"{last.cv_coverage:.0%} of the out-of-fold archs within their +-1 std")
+    return (f"precise enough: median predicted std {last.pool_std:.3f} <= {req.target_std:g}, out-of-fold MAPE "
+            f"{last.cv_mape:.1f}%, {last.cv_coverage:.0%} of the out-of-fold archs within their +-1 std")
 
 
 def sync_rows(src: Path, dst: Path) -> int:
