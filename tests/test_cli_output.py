@@ -132,7 +132,7 @@ def test_predictor_info_and_predict_json(tmp_path: Path) -> None:
     assert set(info["spaces"]) == {"nb201", "fbnet", "ofa", "autoformer"} and info["bytes"] > 0 and info["fingerprint"]
     devices = info["spaces"]["nb201"]["pretrained"]
     assert "epyc2c-ort-t1" in devices and info["spaces"]["nb201"]["transferred"] == []
-    for space in ("nb201", "fbnet"):  # the bundled runtimes beside onnxruntime (issue 14)
+    for space in ("nb201", "fbnet", "ofa", "autoformer"):  # the bundled runtimes beside onnxruntime (issue 14)
         assert {"epyc2c-ov-t1", "epyc2c-et-t1"} <= set(info["spaces"][space]["pretrained"]), info["spaces"][space]
     for space in ("fbnet", "ofa", "autoformer"):
         assert "epyc2c-ort-t1" in info["spaces"][space]["pretrained"]
