@@ -26,7 +26,7 @@ from scipy.stats import spearmanr
 
 from benchmarks.active_loop import family_out_model, hardware_of, simulation_parser
 from harness.devices import resolve_device
-from hwlat.profiling.loop import ProfileRequest, cross_validate, cv_coverage, precise_enough
+from hwlat.profiling.loop import ProfileRequest, cross_validate, cv_coverage, cv_scores, precise_enough
 from hwlat.profiling.state import RoundRecord
 from predictor.api import Predictor
 from predictor.data import load_table
@@ -53,7 +53,7 @@ def rounds_of(model: Predictor, space: str, series, batch: int, most: int, seed:
             lat = series.loc[measured].to_numpy()
             truth = dict(zip(measured, lat.tolist(), strict=True))
             cv, cv_std = cross_validate(base_path, "target", space, measured, lat, 4, seed)
-            cv_mape = float(np.mean([abs(cv[a] / truth[a] - 1) for a in cv]) * 100)
+            cv_mape = cv_scores(cv, truth)[2]  # the loop's own out-of-fold MAPE
             current = copy.deepcopy(model)
             current.transfer("target", measured, lat, space=space, seed=seed)
             pred, std = current.predict_with_uncertainty(pool, "target", space=space)
