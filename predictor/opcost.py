@@ -47,7 +47,7 @@ from .encode import (
     get_encoder,
     is_registered,
 )
-from .graph import K
+from .graph import KERNEL_BUCKETS, KERNEL_NAMES, KERNEL_TYPES, N_KERNEL, K
 
 QUANTITIES = ("flops", "bytes", "launches")
 
@@ -105,19 +105,26 @@ def op_quantities(space: str) -> tuple[np.ndarray, list[str]]:
     raise KeyError(space)
 
 
-def graph_quantities() -> tuple[np.ndarray, list[str]]:
-    """Quantities [3K, 3] and op types [3K] of the graph encoders' linear features (``predictor.graph.linear``).
+def graph_quantities() -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Quantities [F, 3], op types [F] and the shared-constant mask [F] of the graph encoders' linear features
+    (``predictor.graph.linear``, F = ``N_LINEAR``).
 
     Those columns *are* the quantities: per op type its FLOPs, bytes moved and launches, in
     ``graph.LINEAR_UNITS``. Column ``q * K + t`` holds quantity ``q`` of op type ``t``, so its row here is the
     unit vector of ``q``: the same roofline (one device constant per quantity, plus per op type its own
     efficiency) over whatever network the graph came from -- an ONNX file, OFA, a ViT or a plug-in space.
+    The kernel sub-types' FLOPs and bytes (``graph.KERNEL_NAMES``) follow; they repeat FLOPs and bytes the
+    type's own columns already count, so they are only a sub-type's *extra* cost per FLOP or byte (prior mean
+    0, its own efficiency) and stay out of the shared device constants (mask False).
     """
-    q = np.kron(np.eye(len(QUANTITIES)), np.ones((K, 1)))
-    return q, list(OP_TYPES) * len(QUANTITIES)
+    base = np.kron(np.eye(len(QUANTITIES)), np.ones((K, 1)))
+    kern = np.kron(np.eye(len(QUANTITIES))[:2], np.ones((N_KERNEL, 1)))
+    shared = np.concatenate([np.ones(len(base), bool), np.zeros(len(kern), bool)])
+    return np.concatenate([base, kern]), list(OP_TYPES) * len(QUANTITIES) + list(KERNEL_NAMES) * 2, shared
 
 
-def components(q: np.ndarray, names: list[str], typical: np.ndarray) -> dict[str, np.ndarray]:
+def components(q: np.ndarray, names: list[str], typical: np.ndarray, shared_mask: np.ndarray | None = None
+               ) -> dict[str, np.ndarray]:
     """Gaussian prior covariance components over the cost vector ``[intercept, linear features]``.
 
     ``q`` [F, Q]: each linear feature's quantities (FLOPs, bytes, launches); ``names`` [F]: its op type;
@@ -127,6 +134,7 @@ def components(q: np.ndarray, names: list[str], typical: np.ndarray) -> dict[str
     skeleton (stem, reductions, head) of unknown cost. Each column is scaled so that it adds about 1 to the
     typical arch's latency, which is the unit the cost model works in (latency / mean latency): a prior scale
     of 1 then means "this term could explain the whole latency". A column no typical arch uses is dropped.
+    ``shared_mask`` [F] (default: every feature): the features the shared device constants apply to.
     """
     typical = np.asarray(typical, np.float64)
     names_arr = np.asarray(names)
@@ -136,7 +144,8 @@ def components(q: np.ndarray, names: list[str], typical: np.ndarray) -> dict[str
         return np.concatenate([[0.0], col / t]) if t > 0 else np.zeros(len(col) + 1)
 
     ops = sorted(set(names), key=names.index)
-    shared = np.stack([scaled(q[:, j]) for j in range(q.shape[1])], 1)
+    in_shared = np.ones(len(q), bool) if shared_mask is None else np.asarray(shared_mask, bool)
+    shared = np.stack([scaled(q[:, j] * in_shared) for j in range(q.shape[1])], 1)
     per_op = np.stack([scaled(q[:, j] * (names_arr == op)) for op in ops for j in range(q.shape[1])], 1)
     shared = shared[:, np.abs(shared).sum(0) > 0]
     per_op = per_op[:, np.abs(per_op).sum(0) > 0]
@@ -167,5 +176,13 @@ def prior_components(space: str, x: np.ndarray | None = None) -> dict[str, np.nd
         return _dedicated_components(space)
     if not is_registered(space) or not isinstance(get_encoder(space), GraphEncoder) or x is None or not len(x):
         return {}
-    q, names = graph_quantities()
-    return components(q, names, np.asarray(x, np.float64).mean(0))
+    q, names, shared = graph_quantities()
+    x = np.asarray(x, np.float64)
+    # a kernel column equal to its type's column on every arch at hand (all of that type's convolutions in one
+    # bucket, e.g. a ViT's one patch embedding) adds no extra cost per FLOP that the type's own term lacks:
+    # without this, that op's prior variance would be counted twice
+    for j in range(3 * K, len(q)):
+        base = int(np.argmax(q[j])) * K + OP_TYPES.index(KERNEL_TYPES[(j - 3 * K) % N_KERNEL // len(KERNEL_BUCKETS)])
+        if np.allclose(x[:, j], x[:, base], rtol=1e-9, atol=0.0):
+            q[j] = 0.0
+    return components(q, names, x.mean(0), shared)

@@ -7,7 +7,8 @@ are cached:
 
 * in memory, by trace key (``hwlat.spaces.trace.trace_key``: space identity and version, canonical arch,
   batch, resolution, tracer and torch versions);
-* on disk, under the graph cache (``$HWLAT_GRAPH_CACHE/traced/<space identity>/``): every batch of newly
+* on disk, under the graph cache (``$HWLAT_GRAPH_CACHE/traced/v<features version>/<space identity>/``, the
+  version being ``predictor.graph.FEATURES_VERSION``): every batch of newly
   traced archs is one ``.npz`` shard (keys, features, FLOPs, params), written atomically, so a pool of
   10,000 is one file rather than 10,000; a process reads a space's shards once, on first use.
 
@@ -35,7 +36,7 @@ from hwlat.spaces import get_space, space_ref
 from hwlat.spaces.graph import default_cache_dir
 from hwlat.spaces.trace import trace_encoding, trace_key
 
-from .graph import features
+from .graph import FEATURES_VERSION, features
 
 log = logging.getLogger("hwlat")
 
@@ -50,7 +51,8 @@ _LOADED: set[Path] = set()
 
 
 def cache_root() -> Path:
-    return default_cache_dir() / "traced"
+    """The traced features' cache of this feature layout (rows of another layout live beside it, unread)."""
+    return default_cache_dir() / "traced" / f"v{FEATURES_VERSION}"
 
 
 def _space_dir(identity: str) -> Path:

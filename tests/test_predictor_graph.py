@@ -25,7 +25,7 @@ from harness.onnx_files import onnx_flops, onnx_params
 from hwlat.cli.main import main
 from hwlat.spaces.graph import DATASET_GRAPHS, OP_TYPES, encode_file, encode_model
 from predictor.encode import GraphEncoder
-from predictor.graph import LINEAR_UNITS, K, features, linear
+from predictor.graph import FLAT_DIM, KERNEL_NAMES, LINEAR_UNITS, N_KERNEL, K, features, linear
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "predictor_small.parquet"
@@ -144,7 +144,9 @@ def test_tiny_attention_block(tmp_path: Path) -> None:
 def test_features_are_additive_per_op_type(tmp_path: Path) -> None:
     enc = encode_model(onnx.load(export(ConvZoo(), (1, 8, 16, 16), tmp_path / "c.onnx")), "x")
     flat, nodes, adj = features(enc)
-    lin = linear(flat[None])[0].reshape(3, K)
+    full = linear(flat[None])[0]
+    assert (full[3 * K:] == 0).all()  # every kernel is 3x3 or 1x1: no kernel sub-type columns
+    lin = full[:3 * K].reshape(3, K)
     dw = OP_TYPES.index("conv_dw")
     assert lin[0, dw] == pytest.approx(2 * 8 * 16 * 16 * 9 / LINEAR_UNITS[0], rel=1e-5)
     assert lin[2, dw] == pytest.approx(1 / LINEAR_UNITS[2], rel=1e-5)
@@ -153,6 +155,43 @@ def test_features_are_additive_per_op_type(tmp_path: Path) -> None:
     assert lin[1].sum() * LINEAR_UNITS[1] == pytest.approx(moved, rel=1e-5)
     assert nodes[dw, dw] == 1 and nodes[OP_TYPES.index("gelu")].sum() == 0
     assert adj[dw, OP_TYPES.index("conv_pw")] == 1 and adj.sum() == len(enc.edges)
+
+
+class BigKernels(nn.Module):
+    """A 7x7 stem, depthwise 3x3, 5x5 and 7x7, a grouped 5x5: the kernel sizes a runtime may specialise on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 7, stride=2, padding=3)
+        self.dw3 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.dw5 = nn.Conv2d(8, 8, 5, padding=2, groups=8)
+        self.dw7 = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+        self.gr5 = nn.Conv2d(8, 8, 5, padding=2, groups=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gr5(self.dw7(self.dw5(self.dw3(self.stem(x)))))
+
+
+def test_convolutions_beyond_3x3_get_kernel_columns(tmp_path: Path) -> None:
+    """Each convolution with a kernel beyond 3x3 counts its FLOPs and bytes once more in its (type, kernel
+    bucket) column, after the per-type ones; 3x3 kernels only in their type's."""
+    enc = encode_model(onnx.load(export(BigKernels(), (1, 3, 32, 32), tmp_path / "k.onnx")), "x")
+    lin = linear(features(enc)[0][None])[0]
+    convs = [op for op in enc.ops if op["type"].startswith("conv")]
+    assert [op["type"] for op in convs] == ["conv", "conv_dw", "conv_dw", "conv_dw", "conv_group"]
+    stem, dw3, dw5, dw7, gr5 = convs
+    flops, moved = lin[3 * K:3 * K + N_KERNEL], lin[3 * K + N_KERNEL:]
+    col = {name: i for i, name in enumerate(KERNEL_NAMES)}
+    assert flops[col["conv_klarge"]] == pytest.approx(stem["flops"] / LINEAR_UNITS[0], rel=1e-5)
+    assert flops[col["conv_dw_k5"]] == pytest.approx(dw5["flops"] / LINEAR_UNITS[0], rel=1e-5)
+    assert flops[col["conv_dw_klarge"]] == pytest.approx(dw7["flops"] / LINEAR_UNITS[0], rel=1e-5)
+    assert flops[col["conv_group_k5"]] == pytest.approx(gr5["flops"] / LINEAR_UNITS[0], rel=1e-5)
+    assert flops[col["conv_k5"]] == 0 and flops[col["conv_group_klarge"]] == 0
+    assert moved[col["conv_dw_k5"]] * LINEAR_UNITS[1] == pytest.approx(dw5["bytes_read"] + dw5["bytes_written"],
+                                                                       rel=1e-5)
+    # the per-type column still holds every depthwise conv, the 3x3 one included
+    dw = OP_TYPES.index("conv_dw")
+    assert lin[dw] * LINEAR_UNITS[0] == pytest.approx(dw3["flops"] + dw5["flops"] + dw7["flops"], rel=1e-5)
 
 
 def _bad_conv_model() -> onnx.ModelProto:
@@ -329,6 +368,6 @@ def test_bench_ignores_spaces_the_tasks_do_not_use(tmp_path: Path) -> None:
 
 def test_graph_encoder_is_a_space_encoder() -> None:
     enc = GraphEncoder()
-    assert enc.encode([enc.example()]).flat.shape[1] == 4 * K + 5
+    assert enc.encode([enc.example()]).flat.shape[1] == FLAT_DIM == 4 * K + 5 + 2 * N_KERNEL
     with pytest.raises(UsageError, match="no graph encoding"):
         enc.encode(["0" * 64])

@@ -17,7 +17,7 @@ from hwlat.spaces.graph import OP_TYPES, encode_model
 from hwlat.spaces.nb201 import canonical_archs
 from predictor.additive import fit_source, fit_target
 from predictor.encode import add_graph_features, get_encoder, register_graph_space
-from predictor.graph import N_LINEAR, K, features, linear
+from predictor.graph import KERNEL_NAMES, N_KERNEL, N_LINEAR, K, features, linear
 from predictor.opcost import graph_quantities, prior_components
 from predictor.train import TrainConfig, pretrain
 from predictor.transfer import TransferConfig, transfer
@@ -55,9 +55,12 @@ def test_graph_quantities_are_the_linear_columns() -> None:
     """Column ``q * K + t`` of the graph cost features is quantity q (FLOPs, bytes, launches) of op type t: the
     shared roofline component ties each quantity across op types, the per-op one frees each column; an op type
     no arch at hand has gets no prior column; a space without a graph encoder or without archs gets none."""
-    q, names = graph_quantities()
+    q, names, in_shared = graph_quantities()
     assert q.shape == (N_LINEAR, 3) and names[K + 2] == OP_TYPES[2]
     assert (q.sum(1) == 1).all() and q[K + 2, 1] == 1 and q[2, 0] == 1
+    # the kernel sub-types' FLOPs and bytes follow, outside the shared device constants
+    assert in_shared[:3 * K].all() and not in_shared[3 * K:].any()
+    assert q[3 * K, 0] == 1 and q[3 * K + N_KERNEL, 1] == 1 and names[3 * K] == KERNEL_NAMES[0]
     register_graph_space(SPACE)
     x = np.zeros((4, N_LINEAR))
     x[:, [0, K, 2 * K]] = [[1.0, 2.0, 1.0]] * 4  # op type 0 only: 1e8 FLOPs, 2e7 bytes, 10 launches
@@ -70,6 +73,17 @@ def test_graph_quantities_are_the_linear_columns() -> None:
     assert per_op[0, 0] == pytest.approx(1.0) and per_op[1, 1] == pytest.approx(4.0) and per_op[0, 1] == 0.0
     assert per_op[K + 1, K + 1] == 0.0  # op type 1 never moves bytes here: no prior column for it
     assert prior_components(SPACE) == {} and prior_components("no-such-space", x) == {}
+    # kernel columns: a 7x7 regular conv's FLOPs count again in conv_klarge, an extra term outside the shared
+    # constants; when every conv of the archs at hand is in that bucket (the column equals the type's), no
+    # extra term at all
+    conv, big = OP_TYPES.index("conv"), 3 * K + KERNEL_NAMES.index("conv_klarge")
+    xk = x.copy()
+    xk[:, conv] = [1.0, 1.0, 2.0, 2.0]
+    xk[:, big] = [1.0, 0.0, 2.0, 0.0]  # half of the archs have their conv as 7x7
+    per_op, shared = (prior_components(SPACE, xk)[k][1:, 1:] for k in ("per_op", "shared"))
+    assert per_op[big, big] > 0 and shared[big].sum() == 0 and shared[conv, conv] > 0
+    xk[:, big] = xk[:, conv]
+    assert prior_components(SPACE, xk)["per_op"][1 + big].sum() == 0
 
 
 @needs_shared
