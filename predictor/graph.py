@@ -36,6 +36,10 @@ KERNEL_NAMES = tuple(f"{t}_k{b if b is not None else 'large'}" for t in KERNEL_T
 N_KERNEL = len(KERNEL_NAMES)
 #: linear columns: FLOPs, bytes, launches per op type, then FLOPs and bytes per kernel sub-type
 N_LINEAR = 3 * K + 2 * N_KERNEL
+#: for each kernel sub-type column of ``linear`` (in order, after the 3K per-type ones), the per-type column
+#: whose FLOPs or bytes it counts a second time
+KERNEL_BASE = tuple(q * K + TYPE_INDEX[KERNEL_TYPES[i // len(KERNEL_BUCKETS)]]
+                    for q in range(2) for i in range(N_KERNEL))
 N_TOTALS = 5
 #: the layout of ``features``' rows; caches of feature rows (``predictor.traced``) are kept per version, so a
 #: change of layout never reads rows of another

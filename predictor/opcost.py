@@ -47,7 +47,7 @@ from .encode import (
     get_encoder,
     is_registered,
 )
-from .graph import KERNEL_BUCKETS, KERNEL_NAMES, KERNEL_TYPES, N_KERNEL, K
+from .graph import KERNEL_BASE, KERNEL_NAMES, N_KERNEL, K
 
 QUANTITIES = ("flops", "bytes", "launches")
 
@@ -181,8 +181,7 @@ def prior_components(space: str, x: np.ndarray | None = None) -> dict[str, np.nd
     # a kernel column equal to its type's column on every arch at hand (all of that type's convolutions in one
     # bucket, e.g. a ViT's one patch embedding) adds no extra cost per FLOP that the type's own term lacks:
     # without this, that op's prior variance would be counted twice
-    for j in range(3 * K, len(q)):
-        base = int(np.argmax(q[j])) * K + OP_TYPES.index(KERNEL_TYPES[(j - 3 * K) % N_KERNEL // len(KERNEL_BUCKETS)])
+    for j, base in enumerate(KERNEL_BASE, start=3 * K):
         if np.allclose(x[:, j], x[:, base], rtol=1e-9, atol=0.0):
             q[j] = 0.0
     return components(q, names, x.mean(0), shared)
