@@ -14,23 +14,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset as pads
 from scipy.stats import spearmanr
 from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import KFold, cross_val_predict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from predictor.data import load_table
 from predictor.encode import get_encoder
 from predictor.graph import K
 
 DEVICES = ("epyc2c-ort-t1", "epyc2c-ort-t1-noopt", "epyc2c-ort-t2", "epyc2c-ov-t1", "epyc2c-et-t1")
-
-
-def latencies(data: Path, device: str, space: str) -> dict[str, float]:
-    """Latency (ms) by arch string of one configuration (the last row of an arch measured twice)."""
-    t = pads.dataset(data / f"device={device}" / f"search_space={space}").to_table(columns=["arch", "latency_ms"])
-    return dict(zip(t["arch"].to_pylist(), t["latency_ms"].to_pylist(), strict=True))
 
 
 def out_of_fold(x: np.ndarray, y: np.ndarray) -> str:
@@ -46,14 +40,15 @@ def main() -> int:
     ap.add_argument("--space", default="ofa")
     ap.add_argument("--devices", nargs="+", default=list(DEVICES))
     args = ap.parse_args()
-    lat = {d: latencies(args.data, d, args.space) for d in args.devices}
-    archs = sorted(set.intersection(*(set(v) for v in lat.values())))
+    table = load_table([args.data], spaces={args.space})  # usable rows, one latency per (device, arch)
+    lat = {d: table.device_series(args.space, d) for d in args.devices}
+    archs = sorted(set.intersection(*(set(v.index) for v in lat.values())))
     enc = get_encoder(args.space)
     x = enc.linear(enc.encode(archs).flat)
     print(f"{args.space}: {len(archs)} archs; Spearman / within 10 % / MAPE %")
     print("| configuration | per-type columns | + kernel buckets |\n| --- | --- | --- |")
     for d in args.devices:
-        y = np.array([lat[d][a] for a in archs])
+        y = lat[d].loc[archs].to_numpy()
         print(f"| {d} | {out_of_fold(x[:, :3 * K], y)} | {out_of_fold(x, y)} |")
     return 0
 
