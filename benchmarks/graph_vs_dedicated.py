@@ -1,24 +1,29 @@
 """NB201 through the graph path alone vs its dedicated encoder (docs/predictor.md, "Graph encoding").
 
-The graph predictor must encode all 15625 NB201 networks. Exporting each with torch costs ~0.5 s (2 hours
-for the space), so this script writes each network's ONNX graph directly with ``onnx.helper``, mirroring
+The graph predictor must encode all 15625 NB201 networks. By default (``--graphs traced``) each is the network
+as the space builds it, traced (``hwlat.spaces.trace``, ~15 worker-ms each): what the predictor does for any
+space it can build when the data carry arch strings only, as HELP's latencies do -- their devices did not run
+hwlat's ONNX export. ``--graphs onnx`` encodes the graph of hwlat's own export instead. Exporting each with
+torch costs ~0.5 s (2 hours for the space), so that mode writes each network's ONNX graph directly with
+``onnx.helper``, mirroring
 what the harness's TorchScript export of ``hwlat.spaces.nb201.TinyNetwork`` contains (BN folded into the
 convs, ``none`` = Mul by 0, ``skip`` = no node, chained Adds per cell node, equal nodes merged, the head's
 unfolded BN), and
 runs it through the same ``hwlat.spaces.graph.encode_model`` as any measured file. Fidelity is checked, not
 assumed: ``--check N`` exports N random archs with the real exporter and compares their features with the
-generated graphs' (the script stops if any differs).
+generated graphs' (the script stops if any differs). The two differ where the exporter merges equal nodes: two
+3x3 average pools (or ReLUs) reading one cell node are one operator in the export and two in the network.
 
 Then it runs the transfer benchmark (``predictor.bench.run_bench``) on the same tasks twice: once with the
 dedicated ``nb201`` encoder and once with the rows relabelled to a graph-encoded space whose "archs" key
-the generated encodings.
+the encodings.
 
-    nice .venv/bin/python -m benchmarks.graph_vs_dedicated --check 20 --tasks ND NX1 NX2 NX3 --seeds 1
+    nice .venv/bin/python -m benchmarks.graph_vs_dedicated --check 0 --only graph --tasks ND NX1 NX2 NX3 --seeds 3
 
 ``--prior both`` runs each side with and without the hardware-agnostic cost prior on the same pretrained
 models and picks (``blend`` adds the prior with the fixed network weight); ``--tasks`` also takes the
 family-out splits FO1-FO3 (``family_out_tasks.json``); ``--archs M`` restricts both sides to M archs of the
-space drawn with seed 0 (encoding all 15625 takes ~10-20 minutes of CPU).
+space drawn with seed 0 (encoding all 15625 takes ~4 minutes of CPU traced, ~10-20 minutes as generated ONNX).
 """
 
 from __future__ import annotations
@@ -35,12 +40,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from hwlat.spaces import get_space
 from hwlat.spaces.graph import encode_file, encode_model
 from hwlat.spaces.nb201 import EDGES, NUM_NODES, canonical_archs, parse
+from hwlat.spaces.trace import trace_encoding
 from predictor.bench import PRETRAIN_CAPS, Task, load_tasks, run_bench_variants
 from predictor.data import load_table, reduce_frame
 from predictor.encode import add_graph_features, register_graph_space
-from predictor.graph import features
+from predictor.graph import FEATURES_VERSION, FLAT_DIM, N_DEAD, features
 from predictor.transfer import TransferConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nb201"
@@ -161,7 +168,11 @@ def _features_of(arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return features(encode_model(nb201_onnx(arch), arch))
 
 
-def encode_space(cache: Path, workers: int, limit: int = 0
+def _traced_features_of(arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return features(trace_encoding(get_space("nb201"), arch))
+
+
+def encode_space(cache: Path, workers: int, limit: int = 0, traced: bool = True
                  ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, float]:
     """(archs, flat, nodes, adj) of all 15625 archs, or of ``limit`` of them drawn with seed 0 (in canonical
     order), cached in ``cache`` (.npz), and the worker-seconds per arch when computed (NaN when read from the
@@ -173,11 +184,12 @@ def encode_space(cache: Path, workers: int, limit: int = 0
         with np.load(cache) as z:
             return archs, z["flat"], z["nodes"], z["adj"], float("nan")
     t0 = time.perf_counter()
+    of = _traced_features_of if traced else _features_of
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            rows = list(pool.map(_features_of, archs, chunksize=256))
+            rows = list(pool.map(of, archs, chunksize=256))
     else:
-        rows = [_features_of(a) for a in archs]
+        rows = [of(a) for a in archs]
     per = (time.perf_counter() - t0) * workers / len(archs)  # worker-seconds per arch (wall x workers)
     flat, nodes, adj = (np.stack([r[i] for r in rows]) for i in range(3))
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -206,6 +218,11 @@ def main() -> int:
                     help="use only this many archs of the space (drawn with seed 0; 0 = all 15625): the tasks "
                          "pretrain and score on that subset, on both sides")
     ap.add_argument("--only", choices=("dedicated", "graph"), help="run one side of the comparison")
+    ap.add_argument("--graphs", choices=("traced", "onnx"), default="traced",
+                    help="traced: the network as the space builds it (hwlat.spaces.trace, what data with arch "
+                         "strings only gets); onnx: the graph of hwlat's own ONNX export (generated, with the "
+                         "exporter's merging of equal nodes)")
+    ap.add_argument("--no-dead", action="store_true", help="zero the dead-operator features (ablation)")
     ap.add_argument("--prior", choices=("on", "off", "both", "blend"), default="on",
                     help="the hardware-agnostic cost prior at transfer; 'both' runs with and without it on the "
                          "same pretrained models and samples; 'blend' adds the prior with the fixed network weight")
@@ -218,11 +235,16 @@ def main() -> int:
     torch.set_num_threads(1)
     out = Path(args.out)
     tasks = load_all_tasks(args.tasks)
-    report: dict = {"fidelity": check_fidelity(args.check) if args.check else None}
+    report: dict = {"fidelity": check_fidelity(args.check) if args.check and args.graphs == "onnx" else None}
     print("fidelity", report["fidelity"], flush=True)
     t0 = time.perf_counter()
-    suffix = f"_{args.archs}" if args.archs else ""
-    archs, flat, nodes, adj, per = encode_space(out / f"nb201_graph_features{suffix}.npz", args.workers, args.archs)
+    suffix = (f"_{args.archs}" if args.archs else "") + ("" if args.graphs == "onnx" else "_traced")
+    archs, flat, nodes, adj, per = encode_space(out / f"nb201_graph_features_v{FEATURES_VERSION}{suffix}.npz",
+                                                args.workers, args.archs, traced=args.graphs == "traced")
+    if args.no_dead:
+        flat = flat.copy()
+        flat[:, FLAT_DIM - N_DEAD:] = 0.0
+        suffix += "_nodead"
     report["encode_worker_s_per_arch"] = per
     report["load_or_encode_s"] = time.perf_counter() - t0
     print(f"encoded {len(archs)} archs in {report['load_or_encode_s']:.0f} s ({per * 1e3:.1f} worker-ms each)",

@@ -41,6 +41,7 @@ from hwlat.spaces.nb201 import output_disconnected as nb201_output_disconnected
 from hwlat.spaces.nb201 import parse as nb201_parse
 
 from .graph import N_LINEAR as GRAPH_N_LINEAR
+from .graph import constant_output as graph_constant_output
 from .graph import features as graph_features
 from .graph import linear as graph_linear
 from .traced import traced_rows
@@ -434,6 +435,12 @@ class GraphEncoder(SpaceEncoder):
 
     def _cached(self, arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.encode_one(arch)
+
+    def degenerate(self, archs: Sequence[str]) -> np.ndarray:
+        """Networks whose output does not depend on their input (``graph.constant_output``: every operator dead,
+        e.g. an NB201 cell cut off by ``none`` edges): some runtimes fold them to nothing (~0 ms), so their
+        relative errors are scored apart, whatever the space."""
+        return graph_constant_output(self.encode(archs).flat)
 
 
 class TracedEncoder(GraphEncoder):

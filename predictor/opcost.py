@@ -47,7 +47,7 @@ from .encode import (
     get_encoder,
     is_registered,
 )
-from .graph import KERNEL_BASE, KERNEL_NAMES, N_KERNEL, K
+from .graph import KERNEL_BASE, KERNEL_NAMES, N_DEAD, N_KERNEL, K
 
 QUANTITIES = ("flops", "bytes", "launches")
 
@@ -115,16 +115,20 @@ def graph_quantities() -> tuple[np.ndarray, list[str], np.ndarray]:
     efficiency) over whatever network the graph came from -- an ONNX file, OFA, a ViT or a plug-in space.
     The kernel sub-types' FLOPs and bytes (``graph.KERNEL_NAMES``) follow; they repeat FLOPs and bytes the
     type's own columns already count, so they are only a sub-type's *extra* cost per FLOP or byte (prior mean
-    0, its own efficiency) and stay out of the shared device constants (mask False).
+    0, its own efficiency) and stay out of the shared device constants (mask False). So do the dead operators'
+    FLOPs, bytes and launches (``graph.N_DEAD``, op type ``dead``): counted in their types' columns too, their
+    term is what a runtime saves by not running them (negative) or nothing, with a scale of their own.
     """
     base = np.kron(np.eye(len(QUANTITIES)), np.ones((K, 1)))
     kern = np.kron(np.eye(len(QUANTITIES))[:2], np.ones((N_KERNEL, 1)))
-    shared = np.concatenate([np.ones(len(base), bool), np.zeros(len(kern), bool)])
-    return np.concatenate([base, kern]), list(OP_TYPES) * len(QUANTITIES) + list(KERNEL_NAMES) * 2, shared
+    dead = np.eye(len(QUANTITIES))[:N_DEAD]
+    shared = np.concatenate([np.ones(len(base), bool), np.zeros(len(kern) + len(dead), bool)])
+    names = list(OP_TYPES) * len(QUANTITIES) + list(KERNEL_NAMES) * 2 + ["dead"] * N_DEAD
+    return np.concatenate([base, kern, dead]), names, shared
 
 
-def components(q: np.ndarray, names: list[str], typical: np.ndarray, shared_mask: np.ndarray | None = None
-               ) -> dict[str, np.ndarray]:
+def components(q: np.ndarray, names: list[str], typical: np.ndarray, shared_mask: np.ndarray | None = None,
+               whole: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Gaussian prior covariance components over the cost vector ``[intercept, linear features]``.
 
     ``q`` [F, Q]: each linear feature's quantities (FLOPs, bytes, launches); ``names`` [F]: its op type;
@@ -135,18 +139,21 @@ def components(q: np.ndarray, names: list[str], typical: np.ndarray, shared_mask
     typical arch's latency, which is the unit the cost model works in (latency / mean latency): a prior scale
     of 1 then means "this term could explain the whole latency". A column no typical arch uses is dropped.
     ``shared_mask`` [F] (default: every feature): the features the shared device constants apply to.
+    ``whole``: op types whose own term is scaled against the typical arch's whole quantity (over the shared
+    features), not its own: at a typical device rate it adds about its share of the latency, not all of it.
     """
     typical = np.asarray(typical, np.float64)
     names_arr = np.asarray(names)
 
-    def scaled(col: np.ndarray) -> np.ndarray:
-        t = float(typical @ col)
-        return np.concatenate([[0.0], col / t]) if t > 0 else np.zeros(len(col) + 1)
+    def scaled(col: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
+        t = float(typical @ (col if ref is None else ref))
+        return np.concatenate([[0.0], col / t]) if t > 0 and typical @ col > 0 else np.zeros(len(col) + 1)
 
     ops = sorted(set(names), key=names.index)
     in_shared = np.ones(len(q), bool) if shared_mask is None else np.asarray(shared_mask, bool)
     shared = np.stack([scaled(q[:, j] * in_shared) for j in range(q.shape[1])], 1)
-    per_op = np.stack([scaled(q[:, j] * (names_arr == op)) for op in ops for j in range(q.shape[1])], 1)
+    per_op = np.stack([scaled(q[:, j] * (names_arr == op), q[:, j] * in_shared if op in whole else None)
+                       for op in ops for j in range(q.shape[1])], 1)
     shared = shared[:, np.abs(shared).sum(0) > 0]
     per_op = per_op[:, np.abs(per_op).sum(0) > 0]
     intercept = np.zeros((len(q) + 1, 1))
@@ -184,4 +191,4 @@ def prior_components(space: str, x: np.ndarray | None = None) -> dict[str, np.nd
     for j, base in enumerate(KERNEL_BASE, start=3 * K):
         if np.allclose(x[:, j], x[:, base], rtol=1e-9, atol=0.0):
             q[j] = 0.0
-    return components(q, names, x.mean(0), shared)
+    return components(q, names, x.mean(0), shared, whole=("dead",))

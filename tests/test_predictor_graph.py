@@ -25,7 +25,7 @@ from harness.onnx_files import onnx_flops, onnx_params
 from hwlat.cli.main import main
 from hwlat.spaces.graph import DATASET_GRAPHS, OP_TYPES, encode_file, encode_model
 from predictor.encode import GraphEncoder
-from predictor.graph import FLAT_DIM, KERNEL_NAMES, LINEAR_UNITS, N_KERNEL, K, features, linear
+from predictor.graph import FLAT_DIM, KERNEL_NAMES, LINEAR_UNITS, N_DEAD, N_KERNEL, K, features, linear
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "predictor_small.parquet"
@@ -180,7 +180,7 @@ def test_convolutions_beyond_3x3_get_kernel_columns(tmp_path: Path) -> None:
     convs = [op for op in enc.ops if op["type"].startswith("conv")]
     assert [op["type"] for op in convs] == ["conv", "conv_dw", "conv_dw", "conv_dw", "conv_group"]
     stem, dw3, dw5, dw7, gr5 = convs
-    flops, moved = lin[3 * K:3 * K + N_KERNEL], lin[3 * K + N_KERNEL:]
+    flops, moved = lin[3 * K:3 * K + N_KERNEL], lin[3 * K + N_KERNEL:3 * K + 2 * N_KERNEL]
     col = {name: i for i, name in enumerate(KERNEL_NAMES)}
     assert flops[col["conv_klarge"]] == pytest.approx(stem["flops"] / LINEAR_UNITS[0], rel=1e-5)
     assert flops[col["conv_dw_k5"]] == pytest.approx(dw5["flops"] / LINEAR_UNITS[0], rel=1e-5)
@@ -368,6 +368,6 @@ def test_bench_ignores_spaces_the_tasks_do_not_use(tmp_path: Path) -> None:
 
 def test_graph_encoder_is_a_space_encoder() -> None:
     enc = GraphEncoder()
-    assert enc.encode([enc.example()]).flat.shape[1] == FLAT_DIM == 4 * K + 5 + 2 * N_KERNEL
+    assert enc.encode([enc.example()]).flat.shape[1] == FLAT_DIM == 4 * K + 5 + 2 * N_KERNEL + N_DEAD
     with pytest.raises(UsageError, match="no graph encoding"):
         enc.encode(["0" * 64])

@@ -17,7 +17,7 @@ from hwlat.spaces.graph import OP_TYPES, encode_model
 from hwlat.spaces.nb201 import canonical_archs
 from predictor.additive import fit_source, fit_target
 from predictor.encode import add_graph_features, get_encoder, register_graph_space
-from predictor.graph import KERNEL_NAMES, N_KERNEL, N_LINEAR, K, features, linear
+from predictor.graph import KERNEL_NAMES, N_DEAD, N_KERNEL, N_LINEAR, K, features, linear
 from predictor.opcost import graph_quantities, prior_components
 from predictor.train import TrainConfig, pretrain
 from predictor.transfer import TransferConfig, transfer
@@ -84,6 +84,16 @@ def test_graph_quantities_are_the_linear_columns() -> None:
     assert per_op[big, big] > 0 and shared[big].sum() == 0 and shared[conv, conv] > 0
     xk[:, big] = xk[:, conv]
     assert prior_components(SPACE, xk)["per_op"][1 + big].sum() == 0
+    # the dead operators' FLOPs, bytes and launches come last, outside the shared constants; their own term is
+    # scaled against the typical arch's *whole* quantity (1.5e8 FLOPs), not their own 0.3e8: about their share
+    # of the latency at a typical rate, never the whole latency
+    assert names[-N_DEAD:] == ["dead"] * N_DEAD and (q[-N_DEAD:] == np.eye(3)[:N_DEAD]).all()
+    xd = x.copy()
+    xd[:, N_LINEAR - N_DEAD] = 0.3
+    comps = prior_components(SPACE, xd)
+    dead = N_LINEAR - N_DEAD
+    assert comps["per_op"][1 + dead, 1 + dead] == pytest.approx(1 / 1.5**2) and comps["shared"][1 + dead].sum() == 0
+    assert comps["per_op"][1 + dead + 1].sum() == 0  # no dead bytes at hand: no term
 
 
 @needs_shared

@@ -58,7 +58,66 @@ def test_traced_operators_equal_the_onnx_graph(name: str, tmp_path: Path) -> Non
     onnx_enc = encode_file(art.path, cache_dir=tmp_path / "graphs")
     traced = trace_encoding(space, arch)
     assert Counter(op["type"] for op in traced.ops) == Counter(op["type"] for op in onnx_enc.ops)
+    # and the same ones dead (the ViT's zero-slice broadcast of its class token: Slice, Mul by 0, Add)
+    assert Counter((op["type"], bool(op.get("dead"))) for op in traced.ops) == \
+        Counter((op["type"], bool(op.get("dead"))) for op in onnx_enc.ops)
+    assert traced.liveness and onnx_enc.liveness
     assert len(traced.edges) == len(onnx_enc.edges)
     assert traced.total("flops") == onnx_enc.total("flops")
     moved = [sum(op["bytes_read"] + op["bytes_written"] for op in e.ops) for e in (traced, onnx_enc)]
     assert moved[0] == pytest.approx(moved[1], rel=1e-3)
+
+
+def test_dead_operators_are_marked_in_both_encodings(tmp_path: Path) -> None:
+    """An operator cut off by a multiplication by zero (NB201's ``none`` is ``x * 0``) is marked dead in the
+    exported ONNX graph and in the trace alike; features count it in the dead columns, and a network whose every
+    operator is dead is one with a constant output (the graph encoders' degenerate archs).
+
+    Cell 1: node 1 = conv3x3(node 0), node 2 = none + none, output = skip(node 0) + none(node 1) + none(node 2):
+    the cell's conv feeds only a product with zero, so its 15 copies (5 cells x 3 stages) are dead and everything
+    else is live. Cell 2 cuts the output off the input: the network computes a constant, every operator is dead.
+    """
+    from predictor.encode import add_graph_features, get_encoder, register_graph_space
+    from predictor.graph import FLAT_DIM, LINEAR_UNITS, N_DEAD, constant_output, features, linear
+
+    space = get_space("nb201")
+    cut_conv = "|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|"
+    cut_output = "|none~0|+|none~0|none~1|+|none~0|none~1|skip_connect~2|"
+    arts = export_models([ModelSpec("nb201", a) for a in (cut_conv, cut_output)], "onnx", tmp_path / "cache",
+                         workers=1)
+    for arch, art in zip((cut_conv, cut_output), arts, strict=True):
+        for how, enc in (("onnx", encode_file(art.path, cache_dir=tmp_path / "graphs")),
+                         ("traced", trace_encoding(space, arch))):
+            dead = [op for op in enc.ops if op.get("dead")]
+            if arch == cut_output:
+                assert len(dead) == len(enc.ops)
+            else:
+                assert sum(op["type"] == "conv" for op in dead) == 15
+                assert any(op["type"] == "conv" and not op.get("dead") for op in enc.ops)
+                assert {op["type"] for op in dead} <= {"conv", "relu", "eltwise"}
+            flat = features(enc)[0]
+            lin = linear(flat[None])[0]
+            assert flat.shape == (FLAT_DIM,)
+            assert constant_output(flat[None])[0] == (arch == cut_output)
+            key = f"{how}:{arch}"
+            add_graph_features([key], *(a[None] for a in features(enc)))
+            assert get_encoder(register_graph_space("dead-ops-test")).degenerate([key])[0] == (arch == cut_output)
+            assert lin[-N_DEAD] * LINEAR_UNITS[0] == pytest.approx(sum(op["flops"] for op in dead), rel=1e-5)
+            assert lin[-1] * LINEAR_UNITS[2] == pytest.approx(len(dead), rel=1e-5)
+
+
+def test_mark_dead_follows_products_with_zero() -> None:
+    """0 -> 1 -> 2(x*0) -> 3 <- 0, 3 -> 4 (output), 0 -> 5 (read by nothing): 1 feeds only the product with zero
+    and 2 is constant, so both are dead; 3 still varies through its edge from 0; 5 reaches no output. With the
+    outputs unknown, the ops nothing reads count as outputs (5 is then live)."""
+    from hwlat.spaces.graph import mark_dead
+
+    edges = [(0, 1), (1, 2), (2, 3), (0, 3), (3, 4), (0, 5)]
+    ops = [{"dead": True} if k == 4 else {} for k in range(6)]  # a stale mark is cleared
+    mark_dead(ops, edges, zeroing={2}, outputs={4})
+    assert [bool(op.get("dead")) for op in ops] == [False, True, True, False, False, True]
+    mark_dead(ops, edges, zeroing={2}, outputs=set())
+    assert [bool(op.get("dead")) for op in ops] == [False, True, True, False, False, False]
+    # a product with zero on the only path: everything downstream computes on constants
+    mark_dead(ops, [(0, 1), (1, 2), (2, 3), (3, 4)], zeroing={1}, outputs={4})
+    assert [bool(op.get("dead")) for op in ops[:5]] == [True] * 5

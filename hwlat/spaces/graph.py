@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, shape_inference
+from onnx import helper, numpy_helper, shape_inference
 
 from agents.errors import UsageError
 from agents.files import atomic_write
@@ -151,7 +151,9 @@ class GraphEncoding:
 
     ``sha256``: the model file's hash (or, for a traced network, its trace key); ``inputs``: the graph inputs'
     shapes it was encoded at (None in encodings written before they were recorded); ``key``: what it is stored
-    and looked up by (``graph_key``; the sha256 when encoded at the file's own shapes).
+    and looked up by (``graph_key``; the sha256 when encoded at the file's own shapes); ``liveness``: whether
+    dead operators were looked for (``mark_dead``: such ops carry ``"dead": True``). Encodings written before
+    the analysis existed read with it False and every op live.
     """
 
     sha256: str
@@ -159,6 +161,7 @@ class GraphEncoding:
     edges: list[tuple[int, int]] = field(default_factory=list)
     inputs: dict[str, list[int]] | None = None
     key: str = ""
+    liveness: bool = False
 
     def __post_init__(self) -> None:
         self.key = self.key or self.sha256
@@ -170,6 +173,8 @@ class GraphEncoding:
             blob["inputs"] = self.inputs
         if self.key != self.sha256:
             blob["key"] = self.key
+        if self.liveness:
+            blob["liveness"] = 1
         return gzip.compress(json.dumps(blob, separators=(",", ":")).encode(), mtime=0)
 
     @classmethod
@@ -182,7 +187,7 @@ class GraphEncoding:
         inputs = blob.get("inputs")
         return cls(blob["sha256"], blob["ops"], [tuple(e) for e in blob["edges"]],
                    None if inputs is None else {str(k): [int(d) for d in v] for k, v in inputs.items()},
-                   str(blob.get("key") or blob["sha256"]))
+                   str(blob.get("key") or blob["sha256"]), bool(blob.get("liveness")))
 
     def total(self, key: str) -> int:
         """Sum of one per-op quantity (``flops``, ``params``, ``bytes_read``, ``bytes_written``)."""
@@ -190,6 +195,57 @@ class GraphEncoding:
 
 
 # ----------------------------------------------------------------------------------------- encoding
+
+
+def mark_dead(ops: list[dict[str, Any]], edges: list[tuple[int, int]], zeroing: set[int], outputs: set[int]
+              ) -> None:
+    """Set ``"dead": True`` on every operator whose result cannot matter because a multiplication by a constant
+    zero cuts it off: it reaches no graph output except through such a product, or it computes on nothing but
+    constants (everything upstream of it passes through one). ``zeroing``: the ops that multiply by a constant
+    zero (themselves dead: their output is constant); ``outputs``: the ops that produce a graph output (empty:
+    unknown, then the ops nothing reads).
+
+    Why: a runtime that folds constants and removes unused results never executes this compute, one that
+    does not executes all of it; the predictor keeps it apart (``predictor.graph``) and lets the device's data
+    say which it is. NAS supernets build their ``none``/zero op as ``x * 0`` (NB201, DARTS-style spaces): on
+    NB201, raspi4 and pixel3 report ~0 ms for cells whose output such edges cut off, while GPUs and x86 CPUs
+    pay for every op. Ops read by nothing downstream at all (no path to an output) are dead too.
+    """
+    succ: list[list[int]] = [[] for _ in ops]
+    pred: list[list[int]] = [[] for _ in ops]
+    for u, v in edges:
+        succ[u].append(v)
+        pred[v].append(u)
+    outputs = outputs or {k for k in range(len(ops)) if not succ[k]}
+    # ops are in topological order and edges go forward
+    varies = [False] * len(ops)  # depends on a graph input through no zeroing product
+    for k in range(len(ops)):
+        varies[k] = k not in zeroing and (not pred[k] or any(varies[u] for u in pred[k]))
+    matters = [False] * len(ops)  # reaches a graph output through no zeroing product
+    for k in reversed(range(len(ops))):
+        matters[k] = k in outputs or any(matters[v] and v not in zeroing for v in succ[k])
+    for k, op in enumerate(ops):
+        if not (varies[k] and matters[k]):
+            op["dead"] = True
+        else:
+            op.pop("dead", None)
+
+
+def _zero_constants(model: onnx.ModelProto, limit: int = 1 << 16) -> set[str]:
+    """Names of the initializers and Constant outputs (of at most ``limit`` elements) that are all zeros."""
+    found: set[str] = set()
+    tensors = [(t.name, t) for t in model.graph.initializer]
+    tensors += [(n.output[0], _attr(n, "value")) for n in model.graph.node if n.op_type == "Constant" and n.output]
+    for name, tensor in tensors:
+        if tensor is None or math.prod(tensor.dims) > limit:
+            continue
+        try:
+            values = numpy_helper.to_array(tensor)
+        except (ValueError, TypeError):
+            continue
+        if values.size and values.dtype.kind in "fiu" and not np.any(values):
+            found.add(name)
+    return found
 
 
 def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
@@ -603,9 +659,14 @@ def encode_model(model: onnx.ModelProto, sha256: str, label: str = "model",
                              f"{one_line(exc)}") from None
     made_by = {t: k for k, op in enumerate(ops) for t in op["_outs"]}
     edges = sorted({(made_by[t], k) for k, op in enumerate(ops) for t in op["_acts"] if t in made_by})
+    zeros = _zero_constants(fixed)
+    zeroing = {k for k, (op, group) in enumerate(zip(ops, groups, strict=True))
+               if op["onnx"] == ["Mul"] and any(t in zeros for t in g.nodes[group[0]].input)}
+    outputs = {k for k, op in enumerate(ops) if g.graph_outputs.intersection(op["_outs"])}
     for op in ops:
         del op["_acts"], op["_outs"]
-    return GraphEncoding(sha256, ops, edges, inputs=shapes, key=network_key(model, sha256, shapes))
+    mark_dead(ops, edges, zeroing, outputs)
+    return GraphEncoding(sha256, ops, edges, inputs=shapes, key=network_key(model, sha256, shapes), liveness=True)
 
 
 def _cache_path(cache_dir: Path, key: str) -> Path:
@@ -676,7 +737,7 @@ def encode_file(path: str | Path, cache_dir: str | Path | None = None,
     sha = hashlib.sha256(data).hexdigest()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     hit = find_cached(cache, sha, input_shapes)
-    if hit is not None:
+    if hit is not None and hit.liveness:  # one written before the dead-op analysis is encoded again
         return hit
     try:
         model = onnx.load_model_from_string(data)

@@ -44,13 +44,14 @@ from typing import TYPE_CHECKING, Any
 
 from agents.errors import UsageError
 from hwlat.spaces import SearchSpace, one_line, quote
-from hwlat.spaces.graph import GraphEncoding
+from hwlat.spaces.graph import GraphEncoding, mark_dead
 
 if TYPE_CHECKING:
     import torch
 
-#: bump when the recorded operators change for the same module (the encodings' cache keys include it)
-TRACE_VERSION = 1
+#: bump when the recorded operators change for the same module (the encodings' cache keys include it).
+#: 2: dead operators marked (``hwlat.spaces.graph.mark_dead``)
+TRACE_VERSION = 2
 
 # torch function name -> normalised op type (names as ``func.__name__``; Tensor dunders included)
 _CONV = ("conv1d", "conv2d", "conv3d")
@@ -96,6 +97,8 @@ _PASS = frozenset({"contiguous", "clone", "detach", "dropout", "dropout1d", "dro
 _ADAPTIVE = {"adaptive_avg_pool1d": "pool_avg", "adaptive_avg_pool2d": "pool_avg", "adaptive_avg_pool3d": "pool_avg",
              "adaptive_max_pool1d": "pool_max", "adaptive_max_pool2d": "pool_max", "adaptive_max_pool3d": "pool_max",
              "adaptive_max_pool2d_with_indices": "pool_max"}
+#: products: one with the number 0 makes its result a constant (``mark_dead``)
+_MUL = frozenset({"mul", "mul_", "__mul__", "__rmul__", "__imul__"})
 _MAC = frozenset({*_CONV, "linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "bmm", "mm", "baddbmm",
                   "addmm"})
 
@@ -212,7 +215,7 @@ def trace_module(module: torch.nn.Module, shapes: Mapping[str, Sequence[int]], l
             m.training = mode
     key = module_key(enc)
     inputs = {str(n): [int(d) for d in dims] for n, dims in (recorded or sized).items()}
-    return GraphEncoding(key, enc.ops, enc.edges, inputs=inputs, key=key)
+    return GraphEncoding(key, enc.ops, enc.edges, inputs=inputs, key=key, liveness=enc.liveness)
 
 
 def module_key(enc: GraphEncoding) -> str:
@@ -409,7 +412,7 @@ def _nbytes(t: torch.Tensor) -> int:
 class _Op:
     """One recorded call: its name, type, activation inputs (op ids), tensors, attributes, FLOPs."""
 
-    __slots__ = ("acts", "attrs", "flops", "ins", "name", "outs", "params", "srcs", "type", "weights")
+    __slots__ = ("acts", "attrs", "flops", "ins", "name", "outs", "params", "srcs", "type", "weights", "zeroing")
 
     def __init__(self, name: str, kind: str) -> None:
         self.name, self.type = name, kind
@@ -420,6 +423,7 @@ class _Op:
         self.attrs: dict[str, Any] = {}
         self.flops = 0
         self.params = 0
+        self.zeroing = False  # a product with the number 0 (``x * 0``: a NAS supernet's "none" op)
 
 
 def _trace(forward: Callable[[], Any], inputs: list[torch.Tensor], params: Iterable[torch.Tensor],
@@ -465,6 +469,8 @@ def _trace(forward: Callable[[], Any], inputs: list[torch.Tensor], params: Itera
             op.acts = act_ins
             op.weights = [t for t in ins if id(t) not in producer]
             op.outs = outs
+            op.zeroing = name in _MUL and any(
+                isinstance(a, (int, float)) and not isinstance(a, bool) and a == 0 for a in (*args, *kwargs.values()))
             if name in _CONV or _TYPE.get(name) == "conv_transpose":
                 weight = args[1] if len(args) > 1 else kwargs["weight"]
                 stride = args[3] if len(args) > 3 else kwargs.get("stride", 1)
@@ -502,8 +508,8 @@ def _trace(forward: Callable[[], Any], inputs: list[torch.Tensor], params: Itera
             producer[id(t)] = len(ops) - 1
 
     with torch.no_grad(), Recorder():
-        forward()
-    return _encode(ops, key)
+        result = forward()
+    return _encode(ops, key, {producer[id(t)] for t in _tensors(result) if producer.get(id(t), -1) >= 0})
 
 
 def _follow(ops: list[_Op], name: str, kind: str, x: torch.Tensor, weights: list[torch.Tensor]) -> _Op:
@@ -558,8 +564,9 @@ def _macs(name: str, args: tuple, kwargs: dict, out: torch.Tensor) -> int:
     return math.prod(out.shape) * int(args[0].shape[-1])
 
 
-def _encode(ops: list[_Op], key: str) -> GraphEncoding:
-    """Fold BN into the conv before it, fuse swish / h-swish, and write the ``GraphEncoding`` records."""
+def _encode(ops: list[_Op], key: str, outputs: set[int]) -> GraphEncoding:
+    """Fold BN into the conv before it, fuse swish / h-swish, mark dead ops (``outputs``: the ops whose tensors
+    the forward returned), and write the ``GraphEncoding`` records."""
     consumers: dict[int, list[int]] = {}
     for i, op in enumerate(ops):
         for s in op.srcs:
@@ -619,4 +626,6 @@ def _encode(ops: list[_Op], key: str) -> GraphEncoding:
                     and index[s] != index[i] and i not in merged})
     for rec in records:
         del rec["_srcs"]
-    return GraphEncoding(key, records, edges)
+    zeroing = {index[i] for i, op in enumerate(ops) if op.zeroing and i in index}
+    mark_dead(records, edges, zeroing, {index[i] for i in outputs if i in index})
+    return GraphEncoding(key, records, edges, liveness=True)
