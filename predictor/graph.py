@@ -14,9 +14,9 @@ of 5x5 and 7x7 kernels as extra columns at 0.998 and 100 % (onnxruntime without 
 Dead operators (``hwlat.spaces.graph.mark_dead``: cut off by a multiplication by zero, e.g. a NAS supernet's
 ``none`` op) stay in their types' columns -- most runtimes execute them -- and are counted again, FLOPs, bytes
 and launches, in three ``dead`` columns: a runtime that folds them away gets a negative cost there, one that runs
-them none. On NB201 (1000 archs, out-of-fold ridge on the traced graphs) raspi4 goes 0.910 -> 0.943 and pixel3
-0.906 -> 0.938 Spearman with them, the other six devices checked within 0.004 (docs/predictor.md, "Dead
-operators").
+them none. On NB201 (1000 archs, out-of-fold ridge on the traced graphs, ``benchmarks/graph_fit_ceiling.py``)
+raspi4 goes 0.907 -> 0.944 and pixel3 0.904 -> 0.941 Spearman with them, the other six devices unchanged
+(docs/predictor.md, "Dead operators").
 """
 
 from __future__ import annotations
