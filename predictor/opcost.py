@@ -146,8 +146,11 @@ def components(q: np.ndarray, names: list[str], typical: np.ndarray, shared_mask
     names_arr = np.asarray(names)
 
     def scaled(col: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
-        t = float(typical @ (col if ref is None else ref))
-        return np.concatenate([[0.0], col / t]) if t > 0 and typical @ col > 0 else np.zeros(len(col) + 1)
+        """``col`` in units of the typical arch's amount of ``ref`` (default: of itself); zeros when the typical
+        arch has none of it."""
+        own = float(typical @ col)
+        t = own if ref is None else float(typical @ ref)
+        return np.concatenate([[0.0], col / t]) if own > 0 and t > 0 else np.zeros(len(col) + 1)
 
     ops = sorted(set(names), key=names.index)
     in_shared = np.ones(len(q), bool) if shared_mask is None else np.asarray(shared_mask, bool)
