@@ -28,23 +28,12 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import cross_val_predict
 
-from benchmarks.graph_vs_dedicated import SHARED, nb201_onnx
-from hwlat.spaces import get_space
-from hwlat.spaces.graph import encode_model
+from benchmarks.graph_vs_dedicated import SHARED, _features_of, _traced_features_of
 from hwlat.spaces.nb201 import OPS, canonical_archs, parse
-from hwlat.spaces.trace import trace_encoding
 from predictor.encode import _nb201_active
-from predictor.graph import N_DEAD, features, linear
+from predictor.graph import N_DEAD, linear
 
 DEVICES = ("titan_rtx_256", "1080ti_1", "gold_6226", "fpga", "eyeriss", "pixel2", "pixel3", "raspi4")
-
-
-def _export_linear(arch: str) -> np.ndarray:
-    return linear(features(encode_model(nb201_onnx(arch), arch))[0][None])[0]
-
-
-def _traced_linear(arch: str) -> np.ndarray:
-    return linear(features(trace_encoding(get_space("nb201"), arch))[0][None])[0]
 
 
 def main() -> int:
@@ -65,8 +54,8 @@ def main() -> int:
     active = np.array([[sum(1 for op, a in zip(o, _nb201_active(o)[0], strict=True) if a and op == k) for k in OPS]
                        for o in ops], float)
     with ProcessPoolExecutor(args.workers) as pool:
-        export = np.stack(list(pool.map(_export_linear, archs, chunksize=50)))
-        traced = np.stack(list(pool.map(_traced_linear, archs, chunksize=50)))
+        export, traced = (linear(np.stack([rows[0] for rows in pool.map(of, archs, chunksize=50)]))
+                          for of in (_features_of, _traced_features_of))
     reps = {"counts": counts, "counts+active": np.hstack([counts, active]), "export": export, "traced": traced,
             "traced-no-dead": traced[:, :-N_DEAD]}
     print("device | " + " | ".join(reps))

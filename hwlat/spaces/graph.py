@@ -231,11 +231,13 @@ def mark_dead(ops: list[dict[str, Any]], edges: list[tuple[int, int]], zeroing: 
             op.pop("dead", None)
 
 
-def _zero_constants(model: onnx.ModelProto, limit: int = 1 << 16) -> set[str]:
-    """Names of the initializers and Constant outputs (of at most ``limit`` elements) that are all zeros."""
+def _zero_constants(model: onnx.ModelProto, names: set[str], limit: int = 1 << 16) -> set[str]:
+    """Which of ``names`` are initializers or Constant outputs (of at most ``limit`` elements) that are all zeros
+    (only those are read: a model's other constants are never converted)."""
     found: set[str] = set()
-    tensors = [(t.name, t) for t in model.graph.initializer]
-    tensors += [(n.output[0], _attr(n, "value")) for n in model.graph.node if n.op_type == "Constant" and n.output]
+    tensors = [(t.name, t) for t in model.graph.initializer if t.name in names]
+    tensors += [(n.output[0], _attr(n, "value")) for n in model.graph.node
+                if n.op_type == "Constant" and n.output and n.output[0] in names]
     for name, tensor in tensors:
         if tensor is None or math.prod(tensor.dims) > limit:
             continue
@@ -659,9 +661,10 @@ def encode_model(model: onnx.ModelProto, sha256: str, label: str = "model",
                              f"{one_line(exc)}") from None
     made_by = {t: k for k, op in enumerate(ops) for t in op["_outs"]}
     edges = sorted({(made_by[t], k) for k, op in enumerate(ops) for t in op["_acts"] if t in made_by})
-    zeros = _zero_constants(fixed)
-    zeroing = {k for k, (op, group) in enumerate(zip(ops, groups, strict=True))
-               if op["onnx"] == ["Mul"] and any(t in zeros for t in g.nodes[group[0]].input)}
+    products = {k: g.nodes[group[0]].input for k, (op, group) in enumerate(zip(ops, groups, strict=True))
+                if op["onnx"] == ["Mul"]}
+    zeros = _zero_constants(fixed, {t for inputs in products.values() for t in inputs if t in g.const})
+    zeroing = {k for k, inputs in products.items() if zeros.intersection(inputs)}
     outputs = {k for k, op in enumerate(ops) if g.graph_outputs.intersection(op["_outs"])}
     for op in ops:
         del op["_acts"], op["_outs"]
