@@ -3,7 +3,11 @@
 * ``random``      -- uniform over the unmeasured candidates.
 * ``diversity``   -- k-means over the flat encodings (standardised), then the unmeasured arch nearest to
   each centroid: the picks cover the space the way the space is populated, so the transfer fit sees
-  every region once instead of five archs from the densest one.
+  every region once instead of five archs from the densest one. Archs already measured on the device are
+  fixed centroids of that k-means, and only the ``n`` new ones move: each later batch goes to the regions the
+  earlier ones left uncovered. (Clustering the pool alone put every batch's centroids in the same places, so
+  batch after batch measured near-copies of the first: in the simulated profile loop, FPGA and Eyeriss
+  targets stopped improving after 8-10 measurements, docs/active_loop.md.)
 * ``uncertainty`` -- the archs the model is least sure about on that device: ensemble spread for a
   device the model knows; for a device it has never seen, how much the source devices disagree about the
   arch (after per-device standardisation) plus the ensemble spread -- the archs that best tell devices apart.
@@ -22,7 +26,7 @@ Every sampler excludes the archs already measured on the device.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -44,16 +48,52 @@ def _pool(candidates: Iterable[str], measured: Iterable[str]) -> list[str]:
     return pool
 
 
-def _diversity(space: str, pool: list[str], n: int, rng: np.random.Generator) -> list[str]:
-    x = get_encoder(space).encode(pool).flat.astype(np.float64)
-    x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
-    km = KMeans(n_clusters=n, n_init=1, max_iter=50, random_state=int(rng.integers(2**31 - 1))).fit(x)
-    dist = ((x[:, None, :] - km.cluster_centers_[None, :, :]) ** 2).sum(-1) if len(pool) * n < 2_000_000 \
-        else None
+def _sq_dist(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances [points, centres], without a [points, centres, features] temporary."""
+    return np.maximum((x * x).sum(1)[:, None] - 2.0 * x @ centres.T + (centres * centres).sum(1)[None, :], 0.0)
+
+
+def _centres_around(x: np.ndarray, fixed: np.ndarray, n: int, rng: np.random.Generator,
+                    max_iter: int = 50) -> np.ndarray:
+    """``n`` k-means centroids of ``x`` beside the ``fixed`` ones, which stay where they are: k-means++ seeding
+    that counts the fixed centroids as already chosen, then Lloyd steps that move only the free centroids.
+    A free centroid that loses every point is re-seeded at the point farthest from all centroids."""
+    d2 = _sq_dist(x, fixed).min(1)
+    free = np.empty((n, x.shape[1]))
+    for c in range(n):
+        total = d2.sum()
+        i = int(rng.choice(len(x), p=d2 / total)) if total > 0 else int(rng.integers(len(x)))
+        free[c] = x[i]
+        d2 = np.minimum(d2, _sq_dist(x, free[c:c + 1])[:, 0])
+    for _ in range(max_iter):
+        dist = _sq_dist(x, np.vstack([fixed, free]))
+        label = dist.argmin(1) - len(fixed)
+        moved = free.copy()
+        for c in range(n):
+            members = label == c
+            moved[c] = x[members].mean(0) if members.any() else x[int(dist.min(1).argmax())]
+        if np.allclose(moved, free):
+            break
+        free = moved
+    return free
+
+
+def _diversity(space: str, pool: list[str], n: int, rng: np.random.Generator,
+               measured: Sequence[str] = ()) -> list[str]:
+    encoder = get_encoder(space)
+    x = encoder.encode(pool).flat.astype(np.float64)
+    mean, scale = x.mean(0), np.maximum(x.std(0), 1e-6)
+    x = (x - mean) / scale
+    if measured:
+        fixed = (encoder.encode(list(measured)).flat.astype(np.float64) - mean) / scale
+        centres = _centres_around(x, fixed, n, rng)
+    else:
+        centres = KMeans(n_clusters=n, n_init=1, max_iter=50,
+                         random_state=int(rng.integers(2**31 - 1))).fit(x).cluster_centers_
     chosen: list[int] = []
     taken = np.zeros(len(pool), bool)
     for c in range(n):
-        d = dist[:, c].copy() if dist is not None else ((x - km.cluster_centers_[c]) ** 2).sum(-1)
+        d = ((x - centres[c]) ** 2).sum(-1)
         d[taken] = np.inf
         i = int(np.argmin(d))
         taken[i] = True
@@ -77,6 +117,7 @@ def sample(sampler: str, space: str, candidates: Iterable[str], n: int, seed: in
         sampler = DEFAULT_SAMPLER
     if sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {sampler!r}; choose from {', '.join((*SAMPLERS, 'default'))}")
+    measured = list(dict.fromkeys(measured))
     pool = _pool(candidates, measured)
     if n > len(pool):
         raise UsageError(f"asked for {n} archs but only {len(pool)} unmeasured candidates remain")
@@ -86,7 +127,7 @@ def sample(sampler: str, space: str, candidates: Iterable[str], n: int, seed: in
     if sampler == "random":
         return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
     if sampler == "diversity":
-        return _diversity(space, pool, n, rng)
+        return _diversity(space, pool, n, rng, measured)
     if model is None:
         raise UsageError("the uncertainty sampler needs a trained model")
     if sampler == "hybrid" and device not in model.devices:
