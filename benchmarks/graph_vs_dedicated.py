@@ -15,7 +15,8 @@ generated graphs' (the script stops if any differs). The two differ where the ex
 3x3 average pools (or ReLUs) reading one cell node are one operator in the export and two in the network.
 
 Then it runs the transfer benchmark (``predictor.bench.run_bench``) on the same tasks twice: once with the
-dedicated ``nb201`` encoder and once with the rows relabelled to a graph-encoded space whose "archs" key
+dedicated ``nb201`` encoder (its 8-node cell graph and cell features; since 2026-11-27 its cost model reads the
+traced graph's cost features too) and once with the rows relabelled to a graph-encoded space whose "archs" key
 the encodings.
 
     nice .venv/bin/python -m benchmarks.graph_vs_dedicated --check 0 --only graph --tasks ND NX1 NX2 NX3 --seeds 3

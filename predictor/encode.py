@@ -3,13 +3,15 @@
 Each search space has one ``SpaceEncoder``: it validates arch strings and turns a batch of them into
 three views that the models consume:
 
-* ``flat``   -- a fixed-length vector (op one-hots, op counts, connectivity, analytic FLOPs/params);
-  the MLP reads it and the diversity sampler clusters it.
+* ``flat``   -- a fixed-length vector (op one-hots, op counts, connectivity, analytic FLOPs/params; for
+  NB201 also the traced network's graph cost features); the MLP reads it and the diversity sampler
+  clusters it.
 * ``nodes``/``adj`` -- a small dense graph (the NB201 cell DAG with ops as nodes, or the FBNet layer
   chain); the graph network reads it. Dense adjacency is fine: 8 nodes for NB201, 24 for FBNet.
 
 FLOPs and params are analytic (closed-form per op), so the predictor never builds a torch model;
-they only need to rank consistently with the exporter's counts, not match them to the last MAC.
+they only need to rank consistently with the exporter's counts, not match them to the last MAC. NB201's
+graph cost features come from a shipped table of its 15625 traced networks (``NB201_TRACED_TABLE``).
 New spaces register with ``register_space`` and become available to train/predict/bench at once.
 A space with no dedicated encoder is encoded from graphs (``predictor.graph``): ONNX files (``onnx`` rows)
 from the graphs of the measured files (``GraphEncoder``: its "archs" are model sha256s); a space hwlat can
@@ -19,14 +21,19 @@ build (OFA, ``autoformer``, plug-ins) from its arch strings, by tracing the spac
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agents.errors import ArchError, UnknownSpaceError, UsageError
+from agents.files import atomic_write
 from hwlat.spaces.fbnet import MACROS as FBNET_MACROS
 from hwlat.spaces.fbnet import NUM_LAYERS as FBNET_LAYERS
 from hwlat.spaces.fbnet import OPS as FBNET_BLOCKS
@@ -39,12 +46,16 @@ from hwlat.spaces.nb201 import canonical_archs as nb201_space_archs
 from hwlat.spaces.nb201 import ops_to_str as nb201_ops_to_str
 from hwlat.spaces.nb201 import output_disconnected as nb201_output_disconnected
 from hwlat.spaces.nb201 import parse as nb201_parse
+from hwlat.spaces.trace import TRACE_VERSION
 
-from .graph import N_LINEAR as GRAPH_N_LINEAR
+from .graph import FEATURES_VERSION as GRAPH_FEATURES_VERSION
+from .graph import FLAT_DIM as GRAPH_FLAT_DIM
 from .graph import constant_output as graph_constant_output
 from .graph import features as graph_features
 from .graph import linear as graph_linear
 from .traced import traced_rows
+
+log = logging.getLogger("hwlat")
 
 
 @dataclass
@@ -65,6 +76,9 @@ class SpaceEncoder:
     #: fitted at transfer (a per-op cost model); the rest (counts, flags, FLOPs) would let one odd sample
     #: (e.g. a disconnected cell) dominate a 5-20 point fit.
     linear_features: slice = slice(None)
+    #: whether ``linear`` gives ``predictor.graph.linear`` features (per op type FLOPs, bytes and launches), whose
+    #: hardware-agnostic prior ``predictor.opcost.graph_quantities`` describes
+    graph_cost: bool = False
     #: the one input size (batch, resolution) whose network an analytic encoder's features describe (its FLOPs,
     #: its layer shapes); None where each network's own size is encoded (graphs, traces). Rows measured at
     #: another size are not this encoder's to encode (``predictor.data`` sends them to the graph path).
@@ -170,20 +184,38 @@ def _nb201_flops_params_counts(n1: Any, n3: Any) -> tuple[Any, Any]:
 class NB201Encoder(SpaceEncoder):
     """NAS-Bench-201 cells: 6 edges x 5 ops.
 
-    Flat: op one-hot per edge (30), the same masked to *active* edges (30; dead edges cost nothing on
-    runtimes that prune them, e.g. pixel3/raspi4 report ~0 ms for disconnected cells), op counts (5),
-    active op counts (5), output-connected flag, log MACs and log params.
+    Flat: the graph features of the cell's whole network as the space builds it (``predictor.graph.features``
+    of its trace, ``GRAPH_FLAT_DIM`` columns, from ``NB201_TRACED_TABLE``), then op one-hot per edge (30), the
+    same masked to *active* edges (30; dead edges cost nothing on runtimes that prune them, e.g. pixel3/raspi4
+    report ~0 ms for disconnected cells), op counts (5), active op counts (5), output-connected flag, log MACs
+    and log params.
     Graph: 8 nodes (input, six op nodes, output); an arc u->v exists when data flows u->v, and none-ops
     carry no arcs (they block flow).
+
+    The cost model's features are the traced graph's (``graph_cost``): FLOPs, bytes and launches per op type,
+    per kernel size and of the dead operators, as for any graph-encoded space. On HELP's devices they fit
+    better than the edge one-hots (Eyeriss charges every pooling edge as the network runs it; raspi4 and pixel3
+    skip the operators ``none`` edges cut off), and the hardware-agnostic prior is then the graph spaces' one
+    (docs/predictor.md, "NB201: traced cost features beside the cell encoding"). The 8-node cell graph stays
+    the networks' input: a 30-node traced graph made every task-seed ~3x slower for no better ranking.
     """
 
     name = "nb201"
     aliases = ("nasbench201", "nb201", "nas-bench-201", "nasbench-201")
-    linear_features = slice(0, 6 * len(NB201_OPS))
+    graph_cost = True
     size = (1, 32)  # the CIFAR network of _NB201_STAGES
 
     def example(self) -> str:
         return "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|"
+
+    def linear(self, flat: np.ndarray) -> np.ndarray:
+        return graph_linear(np.asarray(flat)[:, :GRAPH_FLAT_DIM])
+
+    def _traced(self) -> np.ndarray:
+        traced = self.__dict__.get("_traced_flat")
+        if traced is None:
+            traced = self.__dict__["_traced_flat"] = nb201_traced_flat()
+        return traced
 
     def encode_one(self, arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ops = _nb201_parse(arch)
@@ -194,7 +226,8 @@ class NB201Encoder(SpaceEncoder):
             onehot[e, NB201_OPS.index(op)] = 1.0
         act = onehot * np.array(active, float)[:, None]
         macs, params = _nb201_flops_params(ops)
-        flat = np.concatenate([onehot.ravel(), act.ravel(), onehot.sum(0), act.sum(0),
+        row = sum(NB201_OPS.index(op) * k ** (5 - e) for e, op in enumerate(ops))  # itertools.product order
+        flat = np.concatenate([self._traced()[row], onehot.ravel(), act.ravel(), onehot.sum(0), act.sum(0),
                                [float(connected), np.log(macs) - 17.0, np.log(params) - 11.0]])
         nodes = np.zeros((8, k + 3))
         nodes[0, k] = 1.0
@@ -229,7 +262,7 @@ class NB201Encoder(SpaceEncoder):
         readable reference (a test checks the two agree on every cell)."""
         table = self.__dict__.get("_table")
         if table is None:
-            table = self.__dict__["_table"] = _nb201_table()
+            table = self.__dict__["_table"] = _nb201_table(self._traced())
         index, flat, nodes, adj = table
         try:
             rows = np.fromiter((index[a] for a in archs), np.int64, count=len(archs))
@@ -238,15 +271,64 @@ class NB201Encoder(SpaceEncoder):
         return Encoded(flat[rows], nodes[rows], adj[rows])
 
 
-def _nb201_table() -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]:
-    """(arch -> row, flat, nodes, adj) for every NB201 cell, rows in ``itertools.product`` op order.
+def _nb201_product_archs() -> list[str]:
+    """Every NB201 cell's canonical string in ``itertools.product`` op order (edges in ``NB201_EDGES`` order)."""
+    return [f"|{o[0]}~0|+|{o[1]}~0|{o[2]}~1|+|{o[3]}~0|{o[4]}~1|{o[5]}~2|"
+            for o in itertools.product(NB201_OPS, repeat=6)]
+
+
+#: the graph features (``predictor.graph.features``) of every NB201 cell's network as the space builds it,
+#: traced (``hwlat.spaces.trace``, batch 1, 32 px), rows in ``itertools.product`` op order. Shipped because
+#: tracing the 15625 networks takes ~2 minutes of CPU and encoding the whole space must stay a lookup;
+#: ``write_nb201_traced_table`` writes it, and a test checks it against fresh traces.
+NB201_TRACED_TABLE = Path(__file__).resolve().parent / "pretrained" / f"nb201-traced-v{GRAPH_FEATURES_VERSION}.npz"
+
+
+def _nb201_traced_meta() -> dict[str, Any]:
+    """What the table's rows depend on: the feature layout, the tracer and the space's network."""
+    from hwlat.spaces import get_space
+
+    return {"features_version": GRAPH_FEATURES_VERSION, "trace_version": TRACE_VERSION,
+            "space": get_space("nb201").cache_identity()}
+
+
+def _trace_nb201() -> np.ndarray:
+    return np.stack([r[0] for r in traced_rows("nb201", _nb201_product_archs())]).astype(np.float32)
+
+
+def nb201_traced_flat() -> np.ndarray:
+    """[15625, GRAPH_FLAT_DIM] traced graph features in ``itertools.product`` order: ``NB201_TRACED_TABLE``, or,
+    where that is missing or was written for another feature layout, tracer or network, traced now (minutes
+    once; ``predictor.traced`` caches the rows on disk)."""
+    try:
+        with np.load(NB201_TRACED_TABLE, allow_pickle=False) as z:
+            meta, flat = json.loads(str(z["meta"])), z["flat"]
+        if meta == _nb201_traced_meta() and flat.shape == (len(NB201_OPS) ** 6, GRAPH_FLAT_DIM):
+            return flat.astype(np.float32)
+        reason = f"it was written for {meta}"
+    except (OSError, ValueError, KeyError) as exc:
+        reason = str(exc)
+    log.warning("cannot use %s (%s): tracing the 15625 NB201 networks instead", NB201_TRACED_TABLE.name, reason)
+    return _trace_nb201()
+
+
+def write_nb201_traced_table(path: Path = NB201_TRACED_TABLE) -> None:
+    """Trace every NB201 cell's network and write the table ``nb201_traced_flat`` reads (after a change to the
+    tracer, the graph features or the space's network; docs/datasets.md)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, flat=_trace_nb201(), meta=np.array(json.dumps(_nb201_traced_meta())))
+    atomic_write(path, buf.getvalue())
+
+
+def _nb201_table(traced: np.ndarray) -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]:
+    """(arch -> row, flat, nodes, adj) for every NB201 cell, rows in ``itertools.product`` op order, given the
+    cells' traced graph features in that order.
 
     The same features as ``NB201Encoder.encode_one``, computed with array ops over all cells at once.
     """
     k = len(NB201_OPS)
     ops = np.array(list(itertools.product(range(k), repeat=6)), np.int64)  # [B, 6] in NB201_EDGES order
-    index = {f"|{o[0]}~0|+|{o[1]}~0|{o[2]}~1|+|{o[3]}~0|{o[4]}~1|{o[5]}~2|": i
-             for i, o in enumerate(itertools.product(NB201_OPS, repeat=6))}
+    index = {a: i for i, a in enumerate(_nb201_product_archs())}
     b = len(ops)
     live = ops != NB201_OPS.index("none")
     reach = [np.ones(b, bool), np.zeros(b, bool), np.zeros(b, bool), np.zeros(b, bool)]  # from the input
@@ -261,7 +343,7 @@ def _nb201_table() -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]:
     n1 = (ops == NB201_OPS.index("nor_conv_1x1")).sum(1).astype(float)
     n3 = (ops == NB201_OPS.index("nor_conv_3x3")).sum(1).astype(float)
     macs, params = _nb201_flops_params_counts(n1, n3)
-    flat = np.concatenate([onehot.reshape(b, -1), act.reshape(b, -1), onehot.sum(1), act.sum(1),
+    flat = np.concatenate([traced, onehot.reshape(b, -1), act.reshape(b, -1), onehot.sum(1), act.sum(1),
                            reach[3][:, None].astype(float), np.log(macs)[:, None] - 17.0,
                            np.log(params)[:, None] - 11.0], axis=1)
     nodes = np.zeros((b, 8, k + 3))
@@ -414,7 +496,7 @@ class GraphEncoder(SpaceEncoder):
 
     name = "onnx"
     aliases = ("onnx", "graph")
-    linear_features = slice(0, GRAPH_N_LINEAR)
+    graph_cost = True
 
     def __init__(self, name: str = "onnx") -> None:
         self.name = name

@@ -1,7 +1,7 @@
 """Hardware-agnostic per-op cost quantities: FLOPs, bytes moved and operator launches of every op choice.
 
 The transfer's cost model (``predictor.additive``) predicts latency as an intercept plus one cost per
-(position, op) choice: the columns of ``SpaceEncoder.linear_features``. Its source prior says "the new
+design column (``SpaceEncoder.linear``: for FBNet each (position, op) choice). Its source prior says "the new
 device's cost table is a mix of the source devices' tables"; that fails when no source shares the target's
 hardware family (a GPU's table is not a mix of phones' tables). What every device does share is *why* an op
 costs what it costs: it executes some FLOPs, moves some bytes and launches some kernels. So the same design
@@ -20,8 +20,9 @@ unusually good or bad at depthwise convs or pooling). ``components`` turns these
 covariances over the design's cost vector; ``predictor.additive`` weighs them against the source prior by
 marginal likelihood.
 
-A graph-encoded space (``predictor.encode.GraphEncoder``: ONNX files, OFA, the ViT space, plug-ins) needs no
-table: its cost features (``predictor.graph.linear``) already are FLOPs, bytes and launches, per op type
+A graph-encoded space (``predictor.encode.GraphEncoder``: ONNX files, OFA, the ViT space, plug-ins), and NB201
+(whose encoder carries its traced networks' graph features: ``SpaceEncoder.graph_cost``), need no
+table: their cost features (``predictor.graph.linear``) already are FLOPs, bytes and launches, per op type
 (``graph_quantities``). The same ``components`` give it the same prior -- a device constant per quantity
 shared by every op type, plus per (op type, quantity) its own efficiency -- with the typical arch taken from
 the archs at hand, since such a space has no uniform draw to average over. One implementation, whichever way
@@ -38,11 +39,7 @@ from hwlat.spaces.graph import OP_TYPES
 
 from .encode import (
     _FBNET_SHAPES,
-    _NB201_STAGES,
     FBNET_OPS,
-    NB201_EDGES,
-    NB201_OPS,
-    GraphEncoder,
     _fbnet_layer_cost,
     get_encoder,
     is_registered,
@@ -50,20 +47,6 @@ from .encode import (
 from .graph import KERNEL_BASE, KERNEL_NAMES, N_DEAD, N_KERNEL, K
 
 QUANTITIES = ("flops", "bytes", "launches")
-
-
-def _nb201_op(op: str, c: int, hw: int) -> tuple[float, float, float]:
-    """(flops, bytes, launches) of one cell edge's op at ``c`` channels and ``hw`` px (``hwlat.spaces.nb201``)."""
-    a = c * hw * hw  # elements of the edge's activation (input = output shape)
-    if op == "none":  # Zero: x * 0, one elementwise op
-        return float(a), 8.0 * a, 1.0
-    if op == "skip_connect":  # identity: nothing runs
-        return 0.0, 0.0, 0.0
-    if op == "avg_pool_3x3":
-        return 9.0 * a, 8.0 * a, 1.0
-    k = 1 if op == "nor_conv_1x1" else 3
-    # ReLU, then conv with BN folded into it
-    return a + 2.0 * k * k * c * c * hw * hw, 16.0 * a + 4.0 * k * k * c * c, 2.0
 
 
 def _fbnet_op(op: str, cin: int, cout: int, stride: int, hw: int) -> tuple[float, float, float]:
@@ -95,10 +78,6 @@ def _fbnet_op(op: str, cin: int, cout: int, stride: int, hw: int) -> tuple[float
 @functools.cache
 def op_quantities(space: str) -> tuple[np.ndarray, list[str]]:
     """Quantities [P * O, Q] in the order of the space's linear features (position-major), and op names [P * O]."""
-    if space == "nb201":
-        per_op = np.array([[sum(5 * np.array(_nb201_op(op, c, hw)) for c, hw in _NB201_STAGES)[q]
-                            for q in range(len(QUANTITIES))] for op in NB201_OPS])
-        return np.tile(per_op, (len(NB201_EDGES), 1)), list(NB201_OPS) * len(NB201_EDGES)
     if space == "fbnet":
         rows = [_fbnet_op(op, *shape) for shape in _FBNET_SHAPES for op in FBNET_OPS]
         return np.array(rows), list(FBNET_OPS) * len(_FBNET_SHAPES)
@@ -177,14 +156,14 @@ def prior_components(space: str, x: np.ndarray | None = None) -> dict[str, np.nd
     """The hardware-agnostic prior of ``space``'s cost model (``components``); empty for a space without
     cost quantities (its transfer keeps the source prior alone).
 
-    ``nb201``/``fbnet``: from the analytic per-op table of their layer plans. A graph-encoded space (any
-    ``GraphEncoder``, whatever made its graphs): from ``graph_quantities``, with the typical arch the mean of
-    ``x``, the linear features of the archs at hand (the transfer's measured archs: their design, not their
-    latencies, so nothing held out is spent); such a space has no uniform arch to average over.
+    ``fbnet``: from the analytic per-op table of its layer plan. A space whose encoder gives graph cost features
+    (``SpaceEncoder.graph_cost``: any ``GraphEncoder``, whatever made its graphs, and NB201): from
+    ``graph_quantities``, with the typical arch the mean of ``x``, the linear features of the archs at hand
+    (the transfer's measured archs: their design, not their latencies, so nothing held out is spent).
     """
-    if space in ("nb201", "fbnet"):
+    if space == "fbnet":
         return _dedicated_components(space)
-    if not is_registered(space) or not isinstance(get_encoder(space), GraphEncoder) or x is None or not len(x):
+    if not is_registered(space) or not get_encoder(space).graph_cost or x is None or not len(x):
         return {}
     q, names, shared = graph_quantities()
     x = np.asarray(x, np.float64)

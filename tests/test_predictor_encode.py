@@ -9,6 +9,7 @@ import pytest
 
 from agents.errors import ArchError, UnknownSpaceError
 from predictor.encode import canonical_space, get_encoder, nb201_all_archs
+from predictor.graph import FLAT_DIM
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 ARCH0 = "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|"
@@ -29,7 +30,7 @@ def test_nb201_enumeration_matches_shared_arch_index() -> None:
     ref = pd.read_csv(path)
     assert ref["arch_str"].tolist() == nb201_all_archs()
     flat = get_encoder("nb201").encode(ref["arch_str"].tolist()).flat
-    connected = flat[:, 70] == 1.0  # the output-connected flag
+    connected = flat[:, FLAT_DIM + 70] == 1.0  # the output-connected flag, after the traced graph features
     assert np.array_equal(~connected, ref["output_disconnected"].to_numpy())
 
 
@@ -46,6 +47,29 @@ def test_nb201_batch_table_matches_encode_one() -> None:
         enc.encode([ARCH0, "|nor_conv_3x3~0|"])
 
 
+def test_shipped_nb201_traced_table_matches_fresh_traces() -> None:
+    """The shipped table of NB201's traced graph features is current (written for this feature layout, tracer
+    and network) and holds what tracing the space's own network gives now; a stale table would make every
+    NB201 encoder in the field fall back to minutes of tracing, or, unnoticed, describe other networks."""
+    import json
+
+    from hwlat.spaces import get_space
+    from hwlat.spaces.trace import trace_encoding
+    from predictor.encode import NB201_TRACED_TABLE, _nb201_product_archs, _nb201_traced_meta
+    from predictor.graph import features
+
+    with np.load(NB201_TRACED_TABLE, allow_pickle=False) as z:
+        assert json.loads(str(z["meta"])) == _nb201_traced_meta()
+        table = z["flat"]
+    archs = _nb201_product_archs()
+    space = get_space("nb201")
+    for row in np.random.default_rng(0).choice(len(archs), 6, replace=False):
+        fresh = features(trace_encoding(space, archs[row], 1, 32))[0]
+        assert np.allclose(table[row], fresh, rtol=1e-6, atol=0.0), archs[row]
+    flat = get_encoder("nb201").encode([archs[5]]).flat
+    assert np.array_equal(flat[0, :FLAT_DIM], table[5])
+
+
 def test_nb201_graph_blocks_flow_through_none() -> None:
     enc = get_encoder("nasbench201")
     arch = "|none~0|+|skip_connect~0|none~1|+|none~0|none~1|nor_conv_3x3~2|"
@@ -53,7 +77,7 @@ def test_nb201_graph_blocks_flow_through_none() -> None:
     # input -> edge(2<-0) -> edge(3<-2) -> output is the only path
     assert adj[0, 2] == 1 and adj[2, 6] == 1 and adj[6, 7] == 1
     assert adj[0, 1] == 0 and adj[1].sum() == 0
-    assert nodes.shape == (8, 8) and flat[70] == 1.0
+    assert nodes.shape == (8, 8) and flat[FLAT_DIM + 70] == 1.0
 
 
 @pytest.mark.parametrize("bad", ["", "|foo~0|+|none~0|none~1|+|none~0|none~1|none~2|",

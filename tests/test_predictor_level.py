@@ -7,20 +7,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from designs import nb201_onehot_prior, nb201_onehots
 from scipy.stats import spearmanr
 
 from predictor.additive import LEVEL_MIN_N, design, fit_source, fit_target, loo_level
-from predictor.encode import get_encoder
-from predictor.opcost import prior_components
 
 
 def _additive_family(rng: np.random.Generator, n_sources: int, low: float, jitter: Callable[[int], np.ndarray]
                      ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """Every NB201 arch, their linear features, a per-op cost vector (uniform in [low, 1)) and the cost fits
+    """Every NB201 arch, their edge-op one-hots, a per-op cost vector (uniform in [low, 1)) and the cost fits
     (``fit_source``, 300 archs each) of ``n_sources`` additive devices whose costs are it times ``jitter``."""
-    enc = get_encoder("nb201")
-    archs = enc.enumerate()
-    x = enc.encode(archs).flat[:, enc.linear_features].astype(np.float64)
+    archs, x = nb201_onehots()
     cost = rng.uniform(low, 1.0, x.shape[1])
     sources = []
     for _ in range(n_sources):
@@ -55,7 +52,7 @@ def test_level_correction_moves_the_level_of_a_skewed_fit_and_no_rank() -> None:
     rest = np.setdiff1d(np.arange(len(archs)), pick)
     measured = truth[pick].copy()
     measured[:5] *= 2.0
-    args = (sources, x[pick], measured, prior_components("nb201"))
+    args = (sources, x[pick], measured, nb201_onehot_prior(archs, x))
     plain = fit_target(*args, level=False)
     fixed = fit_target(*args)
     assert plain.level == 1.0 and fixed.level < 0.97, fixed.level
@@ -79,7 +76,7 @@ def test_family_floor_widens_where_the_points_do_not_look_and_moves_no_predictio
     pick = rng.choice(len(archs), 5, replace=False)
     on_mean = design(x[pick]) @ sources.mean(0) * truth[pick].mean() / (design(x[pick]) @ sources.mean(0)).mean()
     rest = np.setdiff1d(np.arange(len(archs)), pick)
-    agnostic = prior_components("nb201")
+    agnostic = nb201_onehot_prior(archs, x)
     plain = fit_target(sources, x[pick], on_mean, agnostic, family_floor=False)
     floored = fit_target(sources, x[pick], on_mean, agnostic)
     mean_plain, std_plain = plain.predict(x[rest])

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from designs import nb201_onehots
 from scipy.stats import spearmanr
 
 from predictor import Predictor, load
@@ -143,9 +144,7 @@ def test_cost_model_prior_from_sources_beats_no_prior() -> None:
     from predictor.additive import design, fit_source, fit_target
 
     rng = np.random.default_rng(0)
-    enc = get_encoder("nb201")
-    archs = enc.enumerate()
-    x = enc.encode(archs).flat[:, enc.linear_features].astype(np.float64)
+    archs, x = nb201_onehots()
     basis = rng.uniform(0.0, 1.0, size=(3, x.shape[1]))  # three kinds of hardware
     sources = []
     for _ in range(8):
@@ -209,7 +208,9 @@ def test_a_target_the_networks_already_know_keeps_their_ranking(split: tuple) ->
                        ("networks", TransferConfig(nn_weight=1.0, evidence_blend=False, judge=False))):
         info[label] = model.transfer(f"dev2-again-{label}", picks, lat[fit], cfg=cfg)
         rho[label] = spearmanr(model.predict([archs[i] for i in rest], f"dev2-again-{label}"), lat[rest])[0]
-    assert info["judged"]["best_source"] == "dev2" and info["judged"]["p_networks"] > 0.99, info
+    # the judge's odds for the networks: > 0.95 (0.98; over the traced graph features the cost model alone ranks
+    # this target at 0.997, so the evidence against it is less overwhelming than over the edge one-hots)
+    assert info["judged"]["best_source"] == "dev2" and info["judged"]["p_networks"] > 0.95, info
     assert rho["judged"] >= rho["networks"] - 1e-3, rho
     assert rho["evidence only"] < rho["networks"] - 3e-3 and info["evidence only"]["nn_weight"] <= 0.3, (rho, info)
 

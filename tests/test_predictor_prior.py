@@ -4,27 +4,28 @@ every source that the source prior alone cannot fit."""
 from __future__ import annotations
 
 import numpy as np
+from designs import nb201_onehot_prior, nb201_onehot_quantities, nb201_onehots
 from scipy.stats import spearmanr
 
 from predictor.additive import fit_source, fit_target
 from predictor.bench import score
-from predictor.encode import NB201_OPS, analytic_flops, get_encoder
-from predictor.opcost import op_quantities, prior_components
+from predictor.encode import analytic_flops, get_encoder
+from predictor.opcost import graph_quantities, op_quantities, prior_components
 
 
 def test_op_quantities_follow_the_layer_plan() -> None:
-    """Per-op FLOPs/bytes/launches come from the space's shapes: a 3x3 conv costs ~9x a 1x1's FLOPs, a skip
-    nothing; FBNet's grouped blocks launch the channel shuffle; conv FLOPs add up to the analytic count."""
-    q, names = op_quantities("nb201")
-    per = {op: q[names.index(op)] for op in NB201_OPS}
-    assert per["skip_connect"].tolist() == [0.0, 0.0, 0.0]
-    assert 8.0 < per["nor_conv_3x3"][0] / per["nor_conv_1x1"][0] < 9.0
-    assert per["nor_conv_3x3"][2] == per["nor_conv_1x1"][2] > per["avg_pool_3x3"][2] > 0
-    arch = "|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
+    """FBNet's per-op FLOPs/bytes/launches come from the space's shapes: its grouped blocks launch the channel
+    shuffle. NB201's cost features are its traced networks' (FLOPs per op type): a 3x3 conv in place of a 1x1
+    adds what the analytic count says."""
+    enc = get_encoder("nb201")
+    q, names, _ = graph_quantities()
+    conv_flops = q[:, 0] * np.isin(names, ("conv", "conv_pw"))  # 3x3 and pointwise convolutions
     base = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
-    relu = 2 * 5 * (16 * 32 * 32 + 32 * 16 * 16 + 64 * 8 * 8)  # the two convs' ReLUs over 3 stages x 5 cells
-    conv_flops = float(np.diff(analytic_flops("nb201", [base, arch]))[0])
-    assert per["nor_conv_3x3"][0] + per["nor_conv_1x1"][0] == conv_flops + relu
+    one = "|nor_conv_1x1~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
+    three = "|nor_conv_3x3~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
+    traced = enc.linear(enc.encode([base, one, three]).flat) @ conv_flops * 1e8  # LINEAR_UNITS: 1e8 FLOPs
+    analytic = analytic_flops("nb201", [base, one, three])
+    assert np.allclose(np.diff(traced), np.diff(analytic), rtol=1e-6), (traced, analytic)
     qf, names_f = op_quantities("fbnet")
     assert qf.shape == (22 * 9, 3)
     assert qf[names_f.index("k3_e1_g2"), 2] == qf[names_f.index("k3_e1"), 2] + 3
@@ -33,30 +34,24 @@ def test_op_quantities_follow_the_layer_plan() -> None:
     assert prior_components("no-such-space") == {}
 
 
-def _nb201_x() -> tuple[list[str], np.ndarray]:
-    enc = get_encoder("nb201")
-    archs = enc.enumerate()
-    return archs, enc.encode(archs).flat[:, enc.linear_features].astype(np.float64)
-
-
 def test_agnostic_prior_fits_a_device_unlike_every_source() -> None:
     """Sources whose costs do not follow FLOPs (every op alike, 'phones'); the target is a roofline device
     (FLOPs / peak + bytes / bandwidth + launches x overhead). From 12 samples the agnostic prior ranks it far
     better than the source prior alone, and the evidence says the sources do not explain it."""
     rng = np.random.default_rng(1)
-    archs, x = _nb201_x()
-    q, _ = op_quantities("nb201")
+    archs, x = nb201_onehots()
+    q = nb201_onehot_quantities(archs, x)
     sources = []
     for _ in range(6):
         cost = rng.uniform(0.8, 1.2, x.shape[1]) * np.where(np.arange(x.shape[1]) % 5 == 1, 0.0, 1.0)
         pick = rng.choice(len(archs), 300, replace=False)
         sources.append(fit_source(x[pick], 5.0 + x[pick] @ cost))
-    theta = np.array([1.0 / 2e8, 1.0 / 4e6, 0.02])  # a compute-bound device with launch overhead
+    theta = np.array([1.0 / 2e8, 1.0 / 4e6, 0.02]) * [1e8, 1e7, 10.0]  # compute-bound, in graph.LINEAR_UNITS
     truth = (2.0 + x @ (q @ theta)) * np.exp(rng.normal(0, 0.01, len(x)))
     pick = rng.choice(len(archs), 12, replace=False)
     rest = np.setdiff1d(np.arange(len(archs)), pick)
     src_only = fit_target(np.stack(sources), x[pick], truth[pick])
-    mixed = fit_target(np.stack(sources), x[pick], truth[pick], prior_components("nb201"))
+    mixed = fit_target(np.stack(sources), x[pick], truth[pick], nb201_onehot_prior(archs, x))
     rho_src = spearmanr(src_only.predict(x[rest])[0], truth[rest])[0]
     pred, sd = mixed.predict(x[rest])
     rho_mixed = spearmanr(pred, truth[rest])[0]
@@ -72,7 +67,7 @@ def test_agnostic_prior_costs_nothing_where_the_sources_fit() -> None:
     (the source-only optimum is a starting point of the evidence search, so it can only be left for a better
     fit)."""
     rng = np.random.default_rng(2)
-    archs, x = _nb201_x()
+    archs, x = nb201_onehots()
     basis = rng.uniform(0.0, 1.0, size=(3, x.shape[1]))
     sources = []
     for _ in range(8):
@@ -83,7 +78,7 @@ def test_agnostic_prior_costs_nothing_where_the_sources_fit() -> None:
     pick = rng.choice(len(archs), 12, replace=False)
     rest = np.setdiff1d(np.arange(len(archs)), pick)
     src_only = fit_target(np.stack(sources), x[pick], truth[pick])
-    mixed = fit_target(np.stack(sources), x[pick], truth[pick], prior_components("nb201"))
+    mixed = fit_target(np.stack(sources), x[pick], truth[pick], nb201_onehot_prior(archs, x))
     rho_src = spearmanr(src_only.predict(x[rest])[0], truth[rest])[0]
     rho_mixed = spearmanr(mixed.predict(x[rest])[0], truth[rest])[0]
     assert rho_mixed > rho_src - 0.01, (rho_mixed, rho_src)
