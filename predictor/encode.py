@@ -279,7 +279,7 @@ def _nb201_product_archs() -> list[str]:
 
 #: the graph features (``predictor.graph.features``) of every NB201 cell's network as the space builds it,
 #: traced (``hwlat.spaces.trace``, batch 1, 32 px), rows in ``itertools.product`` op order. Shipped because
-#: tracing the 15625 networks takes ~2 minutes of CPU and encoding the whole space must stay a lookup;
+#: tracing the 15625 networks takes ~5 CPU-minutes and encoding the whole space must stay a lookup;
 #: ``write_nb201_traced_table`` writes it, and a test checks it against fresh traces.
 NB201_TRACED_TABLE = Path(__file__).resolve().parent / "pretrained" / f"nb201-traced-v{GRAPH_FEATURES_VERSION}.npz"
 
