@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from agents.errors import UsageError
@@ -160,8 +161,22 @@ def _damage(kind: str, path: Path) -> None:
     elif kind == "garbage":
         path.write_bytes(os.urandom(len(data)))
     elif kind == "flipped page bytes":  # footer intact: only the page checksum can tell
-        start = len(data) // 4
-        path.write_bytes(data[:start] + bytes(b ^ 0x5A for b in data[start:start + 64]) + data[start + 64:])
+        start = _page_payload_end(path) - 16
+        path.write_bytes(data[:start] + bytes(b ^ 0x5A for b in data[start:start + 16]) + data[start + 16:])
+        pq.read_metadata(path)  # the footer still parses ...
+        with pytest.raises(OSError, match=r"(?i)crc|checksum"):  # ... and the flip sits where the CRC covers it
+            pq.read_table(path, page_checksum_verification=True)
+
+
+def _page_payload_end(path: Path) -> int:
+    """Where the largest column chunk ends: its last bytes are its last page's payload, which the page CRC
+    covers. A fixed offset into the file can land in a page header instead, whose statistics no CRC covers,
+    so whether the damage was detectable would depend on the file's content."""
+    meta = pq.read_metadata(path)
+    chunks = [meta.row_group(g).column(c) for g in range(meta.num_row_groups) for c in range(meta.num_columns)]
+    chunk = max(chunks, key=lambda ch: ch.total_compressed_size)
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    return start + chunk.total_compressed_size
 
 
 @pytest.mark.parametrize("kind", ["zero bytes", "truncated", "garbage", "flipped page bytes"])
