@@ -58,7 +58,8 @@ def _centres_around(x: np.ndarray, fixed: np.ndarray, n: int, rng: np.random.Gen
     """``n`` k-means centroids of ``x`` beside the ``fixed`` ones, which stay where they are: k-means++ seeding
     that counts the fixed centroids as already chosen, then Lloyd steps that move only the free centroids.
     A free centroid that loses every point is re-seeded at the point farthest from all centroids."""
-    d2 = _sq_dist(x, fixed).min(1)
+    near_fixed = _sq_dist(x, fixed).min(1)  # the fixed centroids never move: their distances are computed once
+    d2 = near_fixed.copy()
     free = np.empty((n, x.shape[1]))
     for c in range(n):
         total = d2.sum()
@@ -66,12 +67,13 @@ def _centres_around(x: np.ndarray, fixed: np.ndarray, n: int, rng: np.random.Gen
         free[c] = x[i]
         d2 = np.minimum(d2, _sq_dist(x, free[c:c + 1])[:, 0])
     for _ in range(max_iter):
-        dist = _sq_dist(x, np.vstack([fixed, free]))
-        label = dist.argmin(1) - len(fixed)
+        dist = _sq_dist(x, free)
+        nearest = dist.min(1)
+        label = np.where(nearest < near_fixed, dist.argmin(1), -1)  # -1: a fixed centroid is nearer (or as near)
         moved = free.copy()
         for c in range(n):
             members = label == c
-            moved[c] = x[members].mean(0) if members.any() else x[int(dist.min(1).argmax())]
+            moved[c] = x[members].mean(0) if members.any() else x[int(np.minimum(nearest, near_fixed).argmax())]
         if np.allclose(moved, free):
             break
         free = moved
