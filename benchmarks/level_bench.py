@@ -35,7 +35,7 @@ from predictor.transfer import TransferConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nb201"
 #: the ``TransferConfig`` switches this benchmark can turn off (each is on in the shipped configuration)
-SWITCHES = ("level", "family_floor")
+SWITCHES = ("level", "family_floor", "oof_calibration")
 #: the nominal coverage of a +-1 std interval
 NOMINAL = 0.68
 

@@ -114,6 +114,13 @@ def _evidence(log_h: np.ndarray, kernels: np.ndarray, r0: np.ndarray) -> tuple[f
     return nll, grad
 
 
+def shrink(m: float, se2: float) -> float:
+    """Empirical-Bayes posterior mean of an effect estimated as ``m`` with sampling variance ``se2``: with a prior
+    ``N(0, t^2)``, the marginal likelihood of the one estimate is maximal at ``t^2 = max(0, m^2 - se2)``, whose
+    posterior mean is ``m * max(0, 1 - se2 / m^2)``. An effect within the noise of its own estimate is 0."""
+    return 0.0 if m * m <= se2 else m * (1.0 - se2 / (m * m))
+
+
 def loo_level(y: np.ndarray, resid: np.ndarray, floor: float) -> float:
     """Multiplicative level correction of a least-squares fit in ms, from its leave-one-out ratios.
 
@@ -123,10 +130,8 @@ def loo_level(y: np.ndarray, resid: np.ndarray, floor: float) -> float:
     for the level of the typical arch in log space. ``y`` are the measured latencies, ``resid`` their
     leave-one-out residuals ``y - prediction without that point`` (closed form for a Gaussian process), both
     in the device's unit. The estimate is the median of the log ratios ``log(y / loo prediction)``: robust
-    to a few outliers and spends no held-out data. It is shrunk by empirical Bayes: with a Gaussian prior
-    ``N(0, t^2)`` on the log level and the median's standard error ``se`` (MAD-based), the marginal likelihood
-    of the one estimate ``m`` is maximal at ``t^2 = max(0, m^2 - se^2)``, whose posterior mean is
-    ``m * max(0, 1 - se^2 / m^2)``: a shift within the noise of the N points is not applied. Fewer than
+    to a few outliers and spends no held-out data. It is shrunk by empirical Bayes (``shrink``, with the
+    median's MAD-based standard error): a shift within the noise of the N points is not applied. Fewer than
     ``LEVEL_MIN_N`` points: 1.
     """
     n = len(y)
@@ -135,9 +140,7 @@ def loo_level(y: np.ndarray, resid: np.ndarray, floor: float) -> float:
     ratio = np.log(y / np.maximum(y - resid, floor))
     m = float(np.median(ratio))
     se2 = (MEDIAN_SE * MAD_SD * float(np.median(np.abs(ratio - m)))) ** 2 / n
-    if m * m <= se2:
-        return 1.0
-    return float(np.exp(m * (1.0 - se2 / (m * m))))
+    return float(np.exp(shrink(m, se2)))
 
 
 def fit_target(sources: np.ndarray, x: np.ndarray, lat_ms: np.ndarray,

@@ -215,6 +215,31 @@ def test_a_target_the_networks_already_know_keeps_their_ranking(split: tuple) ->
     assert rho["evidence only"] < rho["networks"] - 3e-3 and info["evidence only"]["nn_weight"] <= 0.3, (rho, info)
 
 
+def test_out_of_fold_calibration_makes_the_interval_hold_about_68_percent(split: tuple) -> None:
+    """The held-out device from 8 and 16 picks: the cost model's own std holds a third of the other archs at
+    +-1 std (its hyper-parameters were fitted to the picks). The judge's out-of-fold errors scale it so that it
+    holds about 68 %, and change no prediction."""
+    from predictor.transfer import TransferConfig
+
+    model, _, target = split
+    archs = target["arch"].tolist()
+    lat = target.set_index("arch")["latency_ms"]
+    for n in (8, 16):
+        picks = sample("diversity", "nb201", archs, n, seed=0)
+        rest = [a for a in archs if a not in set(picks)]
+        got = {}
+        for on in (False, True):
+            info = model.transfer(f"cal-{n}-{on}", picks, lat.loc[picks].to_numpy(),
+                                  cfg=TransferConfig(oof_calibration=on))
+            ms, sd = model.predict_with_uncertainty(rest, f"cal-{n}-{on}")
+            inside = np.abs(np.log(ms) - np.log(lat.loc[rest].to_numpy())) <= sd
+            got[on] = (ms, sd, float(inside.mean()), info["std_scale"])
+        (ms_off, sd_off, cov_off, scale_off), (ms_on, sd_on, cov_on, scale_on) = got[False], got[True]
+        assert scale_off == 1.0 and scale_on > 1.5 and np.array_equal(ms_on, ms_off), (n, scale_on)
+        assert np.allclose(sd_on, sd_off * scale_on)
+        assert cov_off < 0.45 and abs(cov_on - 0.68) < 0.1, (n, cov_off, cov_on)
+
+
 def test_hybrid_sampler(split: tuple) -> None:
     """Unknown device: plain diversity picks; known device: picks come from its most uncertain archs."""
     from predictor.samplers import HYBRID_SHORTLIST
