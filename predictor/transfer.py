@@ -250,7 +250,7 @@ def judge_networks(sm: SpaceModel, encoded: Encoded, lin: np.ndarray, lat_ms: np
     a cost model refitted on N - N/5 points can miss one left-out arch by a factor of 10 while the rest are
     within 10 %, and with Gaussian densities that one arch handed two FO1 GPUs to the networks (Spearman
     -0.05 each); the heavy tail lets the bulk of the points decide. Nothing held out is spent. Fewer than
-    ``JUDGE_MIN_N`` points: 0.
+    ``JUDGE_MIN_N`` points: ``p_networks`` 0 and no calibration.
 
     The same folds calibrate the predictive std (``std_scale``). The cost model's own leave-one-out scaling
     (``additive.fit_target``) keeps the hyper-parameters it chose on all N points, which with 5-10 points are
