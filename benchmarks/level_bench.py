@@ -1,6 +1,7 @@
 """A transfer switch side by side: `hwlat predictor bench` figures with it off and on (default: the level
 correction, ``TransferConfig.level``; ``--switch family_floor``: the predictive variance's floor on the source
-family's scale, ``additive.FAMILY_FLOOR``).
+family's scale, ``additive.FAMILY_FLOOR``; ``--switch oof_calibration``: the predictive std's out-of-fold
+calibration, ``transfer.Judgement.std_scale``).
 
     taskset -c 1 nice -n 5 python benchmarks/level_bench.py --task ND --samples 20 10 --seeds 3 \
         --json out/level/nd.json
