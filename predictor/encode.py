@@ -76,8 +76,9 @@ class SpaceEncoder:
     #: fitted at transfer (a per-op cost model); the rest (counts, flags, FLOPs) would let one odd sample
     #: (e.g. a disconnected cell) dominate a 5-20 point fit.
     linear_features: slice = slice(None)
-    #: whether ``linear`` gives ``predictor.graph.linear`` features (per op type FLOPs, bytes and launches), whose
-    #: hardware-agnostic prior ``predictor.opcost.graph_quantities`` describes
+    #: whether ``flat`` starts with ``predictor.graph.features`` (``GRAPH_FLAT_DIM`` columns): then ``linear`` gives
+    #: ``predictor.graph.linear`` of them (per op type FLOPs, bytes and launches), whose hardware-agnostic prior
+    #: ``predictor.opcost.graph_quantities`` describes, and ``linear_features`` is not used
     graph_cost: bool = False
     #: the one input size (batch, resolution) whose network an analytic encoder's features describe (its FLOPs,
     #: its layer shapes); None where each network's own size is encoded (graphs, traces). Rows measured at
@@ -90,6 +91,8 @@ class SpaceEncoder:
 
     def linear(self, flat: np.ndarray) -> np.ndarray:
         """The per-op cost model's features of encoded archs (``flat`` rows)."""
+        if self.graph_cost:
+            return graph_linear(np.asarray(flat)[:, :GRAPH_FLAT_DIM])
         return flat[:, self.linear_features]
 
     def enumerate(self) -> list[str] | None:
@@ -207,9 +210,6 @@ class NB201Encoder(SpaceEncoder):
 
     def example(self) -> str:
         return "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|"
-
-    def linear(self, flat: np.ndarray) -> np.ndarray:
-        return graph_linear(np.asarray(flat)[:, :GRAPH_FLAT_DIM])
 
     def _traced(self) -> np.ndarray:
         traced = self.__dict__.get("_traced_flat")
@@ -504,9 +504,6 @@ class GraphEncoder(SpaceEncoder):
 
     def example(self) -> str:
         return "empty"
-
-    def linear(self, flat: np.ndarray) -> np.ndarray:
-        return graph_linear(flat)
 
     def encode_one(self, arch: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         hit = _GRAPH_FEATURES.get(arch) if isinstance(arch, str) else None
