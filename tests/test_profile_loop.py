@@ -81,6 +81,7 @@ def test_profile_budget_report_and_rerun(tmp_path: Path, base_model: Path) -> No
     last = state["rounds"][-1]
     assert sorted(last["cv_std"]) == sorted(last["cv_pred"]) and len(last["cv_pred"]) == 6
     assert 0 <= last["cv_coverage"] <= 1 and "within their predicted +-1 std" in proc.stderr
+    assert last["cv_mape_hi"] >= last["cv_mape"] > 0  # the interval the --target-std rule holds to the asked error
     html = (out / "report.html").read_text()
     assert "±1 std holds" in html
     for png in ("rounds.png", "pred_vs_measured.png", "latency_distribution.png", "flops_vs_latency.png"):

@@ -48,8 +48,8 @@ def profile_document(out: Path, paths: dict[str, Any]) -> dict[str, Any]:
     """``hwlat profile --json`` (docs/cli.md): where everything is, and how each round went."""
     state = json.loads((out / "state.json").read_text())
     rounds = [{k: r.get(k) for k in ("round", "sampler", "measured", "cv_spearman", "cv_kendall", "cv_mape",
-                                     "cv_coverage", "pool_std", "best_source", "ref_level_ms", "remeasures",
-                                     "set_aside", "level_notes")}
+                                     "cv_mape_hi", "cv_coverage", "pool_std", "best_source", "ref_level_ms",
+                                     "remeasures", "set_aside", "level_notes")}
               for r in state["rounds"] if r["done"]]
     return {"device": state["device"], "space": state["space"], "stopped": state["stopped"],
             "rounds": rounds, "level": state.get("level"), **{k: str(v) for k, v in paths.items()}}

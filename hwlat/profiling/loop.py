@@ -12,9 +12,10 @@ Stopping rule (docs/profile.md): with at least ``min_measured`` archs measured (
 cross-validated Spearman over a handful of archs is too noisy to act on), stop when the cross-validated
 Spearman improved by less than ``tolerance`` (0.005) in each of the last ``patience`` (2) rounds, or, with
 ``target_std``, when the predictions are as sure as asked and the held-out evidence agrees: the median predicted
-std of log latency over the candidate pool is at most ``target_std``, the out-of-fold archs' MAPE is at most
-``target_std`` (as a fraction), and at least ``MIN_CV_COVERAGE`` of them lie within their predicted +-1 std (an
-optimistic std cannot stop the loop alone).
+std of log latency over the candidate pool is at most ``target_std``, the upper end of the out-of-fold archs'
+MAPE's 95 % bootstrap interval is at most ``target_std`` (as a fraction; ``hwlat.profiling.scores``), and at
+least ``MIN_CV_COVERAGE`` of them lie within their predicted +-1 std (an optimistic std cannot stop the loop
+alone).
 
 Batch levels (docs/profile.md, "Off-level batches"): each batch is its own campaign session, so before a round's
 transfer its drift reference level is compared with the profile's other batches (``settle_levels``); an
@@ -36,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
 
 from agents.errors import DeviceBusyError, DeviceFailedError, UsageError
 from agents.records import USABLE_STATUSES
@@ -45,6 +45,7 @@ from harness.compare import Baseline, lowest_level, normalize_sessions
 from harness.devices import DeviceProfile
 from harness.shipped import shipped_dir
 from harness.store import DatasetStore, read_dataset
+from hwlat.profiling.scores import bootstrap_round, cv_coverage, cv_scores
 from hwlat.profiling.state import ProfileState, RoundRecord
 
 #: Candidate pool size for spaces too large to enumerate (FBNet has 9^22 archs).
@@ -255,26 +256,6 @@ def cross_validate(base_path: Path, target: str, space: str, archs: list[str], l
     return pred_out, std_out
 
 
-def cv_coverage(cv_pred: dict[str, float], cv_std: dict[str, float], measured: dict[str, float]) -> float | None:
-    """Share of the out-of-fold archs whose measured latency lies within their predicted +-1 std (log scale)."""
-    archs = [a for a in cv_pred if a in cv_std and a in measured]
-    if not archs:
-        return None
-    return float(np.mean([abs(math.log(measured[a] / cv_pred[a])) <= cv_std[a] for a in archs]))
-
-
-def cv_scores(cv_pred: dict[str, float], measured: dict[str, float]) -> tuple[float | None, float | None, float]:
-    from scipy.stats import kendalltau
-
-    archs = sorted(cv_pred)
-    if len(archs) < 3:
-        return None, None, float("nan")
-    p = np.array([cv_pred[a] for a in archs])
-    y = np.array([measured[a] for a in archs])
-    return (float(spearmanr(p, y).statistic), float(kendalltau(p, y).statistic),
-            float(np.mean(np.abs(p - y) / y) * 100))
-
-
 def converged(rounds: list[RoundRecord], req: ProfileRequest) -> bool:
     """The documented stopping rule (see the module docstring)."""
     done = [r for r in rounds if r.done and r.cv_spearman is not None]
@@ -290,12 +271,14 @@ def precise_enough(rounds: list[RoundRecord], req: ProfileRequest) -> str:
     if req.target_std is None or not done:
         return ""
     last = done[-1]
-    if last.measured < req.min_measured or None in (last.pool_std, last.cv_coverage, last.cv_mape):
+    if last.measured < req.min_measured or None in (last.pool_std, last.cv_coverage, last.cv_mape, last.cv_mape_hi):
         return ""
-    if last.pool_std > req.target_std or last.cv_mape > 100 * req.target_std or last.cv_coverage < MIN_CV_COVERAGE:
+    if (last.pool_std > req.target_std or last.cv_mape_hi > 100 * req.target_std
+            or last.cv_coverage < MIN_CV_COVERAGE):
         return ""
     return (f"precise enough: median predicted std {last.pool_std:.3f} <= {req.target_std:g}, out-of-fold MAPE "
-            f"{last.cv_mape:.1f}%, {last.cv_coverage:.0%} of the out-of-fold archs within their +-1 std")
+            f"{last.cv_mape:.1f}% (95% interval up to {last.cv_mape_hi:.1f}%), {last.cv_coverage:.0%} of the "
+            f"out-of-fold archs within their +-1 std")
 
 
 def sync_rows(src: Path, dst: Path) -> int:
@@ -425,6 +408,7 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
         pending.measured, pending.cv_spearman, pending.cv_kendall = len(attempted), rho, tau
         pending.cv_mape, pending.best_source, pending.cv_pred = mape, str(info.get("best_source", "")), cv
         pending.cv_std, pending.cv_coverage = cv_std, cv_coverage(cv, cv_std, measured)
+        pending.cv_mape_hi = bootstrap_round(cv, measured, seed=pending.round).get("mape_hi")
         if req.target_std is not None:  # the whole pool's prediction: only when the rule needs it
             pending.pool_std = float(np.median(model.predict_with_uncertainty(pool, target, space=space)[1]))
         pending.done = True

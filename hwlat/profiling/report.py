@@ -28,10 +28,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import ticker
-from scipy.stats import spearmanr
 
 from agents import __version__
 from agents.files import atomic_path, atomic_write
+from hwlat.profiling.scores import bootstrap_round
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 
 #: How many of the fastest predicted archs the report lists.
 FASTEST = 10
-#: Bootstrap resamples for the per-round accuracy intervals.
-BOOTSTRAP = 1000
 #: One look for every plot: readable at a glance in a browser at 100 % zoom.
 STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
          "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.grid": True, "grid.alpha": 0.3}
@@ -50,26 +48,6 @@ MEASURED = "tab:orange"
 
 
 # ---------------------------------------------------------------------------------------------- numbers
-def bootstrap_round(cv_pred: dict[str, float], measured: dict[str, float], seed: int = 0) -> dict[str, Any]:
-    """Held-out Spearman and MAPE of one round with 95% bootstrap intervals (resampling the measured archs)."""
-    archs = [a for a in sorted(cv_pred) if a in measured]
-    if len(archs) < 4:
-        return {}
-    p = np.array([cv_pred[a] for a in archs])
-    y = np.array([measured[a] for a in archs])
-    rng = np.random.default_rng(seed)
-    rhos, mapes = [], []
-    for _ in range(BOOTSTRAP):
-        idx = rng.integers(0, len(archs), len(archs))
-        if np.ptp(y[idx]) > 0 and np.ptp(p[idx]) > 0:
-            rhos.append(spearmanr(p[idx], y[idx]).statistic)
-        mapes.append(float(np.mean(np.abs(p[idx] - y[idx]) / y[idx]) * 100))
-    rho_lo, rho_hi = np.percentile(rhos, [2.5, 97.5]) if rhos else (math.nan, math.nan)
-    mape_lo, mape_hi = np.percentile(mapes, [2.5, 97.5])
-    return {"n": len(archs), "rho_lo": float(rho_lo), "rho_hi": float(rho_hi), "mape_lo": float(mape_lo),
-            "mape_hi": float(mape_hi)}
-
-
 def pareto_front(flops: np.ndarray, latency: np.ndarray) -> np.ndarray:
     """Indices of the archs no other arch beats on both counts (more FLOPs *and* less predicted latency).
 

@@ -21,6 +21,9 @@ class RoundRecord:
     cv_spearman: float | None = None
     cv_kendall: float | None = None
     cv_mape: float | None = None
+    #: upper end of that MAPE's 95 % bootstrap interval over the out-of-fold archs: what ``--target-std`` holds
+    #: to the asked error (``hwlat.profiling.scores``)
+    cv_mape_hi: float | None = None
     best_source: str = ""
     cv_pred: dict[str, float] = field(default_factory=dict)
     #: the out-of-fold predictions' std of log latency, by arch: the held-out check of the predicted uncertainty
