@@ -1,7 +1,8 @@
 """A transfer switch side by side: `hwlat predictor bench` figures with it off and on (default: the level
 correction, ``TransferConfig.level``; ``--switch family_floor``: the predictive variance's floor on the source
 family's scale, ``additive.FAMILY_FLOOR``; ``--switch oof_calibration``: the predictive std's out-of-fold
-calibration, ``transfer.Judgement.std_scale``).
+calibration, ``transfer.Judgement.std_scale``; ``--switch judge_loo``: the judge's leave-one-out folds up to
+``transfer.JUDGE_LOO_N`` points).
 
     taskset -c 1 nice -n 5 python benchmarks/level_bench.py --task ND --samples 20 10 --seeds 3 \
         --json out/level/nd.json
@@ -36,7 +37,7 @@ from predictor.transfer import TransferConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nb201"
 #: the ``TransferConfig`` switches this benchmark can turn off (each is on in the shipped configuration)
-SWITCHES = ("level", "family_floor", "oof_calibration")
+SWITCHES = ("level", "family_floor", "oof_calibration", "judge_loo")
 #: the nominal coverage of a +-1 std interval
 NOMINAL = 0.68
 

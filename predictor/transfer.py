@@ -22,16 +22,17 @@
    ``p_source`` is the cost fit's posterior probability that the source prior alone explains the N
    points. A target unlike every source (its evidence prefers the agnostic prior by more than the
    extra scales' BIC price) gets little of the networks, which were trained on those sources only.
-5. Judge the networks themselves (``judge_networks``): step 4's ``p_source`` weighs the sources' cost
-   tables, not the networks, so a target the networks already know (a pretrained device measured again,
-   or one shaped exactly like a source's prediction) but that is not additive kept a network weight of
-   <= 0.3. Both the networks alone and step 4's blend are refitted on 5 folds of the N points and scored
-   on the left-out points; the final weight is the model average ``w + p_networks * (1 - w)``, where
-   ``p_networks`` is the networks' posterior probability from that out-of-fold likelihood ratio (Cauchy
-   errors) with prior odds ``JUDGE_ODDS`` = 1000 for the blend (the blend won on the development splits).
-   The same out-of-fold errors, over the refitted cost models' stds, scale the predictive std so that it
-   holds ~68 % of them, shrunk by the noise of that estimate (``Judgement.std_scale``): the cost model's own
-   calibration reuses hyper-parameters fitted to the very points it checks, and ignores the networks' share.
+5. Judge the networks themselves (``judge_networks``): step 4's ``p_source`` weighs the sources' cost tables,
+   not the networks, so a target the networks already know (a pretrained device measured again, or one shaped
+   exactly like a source's prediction) but that is not additive kept a network weight of <= 0.3. Both the
+   networks alone and step 4's blend are refitted without each of the N points (up to 10 points; beyond,
+   without each of 5 folds) and scored on the left-out points; the final weight is the model average
+   ``w + p_networks * (1 - w)``, where ``p_networks`` is the networks' posterior probability from that out-of-fold
+   likelihood ratio (Cauchy errors) with prior odds ``JUDGE_ODDS`` = 1000 for the blend (the blend won on the
+   development splits). The same out-of-fold errors, over the refitted cost models' stds, scale the predictive
+   std so that it holds ~68 % of them, shrunk by the noise of that estimate (``Judgement.std_scale``): the cost
+   model's own calibration reuses hyper-parameters fitted to the very points it checks, and ignores the
+   networks' share.
 
 ``nn_weight`` = 0.3 was chosen on the development tasks (NX1-NX3 and two leave-hardware-family-out splits,
 docs/predictor.md): 0.2 and 0.3 tie at N = 20 (0.9561), 0.3 is ahead at N = 10, and both beat either model
@@ -61,8 +62,11 @@ from .models import LatencyNet
 from .opcost import prior_components
 from .train import SpaceModel, pairwise_rank_loss, to_tensors
 
-#: folds of the out-of-fold judge (step 5; leave-one-out below this many points)
+#: folds of the out-of-fold judge (step 5) beyond ``JUDGE_LOO_N`` points
 JUDGE_FOLDS = 5
+#: up to this many points the judge leaves one out: at 5-10 points a fit is still on the steep part of its
+#: learning curve, so refits on 4/5 of them err more than the fit on all and would widen the std too much
+JUDGE_LOO_N = 10
 #: fewest measured archs the judge runs on: a fold must keep enough points to refit both models
 JUDGE_MIN_N = 5
 #: prior odds of the evidence blend against "the networks alone" (step 5). The blend was chosen on the
@@ -105,6 +109,9 @@ class TransferConfig:
     family_floor: bool = True
     #: scale the predictive std by the judge's out-of-fold errors (``judge_networks``); off only to measure it
     oof_calibration: bool = True
+    #: the judge leaves one out up to ``JUDGE_LOO_N`` points (off: ``JUDGE_FOLDS`` folds from 5 points on);
+    #: off only to measure it
+    judge_loo: bool = True
 
 
 class FrozenHead:
@@ -240,17 +247,21 @@ def judge_networks(sm: SpaceModel, encoded: Encoded, lin: np.ndarray, lat_ms: np
                    seed: int = 0) -> Judgement:
     """Step 5: the posterior probability that the networks alone predict this target better than step 4's blend.
 
-    Step 4's weight judges the *sources' cost tables* (``p_source``), not the networks: a target that is one
-    of the pretrained devices, or behaves exactly like the networks' prediction of one, but is not additive
-    over the op choices, keeps the networks at 0.3 or less although they are right. So both candidates are
-    refitted from scratch on ``JUDGE_FOLDS`` folds of the N points (networks: step 2; blend: steps 3-4 with
-    their own evidence weight) and scored on the left-out points: pseudo-Bayesian model averaging of the two,
-    each model's out-of-fold log errors under a Cauchy density (Student-t, one degree of freedom) with its own
-    maximum-likelihood scale, against the prior odds ``cfg.judge_odds`` for the blend. Cauchy, not Gaussian:
-    a cost model refitted on N - N/5 points can miss one left-out arch by a factor of 10 while the rest are
-    within 10 %, and with Gaussian densities that one arch handed two FO1 GPUs to the networks (Spearman
-    -0.05 each); the heavy tail lets the bulk of the points decide. Nothing held out is spent. Fewer than
-    ``JUDGE_MIN_N`` points: ``p_networks`` 0 and no calibration.
+    Step 4's weight judges the *sources' cost tables* (``p_source``), not the networks: a target that is one of the
+    pretrained devices, or behaves exactly like the networks' prediction of one, but is not additive over the op
+    choices, keeps the networks at 0.3 or less although they are right. So both candidates are refitted from
+    scratch without each of the N points (up to ``JUDGE_LOO_N``; beyond, without each of ``JUDGE_FOLDS`` folds of
+    them; networks: step 2; blend: steps 3-4 with their own evidence weight) and scored on the left-out points:
+    pseudo-Bayesian model averaging of the two, each model's out-of-fold log errors under a Cauchy density
+    (Student-t, one degree of freedom) with its own maximum-likelihood scale, against the prior odds
+    ``cfg.judge_odds`` for the blend. Cauchy, not Gaussian: a cost model refitted on N - N/5 points can miss one
+    left-out arch by a factor of 10 while the rest are within 10 %, and with Gaussian densities that one arch
+    handed two FO1 GPUs to the networks (Spearman -0.05 each); the heavy tail lets the bulk of the points decide.
+    Nothing held out is spent. Fewer than ``JUDGE_MIN_N`` points: ``p_networks`` 0 and no calibration. Why
+    leave-one-out up to ``JUDGE_LOO_N``: at 5-10 points the fits are still on the steep part of their learning
+    curve, and refits on 8 of 10 points erred so much more than the fit on all 10 that the calibrated interval
+    below held 0.77 of held-out archs at N = 10 (0.72 leaving one out; docs/predictor.md, "Out-of-fold calibration
+    of the std"); it costs N refits instead of 5 (+0.36 s CPU at N = 10).
 
     The same folds calibrate the predictive std (``std_scale``). The cost model's own leave-one-out scaling
     (``additive.fit_target``) keeps the hyper-parameters it chose on all N points, which with 5-10 points are
@@ -266,7 +277,7 @@ def judge_networks(sm: SpaceModel, encoded: Encoded, lin: np.ndarray, lat_ms: np
     n = len(y)
     if n < JUDGE_MIN_N:
         return Judgement()
-    k = min(n, JUDGE_FOLDS)
+    k = n if cfg.judge_loo and n <= JUDGE_LOO_N else min(n, JUDGE_FOLDS)
     fold = np.random.default_rng(seed).permutation(n) % k
     err_nets, err_blend, log_sd = np.empty(n), np.empty(n), np.empty(n)
     for f in range(k):
