@@ -250,6 +250,22 @@ def test_out_of_fold_calibration_makes_the_interval_hold_about_68_percent(split:
     assert np.mean(covered[False]) < 0.45 and abs(np.mean(covered[True]) - 0.68) < 0.1, covered
 
 
+def test_weighted_sampler(split: tuple) -> None:
+    """Unknown device: plain diversity picks; a device the model knows: the k-means counts each arch by its
+    predicted std, so the picks lean to the archs the model is less sure about than diversity's picks do."""
+    model, held, _ = split
+    sm = model.models["nb201"]
+    pool = held["arch"].unique().tolist()
+    measured = pool[:8]
+    assert sample("weighted", "nb201", pool, 8, seed=2, measured=measured, model=sm, device="unseen") == \
+        sample("diversity", "nb201", pool, 8, seed=2, measured=measured)
+    spread = dict(zip(pool, sm.predict(pool, "dev0")[1], strict=True))
+    lean = {name: np.mean([np.median([spread[a] for a in sample(name, "nb201", pool, 8, seed=s, measured=measured,
+                                                                   model=sm, device="dev0")]) for s in range(4)])
+            for name in ("weighted", "diversity")}
+    assert lean["weighted"] > lean["diversity"], lean
+
+
 def test_hybrid_sampler(split: tuple) -> None:
     """Unknown device: plain diversity picks; known device: picks come from its most uncertain archs."""
     from predictor.samplers import HYBRID_SHORTLIST
