@@ -25,8 +25,8 @@
   one-shot pick on a new device (the transfer benchmark) it beat random on the development tasks NX1-NX3
   and two leave-hardware-out splits (20 samples, 2 seeds: 0.932 vs 0.920 mean Spearman). In the simulated
   profile loop (1 seed, 3 of 6 targets finished) no sampler needed half of random's measurements and
-  ``hybrid`` was worse than ``diversity`` on pixel2, so the adaptive samplers are not the default yet. On the
-  family-out targets ``weighted`` ties ``diversity`` (11 targets, 2 seeds: mean Spearman 0.937 / 0.961 / 0.966
+  ``hybrid`` was worse than ``diversity`` on pixel2, so the adaptive samplers are not the default yet. On 11
+  targets (family-out and other hardware) ``weighted`` ties ``diversity`` (2 seeds: mean Spearman 0.937 / 0.961 / 0.966
   against 0.943 / 0.965 / 0.966 after 10 / 20 / 40 measurements) and is worse on pixel3 (docs/active_loop.md).
 
 Every sampler excludes the archs already measured on the device.
