@@ -92,7 +92,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="stop when CV Spearman improved < 0.005 in this many rounds in a row (default 2)")
     p.add_argument("--target-std", type=_fraction, metavar="STD",
                    help="also stop (after --min-measured) once the median predicted std of log latency over the "
-                   "candidates is at most STD (0.05: about +-5%%) and the out-of-fold archs confirm it")
+                   "candidates is at most STD (0.05: about +-5%%) and the out-of-fold archs confirm it: the upper "
+                   "end of their MAPE's 95%% interval at most STD, half of them within their +-1 std "
+                   "(docs/profile.md)")
     p.add_argument("--cache", metavar="DIR", help="export cache (default $HWLAT_CACHE or ~/.cache/hwlat/exports)")
     add_wait_flag(p)
     add_json_flag(p)
