@@ -37,7 +37,7 @@ from predictor.transfer import TransferConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nb201"
 #: the ``TransferConfig`` switches this benchmark can turn off (each is on in the shipped configuration)
-SWITCHES = ("level", "family_floor", "oof_calibration", "judge_loo")
+SWITCHES = ("level", "family_floor", "oof_calibration", "judge_loo", "judge_final_sd")
 #: the nominal coverage of a +-1 std interval
 NOMINAL = 0.68
 

@@ -19,7 +19,7 @@ every prediction a variance, i.e. an uncertainty in the same units.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import minimize
@@ -62,6 +62,24 @@ def fit_source(x: np.ndarray, lat_ms: np.ndarray, alpha: float = SOURCE_ALPHA) -
     return np.concatenate([[y.mean() - xm @ coef], coef])
 
 
+@dataclass(frozen=True)
+class Kernel:
+    """What ``fit_target`` chose on its N points, so the same model can be conditioned on other points
+    (``condition``): the judge's question "what std would this very fit give an arch it had not seen?".
+
+    All in the device's unit (``scale`` ms): the cost vector's prior ``N(mean, cov)``, the covariance the
+    predictive variance uses (``pred_cov``: ``cov`` under the family floor), the noise variance, the
+    leave-one-out variance factor and the level correction."""
+
+    mean: np.ndarray
+    cov: np.ndarray
+    pred_cov: np.ndarray
+    noise: float
+    scale: float
+    var_factor: float = 1.0
+    level: float = 1.0
+
+
 @dataclass
 class Posterior:
     """A device's fitted cost model, in ms: ``pred = design(x) @ beta``, predictive ``var = phi' cov phi``
@@ -75,6 +93,8 @@ class Posterior:
     #: the multiplicative level correction already applied to ``beta``, ``cov`` and ``floor_ms``
     #: (``loo_level``; 1 = none)
     level: float = 1.0
+    #: the fitted model behind it (``fit_target``; None for a model loaded from disk)
+    kernel: Kernel | None = None
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(latency ms floored at ``floor_ms``, posterior std in ms) for linear features ``x``."""
@@ -82,6 +102,41 @@ class Posterior:
         mean = np.maximum(phi @ self.beta, self.floor_ms)
         var = np.einsum("ij,jk,ik->i", phi, self.cov, phi)
         return mean, np.sqrt(np.clip(var, 0.0, None))
+
+
+def _gp(kern: Kernel, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(beta, cov, K^-1, r0) of ``kern`` conditioned on (linear features, latency in ``kern.scale`` units), before
+    the variance factor and the level: the posterior mean under ``kern.cov``, the predictive covariance under
+    ``kern.pred_cov`` with the noise on the intercept."""
+    phi = design(x)
+    r0 = y - phi @ kern.mean
+    eye = np.eye(len(y))
+    kinv = np.linalg.inv(phi @ kern.cov @ phi.T + kern.noise * eye)
+    beta = kern.mean + kern.cov @ phi.T @ kinv @ r0
+    wide = kern.pred_cov
+    cov = wide - wide @ phi.T @ np.linalg.solve(phi @ wide @ phi.T + kern.noise * eye, phi @ wide)
+    # the noise is what the additive model does not explain on the N points (non-additive effects,
+    # measurement noise): every prediction carries it, so it enters the predictive variance through the
+    # intercept (whose feature is 1 for every arch)
+    cov[0, 0] += kern.noise
+    return beta, cov, kinv, r0
+
+
+def _posterior(kern: Kernel, beta: np.ndarray, cov: np.ndarray, y_min: float, p_source: float = 1.0) -> Posterior:
+    """The ms posterior of a conditioned ``kern`` (variance factor and level applied). A linear model can go
+    <= 0 on archs far below every sample (e.g. pruned cells): floor it well under the fastest measurement so
+    such archs still rank first."""
+    s = kern.scale * kern.level
+    return Posterior(beta * kern.scale * kern.level, cov * kern.var_factor * s**2,
+                     0.1 * y_min * kern.scale * kern.level, p_source, kern.level, kern)
+
+
+def condition(kern: Kernel, x: np.ndarray, lat_ms: np.ndarray) -> Posterior:
+    """The model ``kern`` (chosen by ``fit_target`` on other points) conditioned on measured (x, ms), every
+    hyper-parameter, the variance factor and the level kept as they are."""
+    y = np.asarray(lat_ms, np.float64) / kern.scale
+    beta, cov, _kinv, _r0 = _gp(kern, x, y)
+    return _posterior(kern, beta, cov, float(y.min()))
 
 
 def _grid_fit(k_src: np.ndarray, k_iso: np.ndarray, r0: np.ndarray) -> tuple[float, float, float, float]:
@@ -201,25 +256,13 @@ def fit_target(sources: np.ndarray, x: np.ndarray, lat_ms: np.ndarray,
         excess = -best_nll - loglik - 0.5 * (len(comps) - 2) * np.log(len(y))
         p_source = float(1.0 / (1.0 + np.exp(np.clip(excess, -50.0, 50.0))))
     prior = np.tensordot(h, np.stack(comps), 1)
-    k = phi @ prior @ phi.T + noise * eye
-    gain = prior @ phi.T @ np.linalg.inv(k)  # [1 + F, N]
-    beta = m + gain @ r0
-    cov = prior - gain @ phi @ prior
-    if family_floor and h[0] < FAMILY_FLOOR:
-        wide = prior + (FAMILY_FLOOR - h[0]) * s_cov
-        cov = wide - wide @ phi.T @ np.linalg.solve(phi @ wide @ phi.T + noise * eye, phi @ wide)
-    # the noise is what the additive model does not explain on the N points (non-additive effects,
-    # measurement noise): every prediction carries it, so it enters the predictive variance through the
-    # intercept (whose feature is 1 for every arch)
-    cov[0, 0] += noise
+    wide = prior + (FAMILY_FLOOR - h[0]) * s_cov if family_floor and h[0] < FAMILY_FLOOR else prior
+    kern = Kernel(m, prior, wide, noise, scale)
+    beta, cov, kinv, r0 = _gp(kern, x, y)
     # the hyper-parameters were fitted to these same N points, so the variance is optimistic: scale it by
     # the leave-one-out standardised residuals (closed form for a Gaussian process), robustly (median)
-    kinv = np.linalg.inv(k)
     alpha = kinv @ r0
     z = alpha / np.sqrt(np.diag(kinv))
-    cov *= max(1.0, float(np.median(np.abs(z)) / LOO_MEDIAN) ** 2)
-    # a linear model can go <= 0 on archs far below every sample (e.g. pruned cells): floor it well under
-    # the fastest measurement so such archs still rank first
-    floor = 0.1 * float(y.min())
-    c = loo_level(y, alpha / np.diag(kinv), floor) if level else 1.0
-    return Posterior(beta * scale * c, cov * (scale * c) ** 2, floor * scale * c, p_source, c)
+    var_factor = max(1.0, float(np.median(np.abs(z)) / LOO_MEDIAN) ** 2)
+    c = loo_level(y, alpha / np.diag(kinv), 0.1 * float(y.min())) if level else 1.0
+    return _posterior(replace(kern, var_factor=var_factor, level=c), beta, cov, float(y.min()), p_source)

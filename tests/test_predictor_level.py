@@ -5,12 +5,13 @@ never a rank, and leaves a fit alone whose leave-one-out ratios are centred with
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 from designs import nb201_onehot_prior, nb201_onehots
 from scipy.stats import spearmanr
 
-from predictor.additive import LEVEL_MIN_N, design, fit_source, fit_target, loo_level
+from predictor.additive import LEVEL_MIN_N, condition, design, fit_source, fit_target, loo_level
 
 
 def _additive_family(rng: np.random.Generator, n_sources: int, low: float, jitter: Callable[[int], np.ndarray]
@@ -90,3 +91,25 @@ def test_family_floor_widens_where_the_points_do_not_look_and_moves_no_predictio
     a = fit_target(sources, x[many], truth[many], agnostic, family_floor=False)
     b = fit_target(sources, x[many], truth[many], agnostic)
     assert np.median(b.predict(x[rest])[1] / a.predict(x[rest])[1]) < 1.1
+
+
+def test_condition_keeps_the_fitted_model_and_answers_for_unseen_points() -> None:
+    """``condition`` on the fit's own points is the fit, to the last bit. Without 4 of its 20 points it predicts
+    them with the same hyper-parameters, noise, variance factor and level: a wider std there than the fit on all
+    20 gives them, and unlike a refit from scratch it keeps a noise the full fit chose (the judge's question,
+    ``transfer.judge_networks``)."""
+    rng = np.random.default_rng(5)
+    archs, x, cost, sources = _additive_family(rng, 6, 0.1, lambda size: rng.uniform(0.7, 1.3, size))
+    truth = (2.0 + x @ cost) * np.exp(rng.normal(0, 0.03, len(x)))
+    pick = rng.choice(len(archs), 20, replace=False)
+    full = fit_target(sources, x[pick], truth[pick], nb201_onehot_prior(archs, x))
+    assert full.kernel is not None
+    same = condition(full.kernel, x[pick], truth[pick])
+    assert np.array_equal(same.beta, full.beta) and np.array_equal(same.cov, full.cov)
+    assert same.floor_ms == full.floor_ms and same.level == full.level
+    held, kept = pick[:4], pick[4:]
+    without = condition(full.kernel, x[kept], truth[kept])
+    assert np.all(without.predict(x[held])[1] > full.predict(x[held])[1])
+    assert without.kernel is full.kernel
+    quiet = condition(replace(full.kernel, noise=full.kernel.noise / 100), x[kept], truth[kept])
+    assert np.all(quiet.predict(x[held])[1] < without.predict(x[held])[1])
