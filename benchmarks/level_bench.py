@@ -1,8 +1,8 @@
 """A transfer switch side by side: `hwlat predictor bench` figures with it off and on (default: the level
 correction, ``TransferConfig.level``; ``--switch family_floor``: the predictive variance's floor on the source
 family's scale, ``additive.FAMILY_FLOOR``; ``--switch oof_calibration``: the predictive std's out-of-fold
-calibration, ``transfer.Judgement.std_scale``; ``--switch judge_loo``: the judge's leave-one-out folds up to
-``transfer.JUDGE_LOO_N`` points).
+calibration, ``transfer.Judgement.std_scale``; ``--switch judge_final_sd``: the judge's |z| over the final cost
+fit's std; ``--before judge_folds=5``: any other "before" configuration, here 5 folds for the judge).
 
     taskset -c 1 nice -n 5 python benchmarks/level_bench.py --task ND --samples 20 10 --seeds 3 \
         --json out/level/nd.json
@@ -37,7 +37,7 @@ from predictor.transfer import TransferConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nb201"
 #: the ``TransferConfig`` switches this benchmark can turn off (each is on in the shipped configuration)
-SWITCHES = ("level", "family_floor", "oof_calibration", "judge_loo", "judge_final_sd")
+SWITCHES = ("level", "family_floor", "oof_calibration", "judge_final_sd")
 #: the nominal coverage of a +-1 std interval
 NOMINAL = 0.68
 
@@ -55,9 +55,16 @@ def main() -> int:
     ap.add_argument("--samples", type=int, nargs="+", default=[20, 10])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--switch", choices=SWITCHES, default="level")
+    ap.add_argument("--before", metavar="FIELD=INT", help="the 'before' variant changes this integer "
+                    "TransferConfig field instead of turning a switch off")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    variants = {"before": TransferConfig(**{args.switch: False}), "after": TransferConfig()}
+    if args.before:
+        field, _, value = args.before.partition("=")
+        before = TransferConfig(**{field: int(value)})
+    else:
+        before = TransferConfig(**{args.switch: False})
+    variants = {"before": before, "after": TransferConfig()}
     torch.set_num_threads(1)
     tasks = load_tasks(args.tasks, args.task)
     table = load_table([args.data], spaces={t.space for t in tasks})
@@ -78,7 +85,7 @@ def main() -> int:
                         for m, v in metrics.items():
                             per[task.name][n][label][dev][m].append(v)
             print(f"{task.name} seed {seed}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    report: dict = {"switch": args.switch, "samples": args.samples, "seeds": args.seeds, "tasks": {}}
+    report: dict = {"switch": args.before or args.switch, "samples": args.samples, "seeds": args.seeds, "tasks": {}}
     for task in tasks:
         report["tasks"][task.name] = {}
         for n in args.samples:

@@ -62,11 +62,10 @@ from .models import LatencyNet
 from .opcost import prior_components
 from .train import SpaceModel, pairwise_rank_loss, to_tensors
 
-#: folds of the out-of-fold judge (step 5) beyond ``JUDGE_LOO_N`` points
-JUDGE_FOLDS = 5
-#: up to this many points the judge leaves one out: at 5-10 points a fit is still on the steep part of its
-#: learning curve, so refits on 4/5 of them err more than the fit on all and would widen the std too much
-JUDGE_LOO_N = 10
+#: folds of the out-of-fold judge (step 5): up to this many points it leaves one out. Few folds leave refits on
+#: N - N/k points, which at 5-15 points are still on the steep part of their learning curve: they err more than
+#: the fit on all N, and the std they calibrate comes out too wide (5 folds: 0.77 at N = 10, 0.77 at N = 15)
+JUDGE_FOLDS = 10
 #: fewest measured archs the judge runs on: a fold must keep enough points to refit both models
 JUDGE_MIN_N = 5
 #: prior odds of the evidence blend against "the networks alone" (step 5). The blend was chosen on the
@@ -109,10 +108,7 @@ class TransferConfig:
     family_floor: bool = True
     #: scale the predictive std by the judge's out-of-fold errors (``judge_networks``); off only to measure it
     oof_calibration: bool = True
-    #: the judge leaves one out up to ``JUDGE_LOO_N`` points (off: ``JUDGE_FOLDS`` folds from 5 points on);
-    #: off only to measure it
-    judge_loo: bool = True
-    #: folds of the judge beyond ``JUDGE_LOO_N`` points
+    #: folds of the judge (``JUDGE_FOLDS``; fewer only to measure them)
     judge_folds: int = JUDGE_FOLDS
     #: the judge's |z| divide each left-out point's error by the std that the *final* cost model (every
     #: hyper-parameter as chosen on all N points) gives it conditioned without its fold (off: the refit's own
@@ -256,18 +252,19 @@ def judge_networks(sm: SpaceModel, encoded: Encoded, lin: np.ndarray, lat_ms: np
     Step 4's weight judges the *sources' cost tables* (``p_source``), not the networks: a target that is one of the
     pretrained devices, or behaves exactly like the networks' prediction of one, but is not additive over the op
     choices, keeps the networks at 0.3 or less although they are right. So both candidates are refitted from
-    scratch without each of the N points (up to ``JUDGE_LOO_N``; beyond, without each of ``JUDGE_FOLDS`` folds of
-    them; networks: step 2; blend: steps 3-4 with their own evidence weight) and scored on the left-out points:
+    scratch without each of ``JUDGE_FOLDS`` folds of the N points (one point each up to that many; networks:
+    step 2; blend: steps 3-4 with their own evidence weight) and scored on the left-out points:
     pseudo-Bayesian model averaging of the two, each model's out-of-fold log errors under a Cauchy density
     (Student-t, one degree of freedom) with its own maximum-likelihood scale, against the prior odds
-    ``cfg.judge_odds`` for the blend. Cauchy, not Gaussian: a cost model refitted on N - N/5 points can miss one
+    ``cfg.judge_odds`` for the blend. Cauchy, not Gaussian: a cost model refitted on 4/5 of the points can miss one
     left-out arch by a factor of 10 while the rest are within 10 %, and with Gaussian densities that one arch
     handed two FO1 GPUs to the networks (Spearman -0.05 each); the heavy tail lets the bulk of the points decide.
-    Nothing held out is spent. Fewer than ``JUDGE_MIN_N`` points: ``p_networks`` 0 and no calibration. Why
-    leave-one-out up to ``JUDGE_LOO_N``: at 5-10 points the fits are still on the steep part of their learning
-    curve, and refits on 8 of 10 points erred so much more than the fit on all 10 that the calibrated interval
-    below held 0.77 of held-out archs at N = 10 (0.72 leaving one out; docs/predictor.md, "Out-of-fold calibration
-    of the std"); it costs N refits instead of 5 (+0.36 s CPU at N = 10).
+    Nothing held out is spent. Fewer than ``JUDGE_MIN_N`` points: ``p_networks`` 0 and no calibration. Why 10
+    folds and not 5: at 5-15 points the fits are still on the steep part of their learning curve, and refits on 8
+    of 10 points erred so much more than the fit on all 10 that the calibrated interval below held 0.77 of
+    held-out archs at N = 10 (0.72 leaving one out), and 0.74 at N = 15 (0.73 with 10 folds; per (device, seed)
+    0.12-0.13 -> 0.11 from 68 %; docs/predictor.md, "Out-of-fold calibration of the std"); it costs up to 10
+    refits instead of 5 (+0.4 s CPU per transfer at N = 10-20).
 
     The same folds calibrate the predictive std (``std_scale``). The cost model's own leave-one-out scaling
     (``additive.fit_target``) keeps the hyper-parameters it chose on all N points, which with 5-10 points are
@@ -290,7 +287,7 @@ def judge_networks(sm: SpaceModel, encoded: Encoded, lin: np.ndarray, lat_ms: np
     n = len(y)
     if n < JUDGE_MIN_N:
         return Judgement()
-    k = n if cfg.judge_loo and n <= JUDGE_LOO_N else min(n, cfg.judge_folds)
+    k = min(n, cfg.judge_folds)
     fold = np.random.default_rng(seed).permutation(n) % k
     err_nets, err_blend, log_sd = np.empty(n), np.empty(n), np.empty(n)
     for f in range(k):

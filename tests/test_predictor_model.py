@@ -220,10 +220,10 @@ def test_out_of_fold_calibration_makes_the_interval_hold_about_68_percent(split:
     +-1 std (its hyper-parameters were fitted to the picks). The judge's out-of-fold errors scale it so that it
     holds near 68 % (mean distance over N under 0.15, less than half the uncalibrated one's) and within 0.1 of it
     at N >= 16, and change no prediction. Below 16 the factor rests on 8-12 out-of-fold errors and scatters
-    (0.43-0.58 with these picks; 0.40-0.64 over three seeds' picks at N = 8-20), which is why it is only the
-    average there. Up to ``JUDGE_LOO_N`` points the judge leaves one out; beyond, it uses ``JUDGE_FOLDS`` folds
-    either way."""
-    from predictor.transfer import JUDGE_LOO_N, TransferConfig
+    (0.43-0.66 with these picks; 0.40-0.66 over three seeds' picks at N = 8-20), which is why it is only the
+    average there. Up to ``JUDGE_FOLDS`` points the judge leaves one out (asking for N folds changes nothing);
+    beyond, it uses that many folds (fewer change the factor)."""
+    from predictor.transfer import JUDGE_FOLDS, TransferConfig
 
     model, _, target = split
     archs = target["arch"].tolist()
@@ -245,10 +245,10 @@ def test_out_of_fold_calibration_makes_the_interval_hold_about_68_percent(split:
         assert np.allclose(sd_on, sd_off * scale_on)
         if n >= 16:
             assert abs(cov_on - 0.68) < 0.1, (n, cov_off, cov_on)
-        if n in (8, 16):  # the folds: leave-one-out up to JUDGE_LOO_N points, the same 5 folds beyond
-            folds5 = model.transfer(f"cal-{n}-5", picks, lat.loc[picks].to_numpy(),
-                                    cfg=TransferConfig(judge_loo=False))["std_scale"]
-            assert (folds5 != scale_on) == (n <= JUDGE_LOO_N), (n, folds5, scale_on)
+        if n in (8, 16):  # the folds: one point each up to JUDGE_FOLDS points, JUDGE_FOLDS folds beyond
+            loo = model.transfer(f"cal-{n}-loo", picks, lat.loc[picks].to_numpy(),
+                                 cfg=TransferConfig(judge_folds=n))["std_scale"]
+            assert (loo == scale_on) == (n <= JUDGE_FOLDS), (n, loo, scale_on)
     miss = {on: float(np.mean(np.abs(np.array(c) - 0.68))) for on, c in covered.items()}
     assert miss[True] < 0.15 and miss[True] < miss[False] / 2, covered
 
