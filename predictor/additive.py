@@ -126,8 +126,7 @@ def _posterior(kern: Kernel, beta: np.ndarray, cov: np.ndarray, y_min: float, p_
     """The ms posterior of a conditioned ``kern`` (variance factor and level applied). A linear model can go
     <= 0 on archs far below every sample (e.g. pruned cells): floor it well under the fastest measurement so
     such archs still rank first."""
-    s = kern.scale * kern.level
-    return Posterior(beta * kern.scale * kern.level, cov * kern.var_factor * s**2,
+    return Posterior(beta * kern.scale * kern.level, cov * kern.var_factor * (kern.scale * kern.level) ** 2,
                      0.1 * y_min * kern.scale * kern.level, p_source, kern.level, kern)
 
 

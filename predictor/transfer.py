@@ -64,7 +64,8 @@ from .train import SpaceModel, pairwise_rank_loss, to_tensors
 
 #: folds of the out-of-fold judge (step 5): up to this many points it leaves one out. Few folds leave refits on
 #: N - N/k points, which at 5-15 points are still on the steep part of their learning curve: they err more than
-#: the fit on all N, and the std they calibrate comes out too wide (5 folds: 0.77 at N = 10, 0.77 at N = 15)
+#: the fit on all N, and the std they calibrate comes out too wide (5 folds: 0.77 at N = 10; ND and NX3 0.77-0.78
+#: at N = 15)
 JUDGE_FOLDS = 10
 #: fewest measured archs the judge runs on: a fold must keep enough points to refit both models
 JUDGE_MIN_N = 5
@@ -262,9 +263,9 @@ def judge_networks(sm: SpaceModel, encoded: Encoded, lin: np.ndarray, lat_ms: np
     Nothing held out is spent. Fewer than ``JUDGE_MIN_N`` points: ``p_networks`` 0 and no calibration. Why 10
     folds and not 5: at 5-15 points the fits are still on the steep part of their learning curve, and refits on 8
     of 10 points erred so much more than the fit on all 10 that the calibrated interval below held 0.77 of
-    held-out archs at N = 10 (0.72 leaving one out), and 0.74 at N = 15 (0.73 with 10 folds; per (device, seed)
-    0.12-0.13 -> 0.11 from 68 %; docs/predictor.md, "Out-of-fold calibration of the std"); it costs up to 10
-    refits instead of 5 (+0.4 s CPU per transfer at N = 10-20).
+    held-out archs at N = 10 (0.72 leaving one out), and 0.73 at N = 15 (0.71 with 10 folds; ND 0.77 -> 0.73,
+    NX3 0.78 -> 0.72; per (device, seed) 0.12-0.13 -> 0.11 from 68 %; docs/predictor.md, "Out-of-fold
+    calibration of the std"); it costs up to 10 refits instead of 5 (+0.4 s CPU per transfer at N = 15-20).
 
     The same folds calibrate the predictive std (``std_scale``). The cost model's own leave-one-out scaling
     (``additive.fit_target``) keeps the hyper-parameters it chose on all N points, which with 5-10 points are
@@ -274,14 +275,15 @@ def judge_networks(sm: SpaceModel, encoded: Encoded, lin: np.ndarray, lat_ms: np
     *from scratch* without it, hyper-parameters included, over the std that the *final* cost model (every
     hyper-parameter as chosen on all N points) gives it conditioned without its fold (``additive.condition``;
     ``cfg.judge_final_sd``). Why the final model's std and not the refit's own: the factor scales the final
-    model, and with 5-10 points its noise estimate is itself a draw; a final fit that chose a noise 4-10x below
-    its refits' (FPGA and titan_rtx_1 at 8 points) held 6-28 % of held-out archs, and the refits' own std could
-    not show it. Per (device, seed) the distance to 68 % fell from 0.27 / 0.25 to 0.20 / 0.18 at N = 5 on the
-    NASFLAT / family-out tasks, by less at 8-15, and not at 20 (docs/predictor.md, "The judge reads the final
-    fit's std"). The ``COVERAGE``
-    quantile ``q`` of those |z| is the factor that would make the interval hold that share of them; with N
-    points it is a noisy estimate, so its log is shrunk to 0 by its own sampling variance (``additive.shrink``,
-    ``QUANTILE_LOG_VAR / N``): at N = 5 only a factor beyond ~1.5 (or below ~0.65) moves the std.
+    model, and with 5-10 points its noise estimate is itself a draw. A final fit whose noise came out far below its
+    points' errors (FO3's FPGA at 8 points: a std of ~0.1 % against errors of ~0.9 %; titan_rtx_1's noise at 8
+    picks 4-5x below that at 7 or 9) held 6-28 % of held-out archs, and the refits' own std could not show it.
+    Per (device, seed) the distance to 68 % fell from 0.27 / 0.25 to 0.20 / 0.18 at N = 5 on the NASFLAT /
+    family-out tasks, by less at 8-15, and not at 20 (docs/predictor.md, "The judge reads the final fit's std").
+    The ``COVERAGE`` quantile ``q`` of those |z| is the factor that would make the interval hold
+    that share of them; with N points it is a noisy estimate, so its log is shrunk to 0 by its own sampling
+    variance (``additive.shrink``, ``QUANTILE_LOG_VAR / N``): at N = 5 only a factor beyond ~1.5 (or below ~0.65)
+    moves the std.
     """
     y = np.log(lat_ms)
     n = len(y)
