@@ -4,14 +4,15 @@
         --target titan_rtx_256 --target gold_6226 --target pixel2 --target raspi4 --target fpga --target eyeriss \
         --seeds 2 --json docs/active_loop.json
 
-The target device's measured latencies are the oracle and the target is excluded from pretraining, together
-with every device of the same hardware (``device_summary.csv`` beside the data, when present: titan_rtx_1 and
-titan_rtx_32 would otherwise give titan_rtx_256 away). Each round measures ``--batch`` archs chosen by the
-loop's samplers (diversity for the first batch, then the default sampler — exactly what `hwlat profile` does)
-or uniformly at random, transfers, and scores Spearman on every other arch of the space and the share of
-its regular archs (the space's degenerate ones apart) predicted within +-10 %. Reported: the number of
-measurements needed to reach Spearman 0.90 and 0.95 and 80 % within +-10 % (mean over seeds; a run that never
-gets there counts as ``--max``+``--batch``), default vs random.
+The target device's measured latencies are the oracle and the target is excluded from pretraining, together with
+every device of the same hardware (``device_summary.csv`` beside the data, when present: titan_rtx_1 and
+titan_rtx_32 would otherwise give titan_rtx_256 away). Each round measures ``--batch`` archs chosen by the loop's
+sampler (the default one for every batch, the first asked of the base model, to which the device is unknown —
+exactly what `hwlat profile` does; ``--sampler`` compares others in its place) or uniformly at random, transfers,
+and scores Spearman on every other arch of the space and the share of its regular archs (the space's degenerate
+ones apart) predicted within +-10 %. Reported: the number of measurements needed to reach Spearman 0.90 and 0.95
+and 80 % within +-10 % (mean over seeds; a run that never gets there counts as ``--max``+``--batch``), default vs
+random.
 
 ``--tasks FILE --task NAME`` pretrains on that task's train devices instead (issue 10's family-out splits,
 ``benchmarks/family_out_tasks.json``: no source shares the targets' hardware family); the targets default to
@@ -70,8 +71,8 @@ def loop(model: Predictor, space: str, series: pd.Series, sampler: str, batch: i
     """One simulated profile: returns (measured, Spearman on the rest, share of the rest's regular archs within
     +-10 %) after every round.
 
-    ``sampler`` is what picks every batch after the first (``default`` is what `hwlat profile` runs;
-    other names compare candidates for the default); ``random`` picks every batch uniformly instead.
+    ``sampler`` is what picks every batch (``default`` is what `hwlat profile` runs; other names compare
+    candidates for the default); ``random`` picks every batch uniformly instead.
     """
     pool = list(series.index)
     regular = pd.Series(~get_encoder(space).degenerate(pool), index=series.index)
@@ -82,11 +83,10 @@ def loop(model: Predictor, space: str, series: pd.Series, sampler: str, batch: i
     while len(measured) < most:
         if sampler == "random":
             picks = sample("random", space, pool, batch, seed=seed * 1000 + r, measured=measured)
-        elif len(measured) < 2:  # harness/profile.py: the first batch is diversity-sampled
-            picks = sample("diversity", space, pool, batch, seed=seed * 1000 + r, measured=measured)
-        else:  # harness/profile.py: model.suggest(target, n, "default", measured=..., candidates=pool, ...)
-            picks = current.suggest("target", batch, sampler, measured=measured, candidates=pool, space=space,
-                                    seed=seed * 1000 + r)
+        else:  # hwlat/profiling/loop.py: model.suggest(target, n, "default", measured=..., candidates=pool, ...),
+            # the first batch from the base model, to which the device is unknown
+            picks = (current or model).suggest("target", batch, sampler, measured=measured, candidates=pool,
+                                               space=space, seed=seed * 1000 + r)
         measured += picks
         current = copy.deepcopy(model)  # profile.py reloads the base predictor and transfers from scratch
         current.transfer("target", measured, series.loc[measured].to_numpy(), space=space, seed=seed)
@@ -121,7 +121,7 @@ def simulation_parser(doc: str, seeds: int, batch: int, targets_required: bool =
 def main() -> int:
     parser = simulation_parser(__doc__, seeds=2, batch=5, targets_required=False)
     parser.add_argument("--sampler", action="append",
-                        help="sampler after the first batch, compared with random (repeatable; default: default)")
+                        help="sampler of every batch, compared with random (repeatable; default: default)")
     parser.add_argument("--tasks", type=Path, help="a task file: pretrain on --task's train devices")
     parser.add_argument("--task", help="the task of --tasks (its test devices are the default targets)")
     args = parser.parse_args()

@@ -95,6 +95,13 @@ class Posterior:
     level: float = 1.0
     #: the fitted model behind it (``fit_target``; None for a model loaded from disk)
     kernel: Kernel | None = None
+    #: the share of ``cov[0, 0]`` that is the noise of a new measurement (ms^2): what no measurement reduces,
+    #: which a sampler planning measurements (``samplers``) must tell from the cost vector's uncertainty
+    noise_ms2: float = 0.0
+
+    def scaled(self, factor: float) -> Posterior:
+        """The same model with every variance (the cost vector's and the noise) times ``factor``."""
+        return replace(self, cov=self.cov * factor, noise_ms2=self.noise_ms2 * factor)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(latency ms floored at ``floor_ms``, posterior std in ms) for linear features ``x``."""
@@ -126,8 +133,9 @@ def _posterior(kern: Kernel, beta: np.ndarray, cov: np.ndarray, y_min: float, p_
     """The ms posterior of a conditioned ``kern`` (variance factor and level applied). A linear model can go
     <= 0 on archs far below every sample (e.g. pruned cells): floor it well under the fastest measurement so
     such archs still rank first."""
-    return Posterior(beta * kern.scale * kern.level, cov * kern.var_factor * (kern.scale * kern.level) ** 2,
-                     0.1 * y_min * kern.scale * kern.level, p_source, kern.level, kern)
+    unit = kern.var_factor * (kern.scale * kern.level) ** 2
+    return Posterior(beta * kern.scale * kern.level, cov * unit, 0.1 * y_min * kern.scale * kern.level, p_source,
+                     kern.level, kern, kern.noise * unit)
 
 
 def condition(kern: Kernel, x: np.ndarray, lat_ms: np.ndarray) -> Posterior:

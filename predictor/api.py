@@ -363,7 +363,8 @@ class Predictor:
                 "cost": torch.from_numpy(m.cost), "cost_scale": torch.from_numpy(m.cost_scale),
                 "nn_weight": torch.from_numpy(m.nn_weight),
                 "cost_cov": {d: torch.from_numpy(c) for d, c in m.cost_cov.items()},
-                "cost_floor": dict(m.cost_floor), "nets": [n.state_dict() for n in m.nets],
+                "cost_floor": dict(m.cost_floor), "cost_noise": dict(m.cost_noise),
+                "nets": [n.state_dict() for n in m.nets],
             }
         buf = io.BytesIO()
         torch.save(blob, buf)
@@ -451,6 +452,7 @@ def _from_blob(blob: dict) -> Predictor:
         m.nn_weight = s["nn_weight"].numpy().copy()
         m.cost_cov = {d: c.numpy().copy() for d, c in s["cost_cov"].items()}
         m.cost_floor = {d: float(v) for d, v in s["cost_floor"].items()}
+        m.cost_noise = {d: float(v) for d, v in s.get("cost_noise", {}).items()}
         m.source = list(s["source"])
         shapes = {"mu": m.mu.shape, "sigma": m.sigma.shape, "cost": m.cost.shape[:1], "cost_scale": m.cost_scale.shape,
                   "nn_weight": m.nn_weight.shape}
@@ -458,9 +460,11 @@ def _from_blob(blob: dict) -> Predictor:
         expected = {"mu": (n_members, len(devices)), "sigma": (n_members, len(devices)), "cost": (len(devices),),
                     "cost_scale": (len(devices),), "nn_weight": (len(devices),)}
         bad = [k for k in shapes if tuple(shapes[k]) != expected[k]]
-        if bad or len(m.source) != len(devices) or set(m.cost_cov) - set(devices):
+        if bad or len(m.source) != len(devices) or (set(m.cost_cov) | set(m.cost_noise)) - set(devices):
             raise UsageError(f"{space}: per-device arrays do not match its {len(devices)} devices "
-                             f"({', '.join(bad) or 'source/cost_cov'})")
+                             f"({', '.join(bad) or 'source/cost_cov/cost_noise'})")
+        if not all(np.isfinite(v) and v >= 0.0 for v in m.cost_noise.values()):
+            raise UsageError(f"{space}: a device's cost_noise is negative or not finite")
         example = [get_encoder(space).example()]
         for device in devices:  # every device predicts a finite latency, or the file is not usable
             mean, std = m.predict(example, device)

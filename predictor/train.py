@@ -105,6 +105,8 @@ class SpaceModel:
         #: transferred devices' cost-model posteriors (covariance in ms^2, floor in ms)
         self.cost_cov: dict[str, np.ndarray] = {}
         self.cost_floor: dict[str, float] = {}
+        #: the noise part of ``cost_cov[device][0, 0]`` (``Posterior.noise_ms2``; absent in files before it)
+        self.cost_noise: dict[str, float] = {}
 
     def add_device(self, device: str, emb: list[torch.Tensor], mu: np.ndarray, sigma: np.ndarray,
                    cost: Posterior, scale: float, nn_weight: float) -> None:
@@ -121,6 +123,7 @@ class SpaceModel:
         self.nn_weight = np.append(self.nn_weight, nn_weight)
         self.cost_cov[device] = cost.cov
         self.cost_floor[device] = cost.floor_ms
+        self.cost_noise[device] = cost.noise_ms2
 
     def source_costs(self) -> np.ndarray:
         """The source devices' cost vectors in units of their mean latency: the transfer prior's samples."""

@@ -45,7 +45,7 @@ two candidates instead of a continuous weight, strong prior odds for the blend a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -347,7 +347,7 @@ def transfer(sm: SpaceModel, device: str, archs: list[str], lat_ms: np.ndarray,
     cost, blend_weight = _cost_blend(sm, lin, lat_ms, cfg)
     judged = judge_networks(sm, encoded, lin, lat_ms, cfg, cost, seed) if cfg.judge else Judgement()
     nn_weight = blend_weight + judged.p_networks * (1.0 - blend_weight)  # model average: blend and networks alone
-    cost = replace(cost, cov=cost.cov * judged.std_scale**2)
+    cost = cost.scaled(judged.std_scale**2)
     sm.add_device(device, embs, mu, sigma, cost, scale=float(lat_ms.mean()), nn_weight=nn_weight)
     return {"device": device, "n": n, "best_source": best, "source_spearman": rho, "nn_weight": nn_weight,
             "p_source": cost.p_source, "p_networks": judged.p_networks, "std_scale": judged.std_scale,

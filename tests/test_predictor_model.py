@@ -312,3 +312,57 @@ def test_hybrid_sampler(split: tuple) -> None:
     spread = sm.predict(pool, "dev0")[1]
     shortlist = {pool[i] for i in np.argsort(-spread)[:HYBRID_SHORTLIST * 8]}
     assert set(picks) <= shortlist
+
+
+def _variance_left(sm, device: str, measured: list[str], picks: list[str], pool: list[str]) -> float:
+    """What the ``variance`` sampler minimises: the cost model's summed squared relative std (noise apart) over
+    the pool's other regular archs once ``picks`` are measured too."""
+    from predictor.additive import design
+    from predictor.samplers import _design_model
+
+    enc = get_encoder("nb201")
+
+    def rows(archs: list[str]) -> np.ndarray:
+        return design(enc.linear(enc.encode(archs).flat))
+
+    mean, cov, noise = _design_model(sm, device, rows(measured) if device not in sm.cost_noise
+                                     else np.empty((0, sm.cost.shape[1])))
+    p = rows(picks)
+    cov = cov - cov @ p.T @ np.linalg.solve(p @ cov @ p.T + noise * np.eye(len(p)), p @ cov)
+    taken = set(measured) | set(picks)
+    rest = [a for a in pool if a not in taken]
+    t = rows([a for a, bad in zip(rest, enc.degenerate(rest), strict=True) if not bad])
+    return float((np.einsum("ij,jk,ik->i", t, cov, t) / (t @ mean) ** 2).sum())
+
+
+def test_variance_sampler_plans_with_the_devices_own_cost_model(split: tuple, tmp_path: Path) -> None:
+    """``variance`` picks the batch that leaves the least summed relative variance over the pool: less than
+    diversity's or random picks leave, for a device the model has not seen (the sources' prior, conditioned on
+    what was measured) and for a transferred one (its own posterior, whose noise is kept apart and survives
+    save/load; a file from before that falls back to the sources' prior). It never picks a degenerate arch."""
+    model, held, target = split
+    sm = model.models["nb201"]
+    pool = held["arch"].unique().tolist()
+    enc = get_encoder("nb201")
+    measured = [a for a in pool if not enc.degenerate([a])[0]][:4]
+    for device in ("unseen", "dev5-var"):
+        if device == "dev5-var":
+            archs = target["arch"].tolist()[:10]
+            model.transfer(device, archs, target.set_index("arch").loc[archs, "latency_ms"].to_numpy())
+            assert 0.0 < sm.cost_noise[device] < sm.cost_cov[device][0, 0]
+        picks = sample("variance", "nb201", pool, 6, measured=measured, model=sm, device=device)
+        assert not enc.degenerate(picks).any()
+        left = _variance_left(sm, device, measured, picks, pool)
+        for other in ("diversity", "random"):
+            for seed in range(3):
+                theirs = sample(other, "nb201", pool, 6, seed=seed, measured=measured, model=sm, device=device)
+                assert left < _variance_left(sm, device, measured, theirs, pool), (device, other, seed)
+    model.save(tmp_path / "m.pt")
+    assert load(tmp_path / "m.pt").models["nb201"].cost_noise == sm.cost_noise
+    blob = torch.load(tmp_path / "m.pt", weights_only=False)
+    del blob["spaces"]["nb201"]["cost_noise"]
+    torch.save(blob, tmp_path / "old.pt")
+    old = load(tmp_path / "old.pt").models["nb201"]
+    assert old.cost_noise == {}
+    assert sample("variance", "nb201", pool, 6, measured=measured, model=old, device="dev5-var") == \
+        sample("variance", "nb201", pool, 6, measured=measured, model=old, device="unseen")
