@@ -15,6 +15,7 @@ from profiles import rows_on_disk
 from sshkit import SSHServer, ensure_openssh, kill_agents
 
 from harness.store import read_dataset
+from predictor.encode import get_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "predictor_small.parquet"
@@ -60,7 +61,8 @@ def test_profile_budget_report_and_rerun(tmp_path: Path, base_model: Path) -> No
     out = tmp_path / "prof"
     user_ds = tmp_path / "mydata"
     args = ["profile", str(_profile(tmp_path)), "--space", "nb201", "--budget", "6", "--batch", "3",
-            "--out", str(out), "--model", str(base_model), "--dataset", str(user_ds), "--target-std", "0.5"]
+            "--out", str(out), "--model", str(base_model), "--dataset", str(user_ds), "--target-std", "0.5",
+            "--sampler", "variance"]
     proc = _run(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "round 0" in proc.stderr and "round 1" in proc.stderr and "report" in proc.stderr
@@ -74,7 +76,10 @@ def test_profile_budget_report_and_rerun(tmp_path: Path, base_model: Path) -> No
     assert preds.num_rows == 15625
     assert (preds.column("latency_ms").to_numpy() > 0).all()
     assert sum(m is not None for m in preds.column("measured_ms").to_pylist()) == 6
-    assert [r["sampler"] for r in state["rounds"]] == ["diversity", "default"]
+    # the sampler asked for picked both batches: round 0 from the sources' prior, round 1 from the device's own
+    # cost model as saved and loaded again (its noise kept apart), never a degenerate arch
+    assert [r["sampler"] for r in state["rounds"]] == ["variance", "variance"]
+    assert not get_encoder("nb201").degenerate([a for r in state["rounds"] for a in r["batch"]]).any()
     assert all(r["done"] for r in state["rounds"]) and state["stopped"].startswith("budget")  # 6 < --min-measured
     # --target-std: each round predicted the whole pool's std, and the held-out archs checked the std they were given
     assert all(0 < r["pool_std"] < 5 for r in state["rounds"])
@@ -126,6 +131,10 @@ def test_profile_bad_input(tmp_path: Path, base_model: Path) -> None:
         proc = _run("profile", "local", "--out", str(tmp_path / "o3"), "--model", str(base_model), "--target-std", bad)
         assert proc.returncode == 2 and "--target-std" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "o3").exists()
+    proc = _run("profile", "local", "--out", str(tmp_path / "o4"), "--model", str(base_model), "--sampler", "best")
+    assert proc.returncode == 2 and "unknown sampler 'best'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o4").exists()
 
 
 @pytest.mark.tflite

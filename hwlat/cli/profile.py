@@ -25,7 +25,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         device=resolve_device(args.device), space=args.space, budget=args.budget, batch=args.batch,
         out=Path(args.out), data=[Path(p) for p in args.data or []],
         dataset=Path(args.dataset) if args.dataset else None, model=Path(args.model) if args.model else None,
-        fmt=args.format, threads=args.threads, seed=args.seed, min_measured=args.min_measured,
+        fmt=args.format, threads=args.threads, seed=args.seed, sampler=args.sampler, min_measured=args.min_measured,
         patience=args.patience, cache_dir=Path(args.cache) if args.cache else None, target_std=args.target_std,
     )
     with contextlib.ExitStack() as stack:
@@ -69,7 +69,7 @@ def _fraction(text: str) -> float:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "profile", help="profile a new device: choose archs, measure them, transfer the predictor, repeat",
-        description="Start from the bundled pretrained predictor, measure a diverse first batch on DEVICE, transfer, "
+        description="Start from the bundled pretrained predictor, measure a first batch on DEVICE, transfer, "
                     "then let the predictor choose each next batch until the budget is spent or it has converged. "
                     "Interrupt at any time; the same command continues where it stopped.")
     p.add_argument("device", help="'local', a profile name or a profile .toml path")
@@ -86,6 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=FORMATS, help="model format (default: the device profile's)")
     p.add_argument("--threads", type=int, help="runtime threads (overrides the profile)")
     p.add_argument("--seed", type=int, default=0, help="seed for the samplers and the measurement order")
+    p.add_argument("--sampler", default="default",
+                   help="what picks each batch: default (diversity), variance (best with 10 or fewer measurements: "
+                   "docs/active_loop.md), random, weighted, uncertainty or hybrid")
     p.add_argument("--min-measured", type=int, default=30,
                    help="never stop for convergence before this many measurements (default 30)")
     p.add_argument("--patience", type=int, default=2,

@@ -2,11 +2,12 @@
 
 ``hwlat profile DEVICE --space nb201 --budget 60 --batch 10 --out DIR``
 
-Round 0 picks a diverse first batch (k-means over the arch encodings: the device is unknown, so only the
-space's shape can guide the choice). Each round measures its batch through the ordinary campaign (same
-agent, same dataset schema, same resume), transfers the bundled pretrained predictor to the device from
-every measurement so far, scores it by cross-validation on the measured archs, and picks the next batch
-with the default sampler. The loop stops when the budget is spent or the predictor has converged.
+Every round's batch comes from the sampler (``--sampler``, default: ``predictor.samplers``' default): round 0 asks
+the base predictor, to which the device is unknown, later rounds the predictor transferred to it. Each round
+measures its batch through the ordinary campaign (same agent, same dataset schema, same resume), transfers the
+bundled pretrained predictor to the device from every measurement so far, scores it by cross-validation on the
+measured archs, and picks the next batch with that sampler. The loop stops when the budget is spent or the
+predictor has converged.
 
 Stopping rule (docs/profile.md): with at least ``min_measured`` archs measured (default 30 — below that a
 cross-validated Spearman over a handful of archs is too noisy to act on), stop when the cross-validated
@@ -84,6 +85,8 @@ class ProfileRequest:
     fmt: str | None = None
     threads: int | None = None
     seed: int = 0
+    #: what picks every batch (``predictor.samplers``; "default" is its default)
+    sampler: str = "default"
     min_measured: int = 30
     patience: int = 2
     tolerance: float = 0.005
@@ -309,10 +312,12 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
     import predictor
     from harness.plan import configure_device
     from predictor.encode import canonical_space
-    from predictor.samplers import sample
+    from predictor.samplers import SAMPLERS
 
     if req.budget < 2 or req.batch < 1:
         raise UsageError("--budget must be >= 2 and --batch >= 1")
+    if req.sampler not in (*SAMPLERS, "default"):
+        raise UsageError(f"unknown sampler {req.sampler!r}; choose from {', '.join((*SAMPLERS, 'default'))}")
     device = configure_device(req.device, req.fmt, req.threads)
     space = canonical_space(req.space)
     if before_writing is not None:
@@ -375,15 +380,12 @@ def run_profile(req: ProfileRequest, say: Callable[[str], None], progress_factor
                 break
             n = min(req.batch, remaining)
             r = len(state.rounds)
-            if len(measured) < 2:
-                sampler = "diversity"
-                batch = sample("diversity", space, pool, n, seed=req.seed + r, measured=attempted)
-            else:
-                sampler = "default"
-                model = device_model(req, base_path, model_path, target, space, measured)
-                batch = model.suggest(target, n, "default", measured=attempted, candidates=pool, space=space,
-                                      seed=req.seed + r)
-            pending = RoundRecord(r, sampler, batch)
+            # the sampler is asked of the base model while fewer than 2 archs are measured (the device is unknown
+            # to it: for ``variance`` the sources' prior plans the batch), then of the model transferred to the device
+            model = base if len(measured) < 2 else device_model(req, base_path, model_path, target, space, measured)
+            batch = model.suggest(target, n, req.sampler, measured=attempted, candidates=pool, space=space,
+                                  seed=req.seed + r)
+            pending = RoundRecord(r, req.sampler, batch)
             state.rounds.append(pending)
             state.save(state_path)
         say(f"round {pending.round}: measuring {len(pending.batch)} archs chosen by the {pending.sampler} sampler "
