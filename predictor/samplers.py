@@ -19,7 +19,7 @@
   a transferred device it plans with the device's own fitted posterior, whose std is the calibrated one the
   predictions carry (the noise, which no measurement reduces, kept apart); for a device the model has not seen, with
   the transfer's prior from the source devices, conditioned on what was measured. Never a degenerate arch. One-shot
-  on the development tasks it beats ``diversity`` at 5-10 picks and ties it at 20 (docs/active_loop.md).
+  on the development tasks it beats ``diversity`` at 5-10 picks and ties it at 20 (docs/predictor.md).
 * ``uncertainty`` -- the archs the model is least sure about on that device: ensemble spread for a
   device the model knows; for a device it has never seen, how much the source devices disagree about the
   arch (after per-device standardisation) plus the ensemble spread -- the archs that best tell devices apart.
@@ -34,6 +34,9 @@
   ``hybrid`` was worse than ``diversity`` on pixel2, so the adaptive samplers are not the default yet. On 11
   targets (family-out and other hardware) ``weighted`` ties ``diversity`` (2 seeds: mean Spearman 0.937 / 0.961 / 0.966
   against 0.943 / 0.965 / 0.966 after 10 / 20 / 40 measurements) and is worse on pixel3 (docs/active_loop.md).
+  ``variance`` leads on the same 11 targets at 10 measurements (Spearman / within +-10 % 0.964 / 0.80 against
+  0.943 / 0.73) but not at 20, and at 40 it is behind on within +-10 % (0.78 against 0.82); one-shot on ND at
+  20 picks it gives 0.9711 against 0.9736. So it is an option for budgets of 10 or fewer, not the default.
 
 Every sampler excludes the archs already measured on the device.
 """
