@@ -62,6 +62,20 @@ def fit_source(x: np.ndarray, lat_ms: np.ndarray, alpha: float = SOURCE_ALPHA) -
     return np.concatenate([[y.mean() - xm @ coef], coef])
 
 
+def source_family(sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, covariance) of the source devices' cost vectors [S, 1 + F]: the family a new device's cost vector is
+    drawn from under the transfer's prior."""
+    m = sources.mean(0)
+    dev = sources - m
+    return m, dev.T @ dev / max(len(sources), 1)
+
+
+def conditioned(cov: np.ndarray, phi: np.ndarray, noise: float) -> np.ndarray:
+    """Covariance of a cost vector with prior covariance ``cov`` once the design rows ``phi`` are measured with
+    noise variance ``noise`` (a Gaussian posterior's covariance needs no latencies)."""
+    return cov - cov @ phi.T @ np.linalg.solve(phi @ cov @ phi.T + noise * np.eye(len(phi)), phi @ cov)
+
+
 @dataclass(frozen=True)
 class Kernel:
     """What ``fit_target`` chose on its N points, so the same model can be conditioned on other points
@@ -120,8 +134,7 @@ def _gp(kern: Kernel, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndar
     eye = np.eye(len(y))
     kinv = np.linalg.inv(phi @ kern.cov @ phi.T + kern.noise * eye)
     beta = kern.mean + kern.cov @ phi.T @ kinv @ r0
-    wide = kern.pred_cov
-    cov = wide - wide @ phi.T @ np.linalg.solve(phi @ wide @ phi.T + kern.noise * eye, phi @ wide)
+    cov = conditioned(kern.pred_cov, phi, kern.noise)
     # the noise is what the additive model does not explain on the N points (non-additive effects,
     # measurement noise): every prediction carries it, so it enters the predictive variance through the
     # intercept (whose feature is 1 for every arch)
@@ -236,9 +249,7 @@ def fit_target(sources: np.ndarray, x: np.ndarray, lat_ms: np.ndarray,
     y_ms = np.asarray(lat_ms, np.float64)
     scale = float(y_ms.mean())
     y = y_ms / scale
-    m = sources.mean(0)
-    dev = sources - m
-    s_cov = dev.T @ dev / max(len(sources), 1)
+    m, s_cov = source_family(sources)
     phi = design(x)
     r0 = y - phi @ m
     eye = np.eye(len(y))

@@ -50,7 +50,7 @@ from sklearn.cluster import KMeans
 
 from agents.errors import UsageError
 
-from .additive import FAMILY_FLOOR, design
+from .additive import FAMILY_FLOOR, conditioned, design, source_family
 from .encode import get_encoder
 from .train import SpaceModel
 
@@ -144,14 +144,9 @@ def _design_model(model: SpaceModel, device: str | None, measured: np.ndarray
         cov = model.cost_cov[device].copy()
         cov[0, 0] = max(cov[0, 0] - noise, 0.0)
         return model.cost[model.device_index(device)], cov, noise
-    src = model.source_costs()
-    mean = src.mean(0)
-    dev = src - mean
-    cov = FAMILY_FLOOR * dev.T @ dev / len(src) + DESIGN_EPS * np.eye(len(mean))
-    if len(measured):
-        cov -= cov @ measured.T @ np.linalg.solve(measured @ cov @ measured.T + DESIGN_NOISE * np.eye(len(measured)),
-                                                  measured @ cov)
-    return mean, cov, DESIGN_NOISE
+    mean, family = source_family(model.source_costs())
+    cov = FAMILY_FLOOR * family + DESIGN_EPS * np.eye(len(mean))
+    return mean, conditioned(cov, measured, DESIGN_NOISE) if len(measured) else cov, DESIGN_NOISE
 
 
 def _variance(model: SpaceModel, device: str | None, pool: list[str], n: int, measured: Sequence[str]
