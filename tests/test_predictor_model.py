@@ -366,3 +366,68 @@ def test_variance_sampler_plans_with_the_devices_own_cost_model(split: tuple, tm
     assert old.cost_noise == {}
     assert sample("variance", "nb201", pool, 6, measured=measured, model=old, device="dev5-var") == \
         sample("variance", "nb201", pool, 6, measured=measured, model=old, device="unseen")
+
+
+def _exact_greedy_shares(sm, device: str, measured: list[str], picks: list[str], pool: list[str]) -> list[float]:
+    """For each of ``picks`` in turn: its reduction of the summed squared relative std over the pool's regular
+    archs, as a share of the best candidate's, given the picks before it. The model is the one ``variance``
+    plans with, written out densely with the exact RBF kernel instead of random features: the device's per-op
+    posterior, plus half its noise as a remainder smooth over the standardised encodings (length the median
+    distance) conditioned on ``measured``, the other half white."""
+    from scipy.spatial.distance import pdist, squareform
+
+    from predictor.additive import design
+    from predictor.samplers import RESIDUAL_SHARE, _design_model
+
+    enc = get_encoder("nb201")
+    free = [a for a in pool if a not in set(measured)]
+    free = [a for a, bad in zip(free, enc.degenerate(free), strict=True) if not bad]
+    union = list(measured) + free
+    x = enc.encode(union).flat.astype(np.float64)
+    ref = x[len(measured):]
+    x = (x - ref.mean(0)) / np.maximum(ref.std(0), 1e-6)
+    ell2 = float(np.median(pdist(x[len(measured):], "sqeuclidean")))
+    mean, cov, noise = _design_model(sm, device, np.empty((0, sm.cost.shape[1])))
+    smooth, white = RESIDUAL_SHARE * noise, (1 - RESIDUAL_SHARE) * noise
+    phi = design(enc.linear(enc.encode(union).flat))
+    k = smooth * np.exp(-squareform(pdist(x, "sqeuclidean")) / (2 * ell2))
+    m = np.arange(len(measured))
+    k -= k[:, m] @ np.linalg.solve(k[np.ix_(m, m)] + white * np.eye(len(m)), k[m])
+    c = (phi @ cov @ phi.T + k)[len(measured):, len(measured):]
+    level = phi[len(measured):] @ mean
+    rel = 1.0 / np.maximum(level, 0.1 * np.median(level))
+    shares = []
+    for a in picks:
+        gain = ((c * rel[:, None]) ** 2).sum(0) / (white + np.diag(c))
+        i = free.index(a)
+        shares.append(float(gain[i] / gain.max()))
+        c = c - np.outer(c[:, i], c[i]) / (white + c[i, i])
+    return shares
+
+
+def test_variance_sampler_plans_for_the_remainder_once_the_device_rests_on_enough_points(
+        split: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the device's own fit rests on ``LEVEL_MIN_N`` points or more, ``variance`` also plans for the part of
+    its latency the per-op costs do not explain (half its fitted noise, smooth over the encodings): every pick is,
+    given the ones before, the best one under that model written out with the exact kernel (the sampler uses
+    random features), and the per-op design's picks (``RESIDUAL_SHARE = 0``) are not. With fewer points the
+    design is the per-op one."""
+    from predictor.additive import LEVEL_MIN_N
+
+    model, held, target = split
+    sm = model.models["nb201"]
+    pool = held["arch"].unique().tolist()
+    archs = [a for a in target["arch"].tolist() if a not in set(pool)][:10]
+    model.transfer("dev5-res", archs, target.set_index("arch").loc[archs, "latency_ms"].to_numpy())
+
+    def picks(measured: list[str], share: float | None = None) -> list[str]:
+        with monkeypatch.context() as patch:
+            if share is not None:
+                patch.setattr("predictor.samplers.RESIDUAL_SHARE", share)
+            return sample("variance", "nb201", pool, 6, measured=measured, model=sm, device="dev5-res")
+
+    few = archs[:LEVEL_MIN_N - 1]
+    assert picks(few) == picks(few, share=0.0)
+    ours, per_op = picks(archs), picks(archs, share=0.0)
+    assert min(_exact_greedy_shares(sm, "dev5-res", archs, ours, pool)) > 0.99
+    assert min(_exact_greedy_shares(sm, "dev5-res", archs, per_op, pool)) < 0.97
