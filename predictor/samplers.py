@@ -20,10 +20,10 @@
   predictions carry (the noise, which no measurement reduces, kept apart); for a device the model has not seen, with
   the transfer's prior from the source devices, conditioned on what was measured. Once the device's own fit rests on
   ``additive.LEVEL_MIN_N`` points or more it also plans for what the per-op costs leave unexplained (half the
-  device's fitted noise, as a remainder smooth over the encodings), so later batches also pin down the typical
-  arch's level: in the profile loop within +-10 % after 40 measurements 0.78 -> 0.82 (docs/active_loop.md). Never a
-  degenerate arch. One-shot on the development tasks it beats ``diversity`` at 5-10 picks and ties it at 20
-  (docs/predictor.md).
+  device's fitted noise, scaled with latency, as a remainder smooth over the encodings), so later batches also pin
+  down the typical arch's level: in the profile loop within +-10 % after 40 measurements 0.78 -> 0.82
+  (docs/active_loop.md). Never a degenerate arch. One-shot on the development tasks it beats ``diversity`` at 5-10
+  picks and ties it at 20 (docs/predictor.md).
 * ``uncertainty`` -- the archs the model is least sure about on that device: ensemble spread for a
   device the model knows; for a device it has never seen, how much the source devices disagree about the
   arch (after per-device standardisation) plus the ensemble spread -- the archs that best tell devices apart.
@@ -38,8 +38,8 @@
   ``hybrid`` was worse than ``diversity`` on pixel2, so the adaptive samplers are not the default yet. On 11
   targets (family-out and other hardware) ``weighted`` ties ``diversity`` (2 seeds: mean Spearman 0.937 / 0.961 / 0.966
   against 0.943 / 0.965 / 0.966 after 10 / 20 / 40 measurements) and is worse on pixel3 (docs/active_loop.md).
-  ``variance`` leads on the same 11 targets at 10 measurements (Spearman / within +-10 % 0.965 / 0.79 against
-  0.943 / 0.73), ties from 20 on (0.968 / 0.82 against 0.966 / 0.82 at 40), but is behind with the first batch,
+  ``variance`` leads on the same 11 targets at 10 measurements (Spearman / within +-10 % 0.964 / 0.79 against
+  0.943 / 0.73), ties from 20 on (0.969 / 0.82 against 0.966 / 0.82 at 40), but is behind with the first batch,
   planned on the sources' prior (0.870 / 0.51 against 0.890 / 0.58 after 2), and one-shot on ND at 20 picks it
   gives 0.9711 against 0.9736. So it is an option, not the default.
 
@@ -182,11 +182,12 @@ def _variance(model: SpaceModel, device: str | None, pool: list[str], n: int, me
 
     What is uncertain: the cost model's per-op costs (``_design_model``) and, once the device's own fit rests on
     ``additive.LEVEL_MIN_N`` points or more, the remainder that fit leaves unexplained (its noise): then
-    ``RESIDUAL_SHARE`` of that noise is a smooth function of the encoding (RBF over the standardised encodings,
-    as random Fourier features beside the op features), which measuring an arch also reduces for its
-    neighbours, and the rest stays white. Without it the design keeps pinning the per-op costs with atypical
-    archs, and the typical arch's remainder and level are learnt last: in the profile loop within +-10 % fell
-    from 0.80 after 10 measurements to 0.78 after 40 (docs/active_loop.md). Below ``LEVEL_MIN_N`` points the
+    ``RESIDUAL_SHARE`` of that noise (at the median arch; it scales with the arch's latency) is a smooth function
+    of the encoding (RBF over the standardised encodings, as random Fourier features beside the op features),
+    which measuring an arch also reduces for its neighbours, and the rest stays white. Without it the design
+    keeps pinning the per-op costs with atypical archs, and the typical arch's remainder and level are learnt
+    last: in the profile loop within +-10 % fell from 0.80 after 10 measurements to 0.78 after 40
+    (docs/active_loop.md). Below ``LEVEL_MIN_N`` points the
     device's noise is not trusted, as for the level correction, and the design is the cost model's alone.
     """
     encoder = get_encoder(model.space)
@@ -199,17 +200,21 @@ def _variance(model: SpaceModel, device: str | None, pool: list[str], n: int, me
         else np.empty((0, pool_x.shape[1]))
     phi, done = design(encoder.linear(pool_x)), design(encoder.linear(done_x))
     mean, cov, noise = _design_model(model, device, done)
-    level = phi[regular] @ mean
-    floor = 0.1 * max(float(np.median(level)), 1e-12)  # a linear model can go <= 0 far below every sample
+    median = max(float(np.median(phi[regular] @ mean)), 1e-12)
+    floor = 0.1 * median  # a linear model can go <= 0 far below every sample
+    level = np.maximum(phi @ mean, floor)
     if device in model.cost_noise and len(measured) >= LEVEL_MIN_N:
         z, z_done = _residual_features(pool_x, done_x)
+        # the remainder scales with the arch's latency (its variance is the noise's share at the median arch)
+        z *= (level / median)[:, None]
+        z_done *= (np.maximum(done @ mean, floor) / median)[:, None]
         smooth = RESIDUAL_SHARE * noise
         noise -= smooth
         # the per-op posterior is already conditioned on the measured archs; the remainder is, here
         z_cov = conditioned(smooth * np.eye(z.shape[1]), z_done, noise)
         phi = np.hstack([phi, z])
         cov = np.block([[cov, np.zeros((len(cov), len(z_cov)))], [np.zeros((len(z_cov), len(cov))), z_cov]])
-    target = phi[regular] / np.maximum(level, floor)[:, None]  # error relative to the predicted latency
+    target = phi[regular] / level[regular, None]  # error relative to the predicted latency
     # measuring candidate j (features phi_j) takes phi_j' S G S phi_j / (noise + phi_j' S phi_j) off the summed
     # variance, G = target' target; with u = phi S and w = u G kept up to date by rank-1 steps, a pick costs
     # O(pool x features) instead of a features^2 product per candidate

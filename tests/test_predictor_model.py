@@ -372,8 +372,8 @@ def _exact_greedy_shares(sm, device: str, measured: list[str], picks: list[str],
     """For each of ``picks`` in turn: its reduction of the summed squared relative std over the pool's regular
     archs, as a share of the best candidate's, given the picks before it. The model is the one ``variance``
     plans with, written out densely with the exact RBF kernel instead of random features: the device's per-op
-    posterior, plus half its noise as a remainder smooth over the standardised encodings (length the median
-    distance) conditioned on ``measured``, the other half white."""
+    posterior, plus half its noise (at the median arch, scaled with the latency) as a remainder smooth over the
+    standardised encodings (length the median distance) conditioned on ``measured``, the other half white."""
     from scipy.spatial.distance import pdist, squareform
 
     from predictor.additive import design
@@ -390,12 +390,13 @@ def _exact_greedy_shares(sm, device: str, measured: list[str], picks: list[str],
     mean, cov, noise = _design_model(sm, device, np.empty((0, sm.cost.shape[1])))
     smooth, white = RESIDUAL_SHARE * noise, (1 - RESIDUAL_SHARE) * noise
     phi = design(enc.linear(enc.encode(union).flat))
-    k = smooth * np.exp(-squareform(pdist(x, "sqeuclidean")) / (2 * ell2))
+    median = float(np.median(phi[len(measured):] @ mean))
+    level = np.maximum(phi @ mean, 0.1 * median)
+    k = smooth * np.exp(-squareform(pdist(x, "sqeuclidean")) / (2 * ell2)) * np.outer(level, level) / median ** 2
     m = np.arange(len(measured))
     k -= k[:, m] @ np.linalg.solve(k[np.ix_(m, m)] + white * np.eye(len(m)), k[m])
     c = (phi @ cov @ phi.T + k)[len(measured):, len(measured):]
-    level = phi[len(measured):] @ mean
-    rel = 1.0 / np.maximum(level, 0.1 * np.median(level))
+    rel = 1.0 / level[len(measured):]
     shares = []
     for a in picks:
         gain = ((c * rel[:, None]) ** 2).sum(0) / (white + np.diag(c))
