@@ -51,6 +51,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from scipy.linalg import block_diag
 from sklearn.cluster import KMeans
 from sklearn.kernel_approximation import RBFSampler
 
@@ -137,10 +138,10 @@ def _diversity(space: str, pool: list[str], n: int, rng: np.random.Generator,
 #: ``additive.NOISES``); the sources' family enters at ``additive.FAMILY_FLOOR``
 DESIGN_EPS = 1e-3
 DESIGN_NOISE = 1e-3
-#: ``variance``: the share of a fitted device's noise that is a smooth residual over the encodings (the rest stays
+#: ``variance``: the share of a fitted device's noise that is a remainder smooth over the encodings (the rest stays
 #: white); an even split, not fitted
 RESIDUAL_SHARE = 0.5
-#: ``variance``: random Fourier features that stand for that residual's RBF kernel
+#: ``variance``: random Fourier features that stand for that remainder's RBF kernel
 RESIDUAL_FEATURES = 256
 
 
@@ -187,8 +188,8 @@ def _variance(model: SpaceModel, device: str | None, pool: list[str], n: int, me
     which measuring an arch also reduces for its neighbours, and the rest stays white. Without it the design
     keeps pinning the per-op costs with atypical archs, and the typical arch's remainder and level are learnt
     last: in the profile loop within +-10 % fell from 0.80 after 10 measurements to 0.78 after 40
-    (docs/active_loop.md). Below ``LEVEL_MIN_N`` points the
-    device's noise is not trusted, as for the level correction, and the design is the cost model's alone.
+    (docs/active_loop.md). Below ``LEVEL_MIN_N`` points the device's noise is not trusted, as for the level
+    correction, and the design is the cost model's alone.
     """
     encoder = get_encoder(model.space)
     regular = ~encoder.degenerate(pool)
@@ -213,7 +214,7 @@ def _variance(model: SpaceModel, device: str | None, pool: list[str], n: int, me
         # the per-op posterior is already conditioned on the measured archs; the remainder is, here
         z_cov = conditioned(smooth * np.eye(z.shape[1]), z_done, noise)
         phi = np.hstack([phi, z])
-        cov = np.block([[cov, np.zeros((len(cov), len(z_cov)))], [np.zeros((len(z_cov), len(cov))), z_cov]])
+        cov = block_diag(cov, z_cov)
     target = phi[regular] / level[regular, None]  # error relative to the predicted latency
     # measuring candidate j (features phi_j) takes phi_j' S G S phi_j / (noise + phi_j' S phi_j) off the summed
     # variance, G = target' target; with u = phi S and w = u G kept up to date by rank-1 steps, a pick costs
