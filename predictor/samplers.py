@@ -58,7 +58,7 @@ from sklearn.kernel_approximation import RBFSampler
 from agents.errors import UsageError
 
 from .additive import FAMILY_FLOOR, LEVEL_MIN_N, conditioned, design, source_family
-from .encode import get_encoder
+from .encode import SpaceEncoder, get_encoder
 from .train import SpaceModel
 
 SAMPLERS = ("random", "diversity", "weighted", "uncertainty", "hybrid", "variance")
@@ -109,15 +109,24 @@ def _centres_around(x: np.ndarray, fixed: np.ndarray, n: int, rng: np.random.Gen
     return free
 
 
+def _measured_flat(encoder: SpaceEncoder, measured: Sequence[str], width: int) -> np.ndarray:
+    """The measured archs' flat encodings in float64; [0, width] when none are."""
+    return encoder.encode(list(measured)).flat.astype(np.float64) if measured else np.empty((0, width))
+
+
+def _standardised(pool_x: np.ndarray, done_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pool and measured encodings standardised by the pool's mean and std, so every encoding column counts
+    alike in a distance."""
+    mean, scale = pool_x.mean(0), np.maximum(pool_x.std(0), 1e-6)
+    return (pool_x - mean) / scale, (done_x - mean) / scale
+
+
 def _diversity(space: str, pool: list[str], n: int, rng: np.random.Generator,
                measured: Sequence[str] = (), weight: np.ndarray | None = None) -> list[str]:
     encoder = get_encoder(space)
     x = encoder.encode(pool).flat.astype(np.float64)
-    mean, scale = x.mean(0), np.maximum(x.std(0), 1e-6)
-    x = (x - mean) / scale
+    x, fixed = _standardised(x, _measured_flat(encoder, measured, x.shape[1]))
     if measured or weight is not None:
-        fixed = (encoder.encode(list(measured)).flat.astype(np.float64) - mean) / scale if measured \
-            else np.empty((0, x.shape[1]))
         centres = _centres_around(x, fixed, n, rng, weight)
     else:
         centres = KMeans(n_clusters=n, n_init=1, max_iter=50,
@@ -165,8 +174,7 @@ def _residual_features(pool_x: np.ndarray, done_x: np.ndarray) -> tuple[np.ndarr
     """Random Fourier features (sklearn's ``RBFSampler``) of the pool's and the measured archs' flat encodings,
     standardised over the pool, for an RBF kernel whose length is the median distance between pool archs
     (a fixed-seed subsample of 1000): archs that close share most of their non-additive remainder."""
-    mean, scale = pool_x.mean(0), np.maximum(pool_x.std(0), 1e-6)
-    x, xd = (pool_x - mean) / scale, (done_x - mean) / scale
+    x, xd = _standardised(pool_x, done_x)
     sub = x[np.random.default_rng(0).choice(len(x), size=min(len(x), 1000), replace=False)]
     d2 = _sq_dist(sub, sub)[np.triu_indices(len(sub), 1)]
     ell2 = float(np.median(d2)) if d2.size and np.median(d2) > 0 else 1.0
@@ -197,13 +205,13 @@ def _variance(model: SpaceModel, device: str | None, pool: list[str], n: int, me
         pool = [a for a, ok in zip(pool, regular, strict=True) if ok]
         regular = np.ones(len(pool), bool)
     pool_x = encoder.encode(pool).flat.astype(np.float64)
-    done_x = encoder.encode(list(measured)).flat.astype(np.float64) if measured \
-        else np.empty((0, pool_x.shape[1]))
+    done_x = _measured_flat(encoder, measured, pool_x.shape[1])
     phi, done = design(encoder.linear(pool_x)), design(encoder.linear(done_x))
     mean, cov, noise = _design_model(model, device, done)
-    median = max(float(np.median(phi[regular] @ mean)), 1e-12)
+    predicted = phi @ mean
+    median = max(float(np.median(predicted[regular])), 1e-12)
     floor = 0.1 * median  # a linear model can go <= 0 far below every sample
-    level = np.maximum(phi @ mean, floor)
+    level = np.maximum(predicted, floor)
     if device in model.cost_noise and len(measured) >= LEVEL_MIN_N:
         z, z_done = _residual_features(pool_x, done_x)
         # the remainder scales with the arch's latency (its variance is the noise's share at the median arch)

@@ -380,16 +380,18 @@ def _exact_greedy_shares(sm, device: str, measured: list[str], picks: list[str],
     from predictor.samplers import RESIDUAL_SHARE, _design_model
 
     enc = get_encoder("nb201")
-    free = [a for a in pool if a not in set(measured)]
+    done = set(measured)
+    free = [a for a in pool if a not in done]
     free = [a for a, bad in zip(free, enc.degenerate(free), strict=True) if not bad]
     union = list(measured) + free
-    x = enc.encode(union).flat.astype(np.float64)
+    flat = enc.encode(union).flat
+    x = flat.astype(np.float64)
     ref = x[len(measured):]
     x = (x - ref.mean(0)) / np.maximum(ref.std(0), 1e-6)
     ell2 = float(np.median(pdist(x[len(measured):], "sqeuclidean")))
     mean, cov, noise = _design_model(sm, device, np.empty((0, sm.cost.shape[1])))
     smooth, white = RESIDUAL_SHARE * noise, (1 - RESIDUAL_SHARE) * noise
-    phi = design(enc.linear(enc.encode(union).flat))
+    phi = design(enc.linear(flat))
     median = float(np.median(phi[len(measured):] @ mean))
     level = np.maximum(phi @ mean, 0.1 * median)
     k = smooth * np.exp(-squareform(pdist(x, "sqeuclidean")) / (2 * ell2)) * np.outer(level, level) / median ** 2
