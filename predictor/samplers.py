@@ -15,15 +15,18 @@
   cost model predicts near-zero ms) and raw std weights put the whole batch there. The measured archs stay fixed
   centroids. For a device the model has not seen yet it is plain ``diversity``.
 * ``variance``    -- the batch that most reduces the cost model's predicted variance of relative latency, summed
-  over the pool's regular archs (a greedy V-optimal design: each pick updates the covariance before the next). For
-  a transferred device it plans with the device's own fitted posterior, whose std is the calibrated one the
-  predictions carry (the noise, which no measurement reduces, kept apart); for a device the model has not seen, with
-  the transfer's prior from the source devices, conditioned on what was measured. Once the device's own fit rests on
-  ``additive.LEVEL_MIN_N`` points or more it also plans for what the per-op costs leave unexplained (half the
-  device's fitted noise, scaled with latency, as a remainder smooth over the encodings), so later batches also pin
-  down the typical arch's level: in the profile loop within +-10 % after 40 measurements 0.78 -> 0.82
-  (docs/active_loop.md). Never a degenerate arch. One-shot on the development tasks it beats ``diversity`` at 5-10
-  picks and ties it at 20 (docs/predictor.md).
+  over the pool's regular archs (a greedy V-optimal design: each pick updates the covariance before the next). Once
+  the device's own fit rests on ``additive.LEVEL_MIN_N`` points or more it plans with that fitted posterior, whose
+  std is the calibrated one the predictions carry (the noise, which no measurement reduces, kept apart), and also
+  for what the per-op costs leave unexplained (half the device's fitted noise, scaled with latency, as a remainder
+  smooth over the encodings), so later batches also pin down the typical arch's level: in the profile loop within
+  +-10 % after 40 measurements 0.78 -> 0.82 (docs/active_loop.md). Before that (a device the model has not seen,
+  or one fitted on fewer points) it plans with the transfer's prior from the source devices, conditioned on what
+  was measured. Never a degenerate arch. One-shot on the development tasks it beats ``diversity`` at 5-10 picks
+  and ties it at 20 (docs/predictor.md).
+* ``adaptive``    -- ``diversity`` while the model has not seen the device (the first batch: one-shot transfer is
+  unchanged), ``variance`` once it is transferred: the first batch covers the space, the later ones are planned
+  on what the device's measurements left uncertain.
 * ``uncertainty`` -- the archs the model is least sure about on that device: ensemble spread for a
   device the model knows; for a device it has never seen, how much the source devices disagree about the
   arch (after per-device standardisation) plus the ensemble spread -- the archs that best tell devices apart.
@@ -31,17 +34,14 @@
   most uncertain unmeasured archs on the device (ensemble spread of the transferred model), then k-means
   picks spread over that shortlist, so one batch does not spend five measurements on five near-copies of
   the same uncertain cell. For a device the model has not seen yet it is plain ``diversity``.
-* ``default``     -- ``diversity``, chosen by measurement (docs/predictor.md, docs/active_loop.md): for a
-  one-shot pick on a new device (the transfer benchmark) it beat random on the development tasks NX1-NX3
-  and two leave-hardware-out splits (20 samples, 2 seeds: 0.932 vs 0.920 mean Spearman). In the simulated
-  profile loop (1 seed, 3 of 6 targets finished) no sampler needed half of random's measurements and
-  ``hybrid`` was worse than ``diversity`` on pixel2, so the adaptive samplers are not the default yet. On 11
-  targets (family-out and other hardware) ``weighted`` ties ``diversity`` (2 seeds: mean Spearman 0.937 / 0.961 / 0.966
-  against 0.943 / 0.965 / 0.966 after 10 / 20 / 40 measurements) and is worse on pixel3 (docs/active_loop.md).
-  ``variance`` leads on the same 11 targets at 10 measurements (Spearman / within +-10 % 0.964 / 0.79 against
-  0.943 / 0.73), ties from 20 on (0.969 / 0.82 against 0.966 / 0.82 at 40), but is behind with the first batch,
-  planned on the sources' prior (0.870 / 0.51 against 0.890 / 0.58 after 2), and one-shot on ND at 20 picks it
-  gives 0.9711 against 0.9736. So it is an option, not the default.
+* ``default``     -- ``adaptive``, chosen by measurement (docs/active_loop.md, docs/predictor.md). For a one-shot
+  pick on a new device (the transfer benchmark) ``diversity`` beat random on the development tasks NX1-NX3 and
+  two leave-hardware-out splits (20 samples, 2 seeds: 0.932 vs 0.920 mean Spearman) and, at 20 picks on ND,
+  ``variance`` (0.9736 vs 0.9711), so the first batch is diversity's. In the simulated profile loop (11 targets,
+  family-out and other hardware, batch 2, 2 seeds) ``variance`` after that first batch is level with or ahead of
+  ``diversity`` from 6 measurements on (Spearman / within +-10 % after 10: 0.963 / 0.82 against 0.943 / 0.73;
+  after 40: 0.969 / 0.84 against 0.966 / 0.82), ahead of ``variance`` alone from 6 on, and behind after 4 on
+  Spearman (0.912 against 0.929). ``weighted`` tied ``diversity`` and ``hybrid`` was worse on pixel2.
 
 Every sampler excludes the archs already measured on the device.
 """
@@ -61,8 +61,8 @@ from .additive import FAMILY_FLOOR, LEVEL_MIN_N, conditioned, design, source_fam
 from .encode import SpaceEncoder, get_encoder
 from .train import SpaceModel
 
-SAMPLERS = ("random", "diversity", "weighted", "uncertainty", "hybrid", "variance")
-DEFAULT_SAMPLER = "diversity"
+SAMPLERS = ("random", "diversity", "weighted", "uncertainty", "hybrid", "variance", "adaptive")
+DEFAULT_SAMPLER = "adaptive"
 #: the hybrid sampler clusters the HYBRID_SHORTLIST * n archs the device's model is least sure about
 HYBRID_SHORTLIST = 10
 
@@ -154,13 +154,23 @@ RESIDUAL_SHARE = 0.5
 RESIDUAL_FEATURES = 256
 
 
+def _fitted(model: SpaceModel, device: str | None, measured: int) -> bool:
+    """Whether ``variance`` plans with the device's own fit: the model has one and it rests on
+    ``additive.LEVEL_MIN_N`` measured archs or more. Below that its evidence-chosen hyper-parameters and noise are
+    not trusted, as for the level correction: after two diversity picks the device's own posterior planned a
+    second batch worse than the sources' prior did (profile loop, within +-10 % after 4 measurements 0.58 against
+    0.68, docs/active_loop.md)."""
+    return device in model.cost_noise and measured >= LEVEL_MIN_N
+
+
 def _design_model(model: SpaceModel, device: str | None, measured: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(mean cost vector, its covariance, noise variance) that ``variance`` plans with. A transferred device: its
-    own fitted cost model (hyper-parameters chosen by its evidence, already conditioned on its measurements),
-    without the noise, which no measurement reduces. Otherwise the transfer's prior from the source devices,
-    conditioned on the design rows ``measured`` (a Gaussian posterior's covariance needs no latencies)."""
-    if device in model.cost_noise:
+    """(mean cost vector, its covariance, noise variance) that ``variance`` plans with, given the design rows of the
+    archs ``measured`` on the device. A device with its own fit (``_fitted``): that fitted cost model
+    (hyper-parameters chosen by its evidence, already conditioned on its measurements), without the noise, which
+    no measurement reduces. Otherwise the transfer's prior from the source devices, conditioned on ``measured``
+    (a Gaussian posterior's covariance needs no latencies)."""
+    if _fitted(model, device, len(measured)):
         noise = model.cost_noise[device]
         cov = model.cost_cov[device].copy()
         cov[0, 0] = max(cov[0, 0] - noise, 0.0)
@@ -212,7 +222,7 @@ def _variance(model: SpaceModel, device: str | None, pool: list[str], n: int, me
     median = max(float(np.median(predicted[regular])), 1e-12)
     floor = 0.1 * median  # a linear model can go <= 0 far below every sample
     level = np.maximum(predicted, floor)
-    if device in model.cost_noise and len(measured) >= LEVEL_MIN_N:
+    if _fitted(model, device, len(measured)):
         z, z_done = _residual_features(pool_x, done_x)
         # the remainder scales with the arch's latency (its variance is the noise's share at the median arch)
         z *= (level / median)[:, None]
@@ -257,6 +267,8 @@ def sample(sampler: str, space: str, candidates: Iterable[str], n: int, seed: in
     """Pick ``n`` archs to measure next from ``candidates``, never one in ``measured``."""
     if sampler == "default":
         sampler = DEFAULT_SAMPLER
+    if sampler == "adaptive":
+        sampler = "variance" if model is not None and device in model.devices else "diversity"
     if sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {sampler!r}; choose from {', '.join((*SAMPLERS, 'default'))}")
     measured = list(dict.fromkeys(measured))

@@ -314,6 +314,22 @@ def test_hybrid_sampler(split: tuple) -> None:
     assert set(picks) <= shortlist
 
 
+def test_adaptive_sampler_is_the_default_and_covers_the_space_before_it_plans(split: tuple) -> None:
+    """The default, ``adaptive``: for a device the model has not seen, the diversity picks (one-shot transfer is
+    unchanged); once the device is transferred, the ``variance`` design on its posterior."""
+    model, held, target = split
+    sm = model.models["nb201"]
+    pool = held["arch"].unique().tolist()
+    for name in ("adaptive", "default"):
+        assert sample(name, "nb201", pool, 5, seed=3, model=sm, device="unseen") == \
+            sample(name, "nb201", pool, 5, seed=3) == sample("diversity", "nb201", pool, 5, seed=3)
+    archs = [a for a in target["arch"].tolist() if a not in set(pool)][:6]
+    model.transfer("dev5-ada", archs, target.set_index("arch").loc[archs, "latency_ms"].to_numpy())
+    planned = sample("default", "nb201", pool, 5, seed=3, measured=archs, model=sm, device="dev5-ada")
+    assert planned == sample("variance", "nb201", pool, 5, measured=archs, model=sm, device="dev5-ada")
+    assert planned != sample("diversity", "nb201", pool, 5, seed=3, measured=archs)
+
+
 def _variance_left(sm, device: str, measured: list[str], picks: list[str], pool: list[str]) -> float:
     """What the ``variance`` sampler minimises: the cost model's summed squared relative std (noise apart) over
     the pool's other regular archs once ``picks`` are measured too."""
@@ -325,8 +341,7 @@ def _variance_left(sm, device: str, measured: list[str], picks: list[str], pool:
     def rows(archs: list[str]) -> np.ndarray:
         return design(enc.linear(enc.encode(archs).flat))
 
-    mean, cov, noise = _design_model(sm, device, rows(measured) if device not in sm.cost_noise
-                                     else np.empty((0, sm.cost.shape[1])))
+    mean, cov, noise = _design_model(sm, device, rows(measured))
     p = rows(picks)
     cov = cov - cov @ p.T @ np.linalg.solve(p @ cov @ p.T + noise * np.eye(len(p)), p @ cov)
     taken = set(measured) | set(picks)
@@ -335,20 +350,23 @@ def _variance_left(sm, device: str, measured: list[str], picks: list[str], pool:
     return float((np.einsum("ij,jk,ik->i", t, cov, t) / (t @ mean) ** 2).sum())
 
 
-def test_variance_sampler_plans_with_the_devices_own_cost_model(split: tuple, tmp_path: Path) -> None:
+def test_variance_sampler_plans_with_the_devices_own_cost_model(split: tuple, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """``variance`` picks the batch that leaves the least summed relative variance over the pool: less than
     diversity's or random picks leave, for a device the model has not seen (the sources' prior, conditioned on
     what was measured) and for a transferred one (its own posterior, whose noise is kept apart and survives
-    save/load; a file from before that falls back to the sources' prior). It never picks a degenerate arch."""
+    save/load; a file from before that falls back to the sources' prior). It never picks a degenerate arch.
+    (The per-op design alone: the remainder it adds from ``LEVEL_MIN_N`` points is the next test's.)"""
+    monkeypatch.setattr("predictor.samplers.RESIDUAL_SHARE", 0.0)
     model, held, target = split
     sm = model.models["nb201"]
     pool = held["arch"].unique().tolist()
     enc = get_encoder("nb201")
-    measured = [a for a in pool if not enc.degenerate([a])[0]][:4]
     for device in ("unseen", "dev5-var"):
+        measured = [a for a in pool if not enc.degenerate([a])[0]][:4]
         if device == "dev5-var":
-            archs = target["arch"].tolist()[:10]
-            model.transfer(device, archs, target.set_index("arch").loc[archs, "latency_ms"].to_numpy())
+            measured = [a for a in target["arch"].tolist() if a not in set(pool)][:10]
+            model.transfer(device, measured, target.set_index("arch").loc[measured, "latency_ms"].to_numpy())
             assert 0.0 < sm.cost_noise[device] < sm.cost_cov[device][0, 0]
         picks = sample("variance", "nb201", pool, 6, measured=measured, model=sm, device=device)
         assert not enc.degenerate(picks).any()
@@ -389,9 +407,9 @@ def _exact_greedy_shares(sm, device: str, measured: list[str], picks: list[str],
     ref = x[len(measured):]
     x = (x - ref.mean(0)) / np.maximum(ref.std(0), 1e-6)
     ell2 = float(np.median(pdist(x[len(measured):], "sqeuclidean")))
-    mean, cov, noise = _design_model(sm, device, np.empty((0, sm.cost.shape[1])))
-    smooth, white = RESIDUAL_SHARE * noise, (1 - RESIDUAL_SHARE) * noise
     phi = design(enc.linear(flat))
+    mean, cov, noise = _design_model(sm, device, phi[:len(measured)])
+    smooth, white = RESIDUAL_SHARE * noise, (1 - RESIDUAL_SHARE) * noise
     median = float(np.median(phi[len(measured):] @ mean))
     level = np.maximum(phi @ mean, 0.1 * median)
     k = smooth * np.exp(-squareform(pdist(x, "sqeuclidean")) / (2 * ell2)) * np.outer(level, level) / median ** 2
@@ -414,7 +432,8 @@ def test_variance_sampler_plans_for_the_remainder_once_the_device_rests_on_enoug
     its latency the per-op costs do not explain (half its fitted noise, smooth over the encodings): every pick is,
     given the ones before, the best one under that model written out with the exact kernel (the sampler uses
     random features), and the per-op design's picks (``RESIDUAL_SHARE = 0``) are not. With fewer points the
-    design is the per-op one."""
+    device's own fit is not trusted: the design is the sources' prior conditioned on what was measured, the same
+    as for a device the model has not seen."""
     from predictor.additive import LEVEL_MIN_N
 
     model, held, target = split
@@ -430,7 +449,8 @@ def test_variance_sampler_plans_for_the_remainder_once_the_device_rests_on_enoug
             return sample("variance", "nb201", pool, 6, measured=measured, model=sm, device="dev5-res")
 
     few = archs[:LEVEL_MIN_N - 1]
-    assert picks(few) == picks(few, share=0.0)
+    assert picks(few) == picks(few, share=0.0) == \
+        sample("variance", "nb201", pool, 6, measured=few, model=sm, device="unseen")
     ours, per_op = picks(archs), picks(archs, share=0.0)
     assert min(_exact_greedy_shares(sm, "dev5-res", archs, ours, pool)) > 0.99
     assert min(_exact_greedy_shares(sm, "dev5-res", archs, per_op, pool)) < 0.97

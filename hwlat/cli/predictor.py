@@ -328,7 +328,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--samples", type=int, default=20, help="measured archs per test device (default 20)")
     b.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     b.add_argument("--sampler", default="default",
-                   help="random, diversity, weighted, variance, uncertainty, hybrid or default")
+                   help="random, diversity, weighted, variance, uncertainty, hybrid, adaptive or default")
     b.add_argument("--json", metavar="OUT.json", help="write per-task/device/seed figures here")
     b.add_argument("--steps", type=int, default=0, help="pretraining steps (default: the built-in schedule)")
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")

@@ -87,8 +87,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="runtime threads (overrides the profile)")
     p.add_argument("--seed", type=int, default=0, help="seed for the samplers and the measurement order")
     p.add_argument("--sampler", default="default",
-                   help="what picks each batch: default (diversity), variance (best with 10 or fewer measurements: "
-                   "docs/active_loop.md), random, weighted, uncertainty or hybrid")
+                   help="what picks each batch: default (adaptive: diversity for the first batch, variance after; "
+                   "docs/active_loop.md), diversity, variance, random, weighted, uncertainty or hybrid")
     p.add_argument("--min-measured", type=int, default=30,
                    help="never stop for convergence before this many measurements (default 30)")
     p.add_argument("--patience", type=int, default=2,
