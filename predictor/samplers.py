@@ -41,7 +41,10 @@
   family-out and other hardware, batch 2, 2 seeds) ``variance`` after that first batch is level with or ahead of
   ``diversity`` from 6 measurements on (Spearman / within +-10 % after 10: 0.963 / 0.82 against 0.943 / 0.73;
   after 40: 0.969 / 0.84 against 0.966 / 0.82), ahead of ``variance`` alone from 6 on, and behind after 4 on
-  Spearman (0.912 against 0.929). ``weighted`` tied ``diversity`` and ``hybrid`` was worse on pixel2.
+  Spearman (0.912 against 0.929). ``weighted`` tied ``diversity`` and ``hybrid`` was worse on pixel2. On one
+  real end-to-end profile (PyTorch eager, 1 thread, one seed) ``diversity``'s predictions had the better shape
+  (0.96 against 0.89 within +-10 % with the level divided out) and ``adaptive``'s the right level: one run, not
+  yet a reason either way (docs/predictor.md, "End to end on a real device").
 
 Every sampler excludes the archs already measured on the device.
 """
