@@ -116,15 +116,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def journal_results(workdir: Path) -> dict[str, dict]:
-    """job_id -> the agent's first result line, over every run of a device workdir (valid JSON lines only)."""
-    out: dict[str, dict] = {}
+def journal_results(workdir: Path) -> dict[tuple[str, str], dict]:
+    """(run, job_id) -> the agent's first result line of that run, over every run of a device workdir (valid JSON
+    lines only). Keyed by run too: a rerun plans its job ids afresh over the models still to measure, so the same
+    model in the same pass can get the id it had in an earlier run, with a new measurement."""
+    out: dict[tuple[str, str], dict] = {}
     for path in sorted(workdir.glob("runs/*/journal.jsonl")):
         for line in path.read_bytes().splitlines():
             with contextlib.suppress(ValueError):
                 event = json.loads(line)
                 if isinstance(event, dict) and event.get("type") == "result":
-                    out.setdefault(event["job_id"], event)
+                    out.setdefault((path.parent.name, event["job_id"]), event)
     return out
 
 
@@ -136,7 +138,7 @@ def assert_rows_were_measured(out: Path, device: str, workdir: Path, forged: set
     rows = [r for r in read_dataset(out).to_pylist() if r["device"] == device and r["status"] != "export_failed"
             ] if out.exists() else []
     by_model: dict[str, list[dict]] = {}
-    for job_id, result in journal_results(workdir).items():
+    for (_, job_id), result in journal_results(workdir).items():
         if job_id not in forged:
             by_model.setdefault(result["sha256"], []).append(result)
     for row in rows:
