@@ -270,8 +270,9 @@ def sample(sampler: str, space: str, candidates: Iterable[str], n: int, seed: in
     """Pick ``n`` archs to measure next from ``candidates``, never one in ``measured``."""
     if sampler == "default":
         sampler = DEFAULT_SAMPLER
+    unseen = model is None or device not in model.devices  # nothing is known about this device yet
     if sampler == "adaptive":
-        sampler = "variance" if model is not None and device in model.devices else "diversity"
+        sampler = "diversity" if unseen else "variance"
     if sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {sampler!r}; choose from {', '.join((*SAMPLERS, 'default'))}")
     measured = list(dict.fromkeys(measured))
@@ -283,7 +284,7 @@ def sample(sampler: str, space: str, candidates: Iterable[str], n: int, seed: in
     rng = np.random.default_rng(seed)
     if sampler == "random":
         return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
-    if sampler == "diversity" or (sampler == "weighted" and (model is None or device not in model.devices)):
+    if sampler == "diversity" or (sampler == "weighted" and unseen):
         return _diversity(space, pool, n, rng, measured)
     if model is None:
         raise UsageError("the uncertainty sampler needs a trained model")
@@ -292,8 +293,8 @@ def sample(sampler: str, space: str, candidates: Iterable[str], n: int, seed: in
     if sampler == "weighted":
         sd = model.predict(pool, device)[1]
         return _diversity(space, pool, n, rng, measured, weight=sd / (sd + max(float(np.median(sd)), 1e-12)))
-    if sampler == "hybrid" and device not in model.devices:
-        return _diversity(space, pool, n, rng)  # nothing is known about this device yet
+    if sampler == "hybrid" and unseen:
+        return _diversity(space, pool, n, rng)
     score = _uncertainty(model, device, pool) + 1e-9 * rng.random(len(pool))
     order = np.argsort(-score)
     if sampler == "uncertainty":
